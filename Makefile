@@ -1,0 +1,59 @@
+# reprozoo: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL ?= all-minilm-l6-v2
+# The real SST-5 trees live beside the checkout; override with DATA_DIR=... or REPROZOO_DATA_DIR.
+DATA_DIR ?= $(or $(REPROZOO_DATA_DIR),$(abspath ../shared/data/sst5/trees))
+ARGS ?=
+PYTEST_ARGS ?=
+STAMP := $(VENV)/.installed
+
+export REPROZOO_DATA_DIR := $(DATA_DIR)
+
+.PHONY: help setup train test test-fast lint models data-stats bench-accuracy lock clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+	@echo "  variables: MODEL=$(MODEL) DATA_DIR=$(DATA_DIR) ARGS='extra reprozoo train flags'"
+
+setup: $(STAMP) ## create .venv and install reprozoo with pinned dependencies (CPU torch)
+
+$(STAMP): pyproject.toml envs/cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: a plain `torch` requirement would pull a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -c envs/cpu.txt -e '.[dev]'
+	@touch $@
+
+train: setup ## train MODEL on SST-5 (ClearML offline unless a server is configured); ARGS='--max-epochs 1 ...'
+	$(VENV)/bin/reprozoo train --model $(MODEL) $(ARGS)
+
+test: setup ## run the whole test suite (what CI runs)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup ## the suite without slow tests
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: setup ## ruff
+	$(VENV)/bin/ruff check src tests bench
+
+models: setup ## list the model zoo
+	$(VENV)/bin/reprozoo models
+
+data-stats: setup ## class distribution table + bar chart (class_distribution.png)
+	$(VENV)/bin/reprozoo data stats
+
+bench-accuracy: setup ## accuracy benchmark: default MiniLM recipe on full SST-5 (~45 min on 2 CPU cores)
+	$(PY) bench/accuracy.py $(ARGS)
+
+lock: setup ## regenerate envs/cpu.txt from the installed tree
+	{ head -2 envs/cpu.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^reprozoo' | sed 's/^torch==\(.*\)+cpu/torch==\1/'; } > envs/cpu.txt.new
+	mv envs/cpu.txt.new envs/cpu.txt
+
+clean: ## remove caches and build outputs (keeps runs/ and .venv)
+	rm -rf .pytest_cache .ruff_cache build src/*.egg-info class_distribution.png

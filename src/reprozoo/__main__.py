@@ -1,0 +1,3 @@
+from reprozoo.cli import main
+
+main()

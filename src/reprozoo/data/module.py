@@ -1,0 +1,233 @@
+"""SST5DataModule: tokenisation cached on disk, length-grouped (optionally class-balanced)
+sampling, dynamic padding.
+
+The cache is keyed by (data sha256, granularity, tokenizer fingerprint, max length) and written
+atomically (temporary file + rename), so concurrent runs never read a torn file and a second
+run skips tokenisation entirely. `prepare_data` (one process per node) fills the cache and
+`setup` (every rank) reads it, as Lightning expects under DDP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from reprozoo.config import DataConfig
+from reprozoo.data.sst5 import Examples, cache_root, load_trees, split_examples
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class TokenizedSplit:
+    """Ragged token ids stored flat: example i is ids[offsets[i]:offsets[i+1]]."""
+
+    ids: torch.Tensor  # int32
+    offsets: torch.Tensor  # int64, len n+1
+    labels: torch.Tensor  # int64
+    weights: torch.Tensor  # float32
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def subset(self, k: int | None) -> TokenizedSplit:
+        """A fixed random subset of k examples (the files are sorted by label, so the first k
+        would be one-sided); the same k examples for every run seed, in file order."""
+        n = len(self.labels)
+        if k is None or k >= n:
+            return self
+        keep = torch.randperm(n, generator=torch.Generator().manual_seed(20131018))[:k].sort().values
+        lengths = self.lengths[keep]
+        offsets = torch.zeros(k + 1, dtype=torch.int64)
+        torch.cumsum(lengths, 0, out=offsets[1:])
+        ids = torch.cat([self.ids[self.offsets[i] : self.offsets[i + 1]] for i in keep.tolist()])
+        return TokenizedSplit(ids, offsets, self.labels[keep], self.weights[keep])
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        return {"ids": self.ids, "offsets": self.offsets, "labels": self.labels, "weights": self.weights}
+
+
+class TokenizedDataset(Dataset):
+    def __init__(self, split: TokenizedSplit) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, float]:
+        s = self.split
+        return s.ids[s.offsets[index] : s.offsets[index + 1]], int(s.labels[index]), float(s.weights[index])
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        # Calling the tokenizer sets its truncation/padding state; that is not its identity.
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        text = json.dumps(state, sort_keys=True)
+    else:
+        text = json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(f"{type(tokenizer).__name__}\n{text}".encode()).hexdigest()
+
+
+def tokenize(examples: Examples, tokenizer, max_length: int) -> TokenizedSplit:
+    encoded = tokenizer(examples.texts, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
+    lengths = torch.tensor([len(ids) for ids in encoded], dtype=torch.int64)
+    offsets = torch.zeros(len(encoded) + 1, dtype=torch.int64)
+    torch.cumsum(lengths, 0, out=offsets[1:])
+    flat = torch.tensor([i for ids in encoded for i in ids], dtype=torch.int32)
+    return TokenizedSplit(flat, offsets, torch.tensor(examples.labels, dtype=torch.int64),
+                          torch.tensor(examples.weights, dtype=torch.float32))
+
+
+def atomic_torch_save(obj: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Shuffle, cut into mega-batches, sort each by length, then shuffle whole batches.
+
+    Batches hold examples of similar length (little padding) while the order stays random.
+    With `class_balanced`, each epoch draws its examples (with replacement) so that every
+    class is equally likely. Yields indices so that every `batch_size` consecutive ones form a
+    batch; the one partial batch comes last. Deterministic in (seed, epoch).
+    """
+
+    def __init__(self, lengths: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int,
+                 class_balanced: bool = False, mega_batches: int = 50) -> None:
+        self.lengths, self.labels = lengths, labels
+        self.batch_size, self.seed, self.class_balanced = batch_size, seed, class_balanced
+        self.mega = batch_size * mega_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batches(self) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        n = len(self.lengths)
+        if self.class_balanced:
+            per_class = torch.bincount(self.labels, minlength=5).clamp(min=1).double()
+            probs = (1.0 / per_class)[self.labels]
+            order = torch.multinomial(probs, n, replacement=True, generator=g)
+        else:
+            order = torch.randperm(n, generator=g)
+        batches: list[list[int]] = []
+        for start in range(0, n, self.mega):
+            chunk = order[start : start + self.mega]
+            chunk = chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)]
+            batches.extend(chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size))
+        full = [b for b in batches if len(b) == self.batch_size]
+        partial = [b for b in batches if len(b) != self.batch_size]
+        shuffled = [full[i] for i in torch.randperm(len(full), generator=g).tolist()]
+        return shuffled + partial
+
+    def __iter__(self) -> Iterator[int]:
+        for batch in self.batches():
+            yield from batch
+
+
+class Collator:
+    def __init__(self, pad_id: int, pad_left: bool) -> None:
+        self.pad_id, self.pad_left = pad_id, pad_left
+
+    def __call__(self, items: list[tuple[torch.Tensor, int, float]]) -> dict[str, torch.Tensor]:
+        width = max(len(ids) for ids, _, _ in items)
+        input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for row, (ids, _, _) in enumerate(items):
+            span = slice(width - len(ids), width) if self.pad_left else slice(0, len(ids))
+            input_ids[row, span] = ids.long()
+            mask[row, span] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "labels": torch.tensor([label for _, label, _ in items], dtype=torch.long),
+            "weights": torch.tensor([w for _, _, w in items], dtype=torch.float32),
+        }
+
+
+class SST5DataModule(L.LightningDataModule):
+    def __init__(self, cfg: DataConfig, data_dir: Path, data_sha256: dict[str, str], tokenizer,
+                 max_length: int, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.cfg, self.data_dir, self.data_sha256 = cfg, data_dir, data_sha256
+        self.tokenizer, self.max_length, self.batch_size, self.seed = tokenizer, max_length, batch_size, seed
+        self.splits: dict[str, TokenizedSplit] = {}
+        self.cache_hit: bool | None = None
+        # Fingerprint before tokenising: calling the tokenizer changes its truncation state.
+        key = json.dumps({"format": CACHE_FORMAT, "data": data_sha256, "granularity": cfg.granularity,
+                          "weighting": cfg.phrase_weighting, "tokenizer": tokenizer_fingerprint(tokenizer),
+                          "max_length": max_length}, sort_keys=True)
+        self.cache_path = cache_root() / "tokens" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
+
+    def prepare_data(self) -> None:
+        path = self.cache_path
+        if path.is_file():
+            if self.cache_hit is None:
+                self.cache_hit = True
+            return
+        self.cache_hit = False
+        examples = split_examples(load_trees(self.data_dir), self.cfg.granularity, self.cfg.phrase_weighting)
+        tokenized = {name: tokenize(ex, self.tokenizer, self.max_length).to_dict() for name, ex in examples.items()}
+        atomic_torch_save(tokenized, path)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        stored = torch.load(self.cache_path, weights_only=True)
+        limits = {"train": self.cfg.limit_train_samples, "dev": self.cfg.limit_eval_samples,
+                  "test": self.cfg.limit_eval_samples}
+        self.splits = {name: TokenizedSplit(**stored[name]).subset(limits[name]) for name in ("train", "dev", "test")}
+
+    def class_counts(self) -> list[float]:
+        split = self.splits["train"]
+        return torch.bincount(split.labels, weights=split.weights.double(), minlength=5).tolist()
+
+    def _collator(self) -> Collator:
+        return Collator(self.tokenizer.pad_token_id or 0, getattr(self.tokenizer, "padding_side", "right") == "left")
+
+    def train_dataloader(self) -> DataLoader:
+        split = self.splits["train"]
+        sampler = LengthGroupedSampler(split.lengths, split.labels, self.batch_size, self.seed,
+                                       class_balanced=self.cfg.imbalance == "balanced-sampler")
+        return DataLoader(TokenizedDataset(split), batch_size=self.batch_size, sampler=sampler,
+                          collate_fn=self._collator(), num_workers=self.cfg.num_workers,
+                          persistent_workers=self.cfg.num_workers > 0)
+
+    def _eval_loader(self, name: str) -> DataLoader:
+        split = self.splits[name]
+        order = torch.argsort(split.lengths, descending=True, stable=True).tolist()  # least padding
+        return DataLoader(TokenizedDataset(split), batch_size=self.cfg.eval_batch_size, sampler=order,
+                          collate_fn=self._collator(), num_workers=self.cfg.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("dev")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")

@@ -1,0 +1,129 @@
+"""SentimentClassifier: the LightningModule around ReprozooForSequenceClassification.
+
+Loss (class weights, label smoothing, per-example count weights), metrics, and the optimiser:
+AdamW without weight decay on biases and norms, optional layer-wise LR decay, and a per-step
+linear warm-up then linear decay.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from reprozoo.config import OptimConfig
+from reprozoo.metrics import confusion_matrix, summarize
+from reprozoo.modeling_reprozoo import ReprozooForSequenceClassification
+
+_LAYER = re.compile(r"\.(?:layer|layers|blocks?)\.(\d+)\.")
+
+
+class SentimentClassifier(L.LightningModule):
+    def __init__(self, net: ReprozooForSequenceClassification, optim: OptimConfig, lr: float,
+                 class_weights: list[float] | None = None) -> None:
+        super().__init__()
+        self.net, self.optim_cfg, self.lr = net, optim, lr
+        self.net.train()  # from_pretrained leaves modules in eval mode, which would disable dropout
+        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else torch.ones(net.config.num_labels)
+        self.register_buffer("class_weights", weights)
+        self.step_losses: list[float] = []  # every optimiser step's loss, for the record
+        self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
+        self.last_eval: dict[str, dict[str, Any]] = {}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.net(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        per_example = nn.functional.cross_entropy(logits.float(), labels, weight=self.class_weights,
+                                                  label_smoothing=self.optim_cfg.label_smoothing, reduction="none")
+        # Normalise by the same weights the sum used, so the loss scale ignores the weighting.
+        norm = (weights * self.class_weights[labels]).sum()
+        return (per_example * weights).sum() / norm
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        loss = self.loss(logits, batch["labels"], batch["weights"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
+        self.step_losses.append(float(loss.detach()))
+        return loss
+
+    def _eval_step(self, stage: str, batch: dict[str, torch.Tensor]) -> None:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        self._outputs[stage].append((logits.argmax(-1).cpu(), batch["labels"].cpu()))
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _eval_end(self, stage: str) -> None:
+        outputs = self._outputs[stage]
+        self._outputs[stage] = []
+        if not outputs:
+            return
+        preds = torch.cat([p for p, _ in outputs])
+        labels = torch.cat([y for _, y in outputs])
+        if self.trainer.world_size > 1:  # every rank scores the full split
+            preds = self.all_gather(preds).reshape(-1).cpu()
+            labels = self.all_gather(labels).reshape(-1).cpu()
+        summary = summarize(confusion_matrix(labels.tolist(), preds.tolist()))
+        self.last_eval[stage] = summary
+        self.log(f"{stage}/accuracy", summary["accuracy"], prog_bar=True, sync_dist=False)
+        self.log(f"{stage}/macro_f1", summary["macro_f1"], prog_bar=True, sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
+    # --- optimiser ----------------------------------------------------------------------------
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        cfg = self.optim_cfg
+        named = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
+        depths = [_layer_depth(n) for n, _ in named]
+        top = max((d for d in depths if d is not None), default=0) + 1
+        groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+        for (name, param), depth in zip(named, depths, strict=True):
+            if name.startswith("classifier"):
+                scale = cfg.head_lr_multiplier
+            elif cfg.layer_lr_decay < 1.0:
+                layer = depth + 1 if depth is not None else (0 if "embed" in name else top)
+                scale = cfg.layer_lr_decay ** (top - layer)
+            else:
+                scale = 1.0
+            no_decay = param.ndim < 2 or "norm" in name.lower()
+            key = (self.lr * scale, 0.0 if no_decay else cfg.weight_decay)
+            groups.setdefault(key, []).append(param)
+        return [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        # The fused kernel (CPU and CUDA) is ~5x faster than the default foreach one; with short
+        # SST phrases the optimiser step is otherwise a large share of each training step.
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.lr, fused=True)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(total * self.optim_cfg.warmup_ratio)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+
+    # --- state beyond weights (kept in checkpoints so a resumed run reports the same) ---------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["reprozoo_step_losses"] = list(self.step_losses)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.step_losses = list(checkpoint.get("reprozoo_step_losses", []))
+
+
+def _layer_depth(name: str) -> int | None:
+    match = _LAYER.search(name)
+    return int(match.group(1)) if match else None

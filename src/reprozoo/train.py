@@ -1,0 +1,272 @@
+"""One training run, top to bottom: RunConfig in, run directory (and tracked task) out.
+
+    config → data files (sha256) → weights → tracker → data module → model → Trainer.fit
+           → best checkpoint → dev + test scores → metrics.json, confusion matrix, export
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from reprozoo import zoo
+from reprozoo.config import ConfigError, RunConfig
+from reprozoo.data.sst5 import data_fingerprint, resolve_data_dir
+from reprozoo.data.trees import LABEL_NAMES
+
+log = logging.getLogger("reprozoo")
+
+
+@dataclass
+class Plan:
+    """Everything a run decided before training: resolved defaults, paths, hardware."""
+
+    cfg: RunConfig
+    entry: zoo.ZooEntry
+    run_dir: Path
+    data_dir: Path
+    data_sha256: dict[str, str]
+    lr: float
+    batch_size: int
+    max_length: int
+    pooling: str
+    accelerator: str
+    precision: str
+
+
+def plan_run(cfg: RunConfig, overwrite: bool = False) -> Plan:
+    """Validate and resolve everything cheap before any model is loaded."""
+    cfg.validate()
+    entry = zoo.get(cfg.model.name)
+    max_length = cfg.data.max_length or entry.max_length
+    limit = _model_max_positions(entry)
+    if limit and max_length > limit:
+        raise ConfigError(f"data.max_length={max_length} exceeds {entry.name}'s limit of {limit} positions; use --max-length {limit} or less")
+    accelerator = _choose_accelerator(cfg)
+    precision = _choose_precision(cfg, entry, accelerator)
+    data_dir = resolve_data_dir(cfg.data.data_dir)
+    run_dir = Path(cfg.out_dir or Path("runs") / f"{entry.name.replace('/', '_')}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+    if (run_dir / "metrics.json").exists() and not overwrite:
+        raise ConfigError(f"{run_dir} already holds a finished run; pass --overwrite or choose another --out")
+    return Plan(cfg=cfg, entry=entry, run_dir=run_dir, data_dir=data_dir, data_sha256=data_fingerprint(data_dir),
+                lr=cfg.optim.lr or entry.lr, batch_size=cfg.data.batch_size or entry.batch_size,
+                max_length=max_length, pooling=cfg.model.pooling or entry.pooling,
+                accelerator=accelerator, precision=precision)
+
+
+def _model_max_positions(entry: zoo.ZooEntry) -> int | None:
+    """Position limit, when known without loading weights (local dirs and cached configs)."""
+    if entry.local_dir:
+        config = json.loads((Path(entry.local_dir) / "config.json").read_text())
+        limit = config.get("max_position_embeddings")
+        # RoBERTa-style models reserve two positions for the padding offset.
+        return limit - 2 if limit and config.get("model_type") in ("roberta", "xlm-roberta", "longformer") else limit
+    return 512
+
+
+def _choose_accelerator(cfg: RunConfig) -> str:
+    import torch
+
+    wanted = cfg.trainer.accelerator
+    has_gpu = torch.cuda.is_available()
+    if wanted in ("gpu", "cuda") or cfg.trainer.require_gpu:
+        if not has_gpu:
+            if cfg.trainer.require_gpu:
+                raise ConfigError("a GPU was required (--require-gpu) but torch sees none; drop --require-gpu to train on CPU")
+            print("reprozoo: no GPU visible to torch; falling back to CPU (pass --require-gpu to make this an error)", file=sys.stderr)
+            return "cpu"
+        return "gpu"
+    if wanted == "auto":
+        return "gpu" if has_gpu else "cpu"
+    return wanted
+
+
+def _choose_precision(cfg: RunConfig, entry: zoo.ZooEntry, accelerator: str) -> str:
+    import torch
+
+    requested = cfg.trainer.precision
+    if requested.startswith("16") and not entry.fp16:
+        raise ConfigError(f"{entry.name} ({entry.family}) is not trained in fp16: it overflows to NaN losses; use --precision bf16-mixed (GPU) or 32-true")
+    if requested != "auto":
+        if accelerator == "cpu" and "bf16" in requested:
+            print("reprozoo: warning: bf16 on a CPU without bf16 units is ~20x slower than fp32", file=sys.stderr)
+        return requested
+    if accelerator != "gpu":
+        return "32-true"
+    if torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "16-mixed" if entry.fp16 else "32-true"
+
+
+def train(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
+    plan = plan_run(cfg, overwrite=overwrite)
+    started = time.time()
+    _quiet_libraries()
+
+    import lightning as L
+    import torch
+    from transformers import AutoTokenizer
+
+    from reprozoo import tracking
+    from reprozoo.data.module import SST5DataModule
+    from reprozoo.model import SentimentClassifier
+    from reprozoo.modeling_reprozoo import ReprozooForSequenceClassification
+
+    run_dir = plan.run_dir
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.yaml")
+
+    weights = zoo.resolve_weights(plan.entry, cfg.model.revision)
+    tracker = tracking.start(cfg, plan, weights)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.use_deterministic_algorithms(True, warn_only=plan.accelerator == "gpu")
+
+    tokenizer = AutoTokenizer.from_pretrained(str(weights.path))
+    datamodule = SST5DataModule(cfg.data, plan.data_dir, plan.data_sha256, tokenizer,
+                                plan.max_length, plan.batch_size, cfg.seed)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    class_weights = None
+    if cfg.data.imbalance == "weighted-loss":
+        counts = datamodule.class_counts()
+        total = sum(counts)
+        class_weights = [total / (len(counts) * max(c, 1.0)) for c in counts]
+
+    id2label = dict(enumerate(LABEL_NAMES))
+    net = ReprozooForSequenceClassification.from_backbone(str(weights.path), plan.pooling, cfg.model.dropout, id2label)
+    module = SentimentClassifier(net, cfg.optim, plan.lr, class_weights)
+
+    trainer = L.Trainer(**_trainer_kwargs(cfg, plan, tracker))
+    fit_started = time.time()
+    trainer.fit(module, datamodule=datamodule)
+    train_seconds = time.time() - fit_started
+
+    best = _best_checkpoint(trainer)
+    dev = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False) and module.last_eval["val"]
+    test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False) and module.last_eval["test"]
+    steps = module.step_losses
+    tenth = max(1, len(steps) // 10)
+    metrics = {
+        "dev": dev,
+        "test": test,
+        "train": {
+            "examples": len(datamodule.splits["train"].labels),
+            "granularity": cfg.data.granularity,
+            "steps": len(steps),
+            "epochs": trainer.current_epoch,
+            "loss_first": sum(steps[:tenth]) / tenth if steps else None,
+            "loss_last": sum(steps[-tenth:]) / tenth if steps else None,
+        },
+        "best_checkpoint": Path(best).name if best else None,
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    timing = {"train_seconds": train_seconds, "total_seconds": time.time() - started,
+              "tokenization_cache_hit": datamodule.cache_hit, "accelerator": plan.accelerator,
+              "precision": plan.precision, "torch_threads": torch.get_num_threads()}
+    (run_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+
+    from reprozoo.metrics import save_confusion_png
+
+    save_confusion_png(test["confusion_matrix"], str(run_dir / "confusion_test.png"),
+                       f"{plan.entry.name} SST-5 test (acc {test['accuracy']:.3f})")
+    export_dir = _export(module, tokenizer, run_dir)
+    tracker.finish(metrics, timing, run_dir, export_dir)
+    return {"run_dir": str(run_dir), "metrics": metrics, "timing": timing, "task_id": tracker.task_id}
+
+
+def _trainer_kwargs(cfg: RunConfig, plan: Plan, tracker: Any) -> dict[str, Any]:
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, ModelPruning
+
+    t = cfg.trainer
+    callbacks: list[Any] = [
+        ModelCheckpoint(dirpath=plan.run_dir / "checkpoints", filename="best-{epoch}-{step}", monitor="val/macro_f1",
+                        mode="max", save_top_k=1, save_last=True, auto_insert_metric_name=False),
+        EarlyStopping(monitor="val/macro_f1", mode="max", patience=t.early_stopping_patience),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    if t.pruning_amount > 0:
+        callbacks.append(ModelPruning("l1_unstructured", amount=t.pruning_amount, use_global_unstructured=True,
+                                      parameters_to_prune=None, verbose=0))
+    if sys.stderr.isatty():
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar())
+        progress = True
+    else:
+        from reprozoo.progress import LineProgress
+
+        callbacks.append(LineProgress())
+        progress = False
+    callbacks.extend(tracker.callbacks())
+    return {
+        "max_epochs": t.max_epochs,
+        "max_steps": t.max_steps,
+        "max_time": t.max_time,
+        "accelerator": plan.accelerator,
+        "devices": t.devices if plan.accelerator != "cpu" else 1,
+        "precision": plan.precision,
+        "deterministic": True,
+        "gradient_clip_val": cfg.optim.grad_clip or None,
+        "accumulate_grad_batches": t.accumulate_grad_batches,
+        "val_check_interval": t.val_check_interval,
+        "log_every_n_steps": t.log_every_n_steps,
+        "fast_dev_run": t.fast_dev_run,
+        "profiler": t.profiler,
+        "callbacks": callbacks,
+        "logger": tracker.lightning_logger(plan.run_dir),
+        "enable_progress_bar": progress,
+        "enable_model_summary": False,
+        "default_root_dir": str(plan.run_dir),
+        "num_sanity_val_steps": 0,
+    }
+
+
+def _best_checkpoint(trainer: Any) -> str | None:
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is not None and checkpoint.best_model_path:
+        return checkpoint.best_model_path
+    return None  # fast_dev_run: no checkpoint, score the weights in memory
+
+
+def _export(module: Any, tokenizer: Any, run_dir: Path) -> Path:
+    """A `save_pretrained` directory that transformers' pipeline loads (see modeling_reprozoo)."""
+    from reprozoo import modeling_reprozoo
+
+    export_dir = run_dir / "export"
+    net = module.net
+    net.config.auto_map = {
+        "AutoConfig": "modeling_reprozoo.ReprozooConfig",
+        "AutoModelForSequenceClassification": "modeling_reprozoo.ReprozooForSequenceClassification",
+    }
+    net.config.architectures = ["ReprozooForSequenceClassification"]
+    net.save_pretrained(export_dir)
+    tokenizer.save_pretrained(export_dir)
+    shutil.copy(modeling_reprozoo.__file__, export_dir / "modeling_reprozoo.py")
+    return export_dir
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+                 "lightning.fabric.utilities.seed", "transformers.modeling_utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
