@@ -75,3 +75,44 @@ def test_data_stats_prints_counts_and_writes_a_chart(data_dir: Path, tmp_path: P
 def test_help_is_fast_and_torch_free() -> None:
     code = "import sys; from reprozoo import cli; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("defect", "message"),
+    [
+        ("malformed", "train.txt:2: unbalanced '(' (1 bracket(s) never closed)"),
+        ("label", "train.txt:1: label 5 is outside 0-4"),
+        ("binary", "looks like binary SST-2; SST-5 needs labels 0-4"),
+        ("latin-1", "train.txt:2: bytes that are not UTF-8"),
+        ("empty", "train.txt: the file is empty"),
+        ("missing", "lacks test.txt"),
+    ],
+)
+def test_bad_data_is_one_line_naming_file_and_line(defect: str, message: str, tmp_path: Path, data_dir: Path) -> None:
+    bad = tmp_path / "trees"
+    bad.mkdir()
+    for split in ("dev", "test"):
+        (bad / f"{split}.txt").write_bytes((data_dir / f"{split}.txt").read_bytes())
+    train = {
+        "malformed": b"(3 (2 a) (4 film))\n(2 (2 a) (2 b)\n",
+        "label": b"(5 (2 a) (4 film))\n",
+        "binary": b"".join(b"(%d (1 good) (0 film))\n" % (i % 2) for i in range(200)),
+        "latin-1": b"(3 (2 a) (4 film))\n(2 (2 caf\xe9) (2 .))\n",
+        "empty": b"",
+        "missing": b"(3 (2 a) (4 film))\n",
+    }[defect]
+    (bad / "train.txt").write_bytes(train)
+    if defect == "missing":
+        (bad / "test.txt").unlink()
+    result = reprozoo("train", "--data-dir", str(bad), "--out", str(tmp_path / "run"), "--tracking", "offline")
+    assert result.returncode == 2, result.stderr[-1500:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_unreachable_hub_model_names_the_local_directory_fix(data_dir: Path, tmp_path: Path) -> None:
+    result = reprozoo("train", "--model", "roberta-base", "--data-dir", str(data_dir), "--out", str(tmp_path / "r"))
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "Hugging Face Hub is unreachable" in line and "pass --model DIR" in line

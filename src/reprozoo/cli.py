@@ -29,9 +29,11 @@ def _fail(message: str) -> None:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from reprozoo.data.sst5 import DataSourceError
     from reprozoo.data.trees import MissingSplitError, TreeFormatError
+    from reprozoo.resume import CheckpointWriteError, ResumeError
     from reprozoo.zoo import UnknownModelError, WeightsUnavailableError
 
-    return (ConfigError, DataSourceError, TreeFormatError, MissingSplitError, UnknownModelError, WeightsUnavailableError)
+    return (ConfigError, DataSourceError, TreeFormatError, MissingSplitError, UnknownModelError, WeightsUnavailableError,
+            CheckpointWriteError, ResumeError)
 
 
 def _run(action: Callable[[], Any]) -> Any:
@@ -65,11 +67,19 @@ def train(
     tracking: Annotated[str | None, typer.Option(help="auto | offline | server | off")] = None,
     out: Annotated[str | None, typer.Option(help="run directory (default: runs/<model>-<time>)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace a finished run in --out")] = False,
+    resume: Annotated[Path | None, typer.Option(help="continue an interrupted run from its run directory")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="also checkpoint every N steps (survives kill -9)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="any setting as section.key=value, e.g. optim.layer_lr_decay=0.9")] = None,
 ) -> None:
     """Fine-tune a model on SST-5 and write a run directory (and a ClearML task)."""
 
     def build() -> RunConfig:
+        if resume is not None:
+            if not (resume / "config.yaml").is_file():
+                raise ConfigError(f"--resume {resume}: not a run directory (no config.yaml); pass the --out of the interrupted run")
+            cfg = RunConfig.load(resume / "config.yaml")
+            cfg.out_dir = str(resume)
+            return cfg.validate()  # the same run: its recorded settings, unchanged
         cfg = RunConfig.load(config) if config else RunConfig()
         flags = {
             "model.name": model, "data.data_dir": data_dir, "data.granularity": granularity,
@@ -79,7 +89,7 @@ def train(
             "seed": seed, "trainer.precision": precision, "trainer.accelerator": "gpu" if gpus else accelerator,
             "trainer.devices": devices, "trainer.require_gpu": require_gpu or None,
             "trainer.fast_dev_run": fast_dev_run or None, "trainer.profiler": profiler,
-            "tracking.mode": tracking, "out_dir": out,
+            "tracking.mode": tracking, "out_dir": out, "trainer.checkpoint_every": checkpoint_every,
         }
         data = cfg.to_dict()
         for key, value in flags.items():
@@ -91,10 +101,15 @@ def train(
                 node[leaf] = value
         return RunConfig.from_dict(data).override(set_ or []).validate()
 
+    from reprozoo.resume import Preempted
     from reprozoo.train import train as run_training
 
     cfg = _run(build)
-    result = _run(lambda: run_training(cfg, overwrite=overwrite))
+    try:
+        result = _run(lambda: run_training(cfg, overwrite=overwrite, resume=resume is not None))
+    except Preempted as stop:
+        typer.echo(f"stopped by {stop}; checkpoint saved, resume with: reprozoo train --resume {cfg.out_dir}", err=True)
+        raise typer.Exit(128 + stop.signum) from None
     m = result["metrics"]
     typer.echo(f"run directory: {result['run_dir']}")
     if result["task_id"]:

@@ -69,6 +69,7 @@ class TrainerConfig:
     devices: str = "auto"
     require_gpu: bool = False
     early_stopping_patience: int = 3
+    checkpoint_every: int = 0  # >0: also write last.ckpt every N optimiser steps (covers kill -9)
     val_check_interval: float = 1.0  # fraction of an epoch between dev evaluations
     pruning_amount: float = 0.0  # >0: L1-unstructured pruning of the head and FFN weights
     accumulate_grad_batches: int = 1
@@ -169,6 +170,8 @@ class RunConfig:
             raise ConfigError("trainer.max_epochs must be >= 1 (or set trainer.max_steps)")
         if not 0 <= t.pruning_amount < 1:
             raise ConfigError(f"trainer.pruning_amount={t.pruning_amount} must be in [0, 1)")
+        if t.checkpoint_every < 0:
+            raise ConfigError("trainer.checkpoint_every must be >= 0 (0: only at evaluations)")
         if d.num_workers < 0:
             raise ConfigError("data.num_workers must be >= 0")
         return self

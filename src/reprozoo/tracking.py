@@ -146,6 +146,18 @@ class Tracker:
                 record["offline_zip"] = str(folder) + ".zip" if Path(str(folder) + ".zip").exists() else None
         (run_dir / "task.json").write_text(json.dumps(record, indent=2) + "\n")
 
+    def abort(self, reason: str, run_dir: Path) -> None:
+        """Training stopped early (preemption, error): close the task so what it holds is kept."""
+        record: dict[str, Any] = {"mode": self.mode, "task_id": self.task_id, "stopped": reason}
+        if self.task is not None:
+            self.task.get_logger().report_text(f"training stopped: {reason}")
+            if self.mode == "offline":
+                record["offline_folder"] = str(self.task.get_offline_mode_folder())
+            if self.mode == "server":
+                self.task.mark_stopped(force=True, status_message=reason[:200])
+            self.task.close()
+        (run_dir / "task.json").write_text(json.dumps(record, indent=2) + "\n")
+
 
 def start(cfg: RunConfig, plan: Any, weights: Any) -> Tracker:
     mode = resolve_mode(cfg.tracking.mode)

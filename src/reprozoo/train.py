@@ -43,7 +43,7 @@ class Plan:
     precision: str
 
 
-def plan_run(cfg: RunConfig, overwrite: bool = False) -> Plan:
+def plan_run(cfg: RunConfig, overwrite: bool = False, resuming: bool = False) -> Plan:
     """Validate and resolve everything cheap before any model is loaded."""
     cfg.validate()
     entry = zoo.get(cfg.model.name)
@@ -55,7 +55,7 @@ def plan_run(cfg: RunConfig, overwrite: bool = False) -> Plan:
     precision = _choose_precision(cfg, entry, accelerator)
     data_dir = resolve_data_dir(cfg.data.data_dir)
     run_dir = Path(cfg.out_dir or Path("runs") / f"{entry.name.replace('/', '_')}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
-    if (run_dir / "metrics.json").exists() and not overwrite:
+    if (run_dir / "metrics.json").exists() and not overwrite and not resuming:
         raise ConfigError(f"{run_dir} already holds a finished run; pass --overwrite or choose another --out")
     return Plan(cfg=cfg, entry=entry, run_dir=run_dir, data_dir=data_dir, data_sha256=data_fingerprint(data_dir),
                 lr=cfg.optim.lr or entry.lr, batch_size=cfg.data.batch_size or entry.batch_size,
@@ -107,8 +107,9 @@ def _choose_precision(cfg: RunConfig, entry: zoo.ZooEntry, accelerator: str) -> 
     return "16-mixed" if entry.fp16 else "32-true"
 
 
-def train(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
-    plan = plan_run(cfg, overwrite=overwrite)
+def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Run `cfg`; with `resume`, continue the run in `cfg.out_dir` from its last checkpoint."""
+    plan = plan_run(cfg, overwrite=overwrite, resuming=resume)
     started = time.time()
     _quiet_libraries()
 
@@ -120,23 +121,25 @@ def train(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     from reprozoo.data.module import SST5DataModule
     from reprozoo.model import SentimentClassifier
     from reprozoo.modeling_reprozoo import ReprozooForSequenceClassification
-
-    run_dir = plan.run_dir
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.yaml")
+    from reprozoo.resume import find_resume_checkpoint
 
     weights = zoo.resolve_weights(plan.entry, cfg.model.revision)
+    tokenizer = AutoTokenizer.from_pretrained(str(weights.path))
+    datamodule = SST5DataModule(cfg.data, plan.data_dir, plan.data_sha256, tokenizer,
+                                plan.max_length, plan.batch_size, cfg.seed)
+    datamodule.prepare_data()  # parses (and so validates) the trees before anything is recorded
+    datamodule.setup("fit")
+
+    resume_from = find_resume_checkpoint(plan.run_dir) if resume else None
+    if overwrite and plan.run_dir.exists() and not resume:
+        shutil.rmtree(plan.run_dir)
+    run_dir = plan.run_dir = _claim_run_dir(plan.run_dir, exclusive=cfg.out_dir is None)
+    cfg.save(run_dir / "config.yaml")
+
     tracker = tracking.start(cfg, plan, weights)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.use_deterministic_algorithms(True, warn_only=plan.accelerator == "gpu")
 
-    tokenizer = AutoTokenizer.from_pretrained(str(weights.path))
-    datamodule = SST5DataModule(cfg.data, plan.data_dir, plan.data_sha256, tokenizer,
-                                plan.max_length, plan.batch_size, cfg.seed)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
     class_weights = None
     if cfg.data.imbalance == "weighted-loss":
         counts = datamodule.class_counts()
@@ -149,7 +152,11 @@ def train(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
 
     trainer = L.Trainer(**_trainer_kwargs(cfg, plan, tracker))
     fit_started = time.time()
-    trainer.fit(module, datamodule=datamodule)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    except BaseException as err:
+        tracker.abort(f"{type(err).__name__}: {err}", run_dir)  # the record so far is kept, marked stopped
+        raise
     train_seconds = time.time() - fit_started
 
     best = _best_checkpoint(trainer)
@@ -185,16 +192,41 @@ def train(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     return {"run_dir": str(run_dir), "metrics": metrics, "timing": timing, "task_id": tracker.task_id}
 
 
+def _claim_run_dir(run_dir: Path, exclusive: bool) -> Path:
+    """Create the run directory. A default (timestamped) name gets a suffix when another run
+    started in the same second, so concurrent runs never share a directory."""
+    if not exclusive:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        candidate = run_dir if n == 1 else run_dir.with_name(f"{run_dir.name}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise ConfigError(f"{run_dir}: too many runs with this name; pass --out DIR")
+
+
 def _trainer_kwargs(cfg: RunConfig, plan: Plan, tracker: Any) -> dict[str, Any]:
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, ModelPruning
 
+    from reprozoo.resume import AtomicCheckpointIO, PreemptionCheckpoint, ResumeState
+
     t = cfg.trainer
+    checkpoints = plan.run_dir / "checkpoints"
     callbacks: list[Any] = [
-        ModelCheckpoint(dirpath=plan.run_dir / "checkpoints", filename="best-{epoch}-{step}", monitor="val/macro_f1",
+        ModelCheckpoint(dirpath=checkpoints, filename="best-{epoch}-{step}", monitor="val/macro_f1",
                         mode="max", save_top_k=1, save_last=True, auto_insert_metric_name=False),
         EarlyStopping(monitor="val/macro_f1", mode="max", patience=t.early_stopping_patience),
         LearningRateMonitor(logging_interval="step"),
+        ResumeState(),
+        PreemptionCheckpoint(checkpoints),
     ]
+    if t.checkpoint_every:
+        callbacks.append(ModelCheckpoint(dirpath=checkpoints, every_n_train_steps=t.checkpoint_every, save_top_k=0,
+                                         save_last=True))
     if t.pruning_amount > 0:
         callbacks.append(ModelPruning("l1_unstructured", amount=t.pruning_amount, use_global_unstructured=True,
                                       parameters_to_prune=None, verbose=0))
@@ -229,6 +261,7 @@ def _trainer_kwargs(cfg: RunConfig, plan: Plan, tracker: Any) -> dict[str, Any]:
         "enable_model_summary": False,
         "default_root_dir": str(plan.run_dir),
         "num_sanity_val_steps": 0,
+        "plugins": [AtomicCheckpointIO()],
     }
 
 

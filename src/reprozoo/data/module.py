@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from reprozoo.config import DataConfig
 from reprozoo.data.sst5 import Examples, cache_root, load_trees, split_examples
+from reprozoo.resume import ResumableDataLoader
 
 CACHE_FORMAT = 1
 
@@ -121,9 +122,14 @@ class LengthGroupedSampler(Sampler[int]):
         self.batch_size, self.seed, self.class_balanced = batch_size, seed, class_balanced
         self.mega = batch_size * mega_batches
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """The next pass over `epoch` skips its first `batches_done` batches (exact resume)."""
+        self._resume = (epoch, batches_done)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -148,7 +154,12 @@ class LengthGroupedSampler(Sampler[int]):
         return shuffled + partial
 
     def __iter__(self) -> Iterator[int]:
-        for batch in self.batches():
+        skip = 0
+        if self._resume is not None:
+            epoch, done = self._resume
+            self._resume = None
+            skip = done if epoch == self.epoch else 0
+        for batch in self.batches()[skip:]:
             yield from batch
 
 
@@ -216,9 +227,14 @@ class SST5DataModule(L.LightningDataModule):
         split = self.splits["train"]
         sampler = LengthGroupedSampler(split.lengths, split.labels, self.batch_size, self.seed,
                                        class_balanced=self.cfg.imbalance == "balanced-sampler")
-        return DataLoader(TokenizedDataset(split), batch_size=self.batch_size, sampler=sampler,
-                          collate_fn=self._collator(), num_workers=self.cfg.num_workers,
-                          persistent_workers=self.cfg.num_workers > 0)
+        return ResumableDataLoader(TokenizedDataset(split), batch_size=self.batch_size, sampler=sampler,
+                                   collate_fn=self._collator(), num_workers=self.cfg.num_workers,
+                                   persistent_workers=self.cfg.num_workers > 0, progress=self._batches_done)
+
+    def _batches_done(self) -> int:
+        """Batches processed in the current epoch, as the trainer's loop counts them."""
+        trainer = getattr(self, "trainer", None)
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
 
     def _eval_loader(self, name: str) -> DataLoader:
         split = self.splits[name]

@@ -1,0 +1,190 @@
+"""Preemption-safe training: atomic checkpoints, a checkpoint on SIGTERM/SIGINT, and exact resume.
+
+What a bit-identical resume needs beyond Lightning's own checkpoint (weights, optimiser,
+scheduler, AMP scaler, loop progress, callback states):
+- every RNG state (Python, NumPy, torch CPU and CUDA): dropout draws continue where they stopped;
+- the sampler position inside the epoch: the resumed epoch skips exactly the batches done.
+The data loader carries its position through Lightning's stateful-loader protocol
+(`state_dict`/`load_state_dict`), the RNG states through a callback's state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import random
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader
+
+LAST = "last.ckpt"
+PREVIOUS = "last.prev.ckpt"
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the previous one is intact."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write to a temporary file, fsync, then rename: a kill or a full disk mid-write never
+    leaves a torn checkpoint. The previous `last.ckpt` is kept as `last.prev.ckpt`."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)  # serialise first: a write error is then a plain OSError
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as handle:
+                handle.write(buffer.getbuffer())
+                handle.flush()
+                os.fsync(handle.fileno())
+            if path.name == LAST and path.exists():
+                os.replace(path, path.with_name(PREVIOUS))
+            os.replace(tmp, path)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise CheckpointWriteError(
+                f"cannot write checkpoint {path}: {err.strerror or err}; free disk space or make the run directory"
+                " writable, then resume with `reprozoo train --resume RUN_DIR` (the previous checkpoint is intact)"
+            ) from None
+
+
+class ResumableDataLoader(DataLoader):
+    """A train loader that reports and restores its position within an epoch.
+
+    `progress()` returns the batches processed in the current epoch (from the trainer's loop);
+    after `load_state_dict`, the next iteration of that same epoch skips those batches.
+    """
+
+    def __init__(self, *args: Any, progress: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self.sampler.epoch), "batches_done": int(self.progress())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.resume_at(state["epoch"], state["batches_done"])
+
+
+class ResumeState(Callback):
+    """Saves every RNG state with each checkpoint; on resume, puts back the RNG states and the
+    train loader's position at the last moment before the first resumed step.
+
+    Lightning 2.6 builds the train loader before it restores the loop state (for
+    `estimated_stepping_batches`), so its own stateful-loader hand-off never reaches our loader;
+    and it draws from the global RNG when it creates the loader's iterator. Hence both are
+    applied here, from the checkpoint, just before the first resumed batch runs."""
+
+    def __init__(self) -> None:
+        self._rng: dict[str, Any] | None = None
+        self._loader_states: list[dict[str, int]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        # Plain types and tensors only: Lightning loads checkpoints with weights_only=True.
+        state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state(),
+                                 "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._rng = state_dict
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        fit_state = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+        self._loader_states = list(fit_state.get("combined_loader", []))
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        loader = trainer.train_dataloader
+        if self._loader_states and isinstance(loader, ResumableDataLoader):
+            loader.load_state_dict(self._loader_states[0])  # the sampler draws at the first fetch, after this
+        self._loader_states = []
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self._rng is None:
+            return
+        state, self._rng = self._rng, None
+        random.setstate(state["python"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class PreemptionCheckpoint(Callback):
+    """On SIGTERM or SIGINT (Colab disconnects, spot preemption, Ctrl-C): finish the current
+    batch, write `last.ckpt`, and stop. The process then exits with 128 + signal number."""
+
+    def __init__(self, checkpoint_dir: Path) -> None:
+        self.checkpoint_dir = checkpoint_dir
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.received = signum
+        print(f"reprozoo: received {signal.Signals(signum).name}; checkpointing after this batch", file=sys.stderr, flush=True)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.received is None:
+            return
+        trainer.save_checkpoint(self.checkpoint_dir / LAST)
+        print(f"reprozoo: saved {self.checkpoint_dir / LAST}; resume with `reprozoo train --resume"
+              f" {self.checkpoint_dir.parent}`", file=sys.stderr, flush=True)
+        trainer.should_stop = True
+        raise Preempted(self.received)
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Preempted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def find_resume_checkpoint(run_dir: Path) -> Path:
+    """`last.ckpt` if it loads, else `last.prev.ckpt`; a clear error when neither does."""
+    directory = run_dir / "checkpoints"
+    problems = []
+    for name in (LAST, PREVIOUS):
+        path = directory / name
+        if not path.exists():
+            problems.append(f"{name} missing")
+            continue
+        try:
+            torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except Exception as err:
+            problems.append(f"{name} unreadable ({type(err).__name__})")
+            print(f"reprozoo: {path} is corrupt or truncated ({type(err).__name__}); trying the previous checkpoint",
+                  file=sys.stderr)
+            continue
+        return path
+    raise ResumeError(f"{run_dir}: no usable checkpoint to resume from ({'; '.join(problems)}); start a new run instead")
+
+
+class ResumeError(RuntimeError):
+    """Nothing to resume from."""

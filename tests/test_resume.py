@@ -1,0 +1,129 @@
+"""Preemption and exact resume, on real MiniLM + SST-5 sentences (CPU).
+
+The interrupted run is killed at a moment nobody picked in advance (after a random number of
+checkpoint writes plus a random delay), resumed, and must end with the very same metrics.json
+as an uninterrupted run with the same seed."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from reprozoo.resume import LAST, PREVIOUS, AtomicCheckpointIO, CheckpointWriteError, ResumeError, find_resume_checkpoint
+
+pytestmark = pytest.mark.slow
+
+STEPS_PER_EPOCH = 20  # 320 sentences, batch 16
+
+
+def train_args(data_dir: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "reprozoo", "train", "--data-dir", str(data_dir), "--out", str(out),
+            "--limit-train-samples", "320", "--limit-eval-samples", "100", "--batch-size", "16", "--max-epochs", "2",
+            "--lr", "1e-4", "--tracking", "off", "--checkpoint-every", "3", "--set", "trainer.val_check_interval=0.5"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> bytes:
+    out = tmp_path_factory.mktemp("straight") / "run"
+    subprocess.run(train_args(data_dir, out), check=True, capture_output=True)
+    return (out / "metrics.json").read_bytes()
+
+
+def wait_for_checkpoints(proc: subprocess.Popen, last: Path, writes: int) -> None:
+    seen, stamp = 0, None
+    deadline = time.time() + 240
+    while seen < writes:
+        assert proc.poll() is None, "the run ended before it was interrupted"
+        assert time.time() < deadline
+        if last.exists() and last.stat().st_mtime_ns != stamp:
+            stamp, seen = last.stat().st_mtime_ns, seen + 1
+        time.sleep(0.05)
+
+
+def batches_done(checkpoint: Path) -> tuple[int, int]:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    loader = state["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    return state["global_step"], loader["batches_done"]
+
+
+@pytest.mark.parametrize("how", ["kill -9", "SIGTERM"])
+def test_interrupted_run_resumes_bit_identical(how: str, uninterrupted: bytes, data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    rng = random.Random()  # unseeded: the moment of the kill is not chosen in advance
+    proc = subprocess.Popen(train_args(data_dir, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoints(proc, out / "checkpoints" / LAST, writes=rng.randint(1, 6))
+    time.sleep(rng.uniform(0.0, 1.5))
+    if how == "kill -9":
+        proc.kill()
+        proc.wait()
+    else:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert "resume with: reprozoo train --resume" in err
+    assert not (out / "metrics.json").exists()
+    step, done = batches_done(find_resume_checkpoint(out))
+    assert step > 0 and done in (step % STEPS_PER_EPOCH, STEPS_PER_EPOCH)  # the exact position in the epoch
+
+    resumed = subprocess.run([sys.executable, "-m", "reprozoo", "train", "--resume", str(out)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (out / "metrics.json").read_bytes() == uninterrupted
+
+
+def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 1}, checkpoints / LAST)
+    io.save_checkpoint({"global_step": 2}, checkpoints / LAST)
+    assert torch.load(checkpoints / PREVIOUS, weights_only=False)["global_step"] == 1
+    data = (checkpoints / LAST).read_bytes()
+    (checkpoints / LAST).write_bytes(data[: len(data) // 2])  # truncated, as by a crash of another tool
+    assert find_resume_checkpoint(tmp_path) == checkpoints / PREVIOUS
+    assert "corrupt or truncated" in capsys.readouterr().err
+    (checkpoints / PREVIOUS).write_bytes(b"garbage")
+    with pytest.raises(ResumeError, match="no usable checkpoint"):
+        find_resume_checkpoint(tmp_path)
+
+
+def _small_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    return result.returncode == 0
+
+
+def test_disk_full_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
+    mount = tmp_path / "small"
+    if os.geteuid() != 0 or not _small_tmpfs(mount, "3m"):
+        pytest.skip("needs root and tmpfs to make a real full disk")
+    try:
+        io = AtomicCheckpointIO()
+        io.save_checkpoint({"w": torch.zeros(250_000)}, mount / LAST)  # ~1 MB
+        with pytest.raises(CheckpointWriteError, match="No space left on device.*previous checkpoint is intact"):
+            io.save_checkpoint({"w": torch.ones(750_000)}, mount / LAST)  # ~3 MB: does not fit
+        assert torch.load(mount / LAST, weights_only=True)["w"].sum() == 0
+        assert not list(mount.glob(".*tmp"))
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_read_only_run_directory(tmp_path: Path) -> None:
+    mount = tmp_path / "ro"
+    if os.geteuid() != 0 or not _small_tmpfs(mount, "4m"):
+        pytest.skip("needs root and tmpfs to make a real read-only file system")
+    try:
+        io = AtomicCheckpointIO()
+        io.save_checkpoint({"step": 1}, mount / LAST)
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        with pytest.raises(CheckpointWriteError, match="Read-only file system"):
+            io.save_checkpoint({"step": 2}, mount / LAST)
+        assert torch.load(mount / LAST, weights_only=True)["step"] == 1
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
