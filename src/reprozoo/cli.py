@@ -238,7 +238,7 @@ def tasks_list(
     typer.echo(f"{'task id':<42} {'model':<20} {'status':<10} {'test acc':>8} {'test F1':>8}  {'image digest':<19} {'commit':<14} dataset")
     for r in found:
         commit = (r.commit[:8] or "none") + ("+dirty" if r.dirty else "")
-        typer.echo(f"{r.task_id:<42} {r.config.model.name[:20]:<20} {r.status.split(' ')[0][:10]:<10} "
+        typer.echo(f"{r.task_id:<42} {r.config.model.name[:20]:<20} {r.status[:10]:<10} "
                    f"{_metric(r, 'test', 'accuracy'):>8} {_metric(r, 'test', 'macro_f1'):>8}  {_short(r.image_digest):<19} "
                    f"{commit:<14} {r.dataset_id or 'none'}")
 

@@ -127,7 +127,9 @@ def _from_session(read: Reader, source: str, zip_path: str | None) -> Record:
         rel = artifacts["metrics"]["uri"].removeprefix("file://").replace(folder, "", 1)
         content = read(rel)
         metrics = json.loads(content) if content else None
-    status = "completed" if metrics else ("closed without metrics (failed)" if zip_path else "running, or killed before close")
+    # Offline sessions carry no status field: a metrics artifact means the run finished; a zip without
+    # one means the task closed early (failed); neither means it is running or was killed before close.
+    status = "completed" if metrics else ("failed" if zip_path else "incomplete")
     script = task.get("script") or {}
     return _record(task.get("id"), config, metrics, prov, script, status, zip_path, source,
                    name=task.get("name", ""), project=task.get("project_name", ""))
