@@ -28,9 +28,10 @@ def test_redact_masks_env_secrets_url_credentials_and_token_shapes(monkeypatch: 
 
 def test_redact_obj_masks_values_and_secret_named_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef")
-    data = {"tracking": {"task_name": "run-0123456789abcdef"}, "hf_token": "abc", "lr": 1e-4, "items": ["x", None]}
+    data = {"tracking": {"task_name": "run-0123456789abcdef"}, "hf_token": "abc", "lr": 1e-4,
+            "items": ["x", None, "hf_NotInTheEnvironmentZYXWVUTSRQPONMLKJIH"]}
     assert redact_obj(data) == {"tracking": {"task_name": f"run-{REDACTED}"}, "hf_token": REDACTED, "lr": 1e-4,
-                                "items": ["x", None]}
+                                "items": ["x", None, REDACTED]}
 
 
 def _git(root: Path, *args: str) -> None:

@@ -117,6 +117,7 @@ def test_agent_run_of_an_edited_clone_gets_the_edited_config(
     monkeypatch.setenv("REPROZOO_IMAGE", "ghcr.io/example/reprozoo:cpu-0123456789ab")
     monkeypatch.setenv("REPROZOO_IMAGE_DIGEST", digest)
     plan = plan_run(cfg)
+    env_before = tracking.clearml_env()
     tracker = tracking.open_task(cfg, "clone-edit", plan)
     tracker.record(cfg, plan, resolve_weights(plan.entry))
     task = tracker.task
@@ -135,3 +136,4 @@ def test_agent_run_of_an_edited_clone_gets_the_edited_config(
     assert tracking.open_task(RunConfig(), "ignored", plan).config == edited
     monkeypatch.undo()
     task.close()
+    tracking.restore_clearml_env(env_before)  # later tests start `reprozoo` subprocesses

@@ -69,10 +69,10 @@ def redact_obj(obj: Any, secrets: list[str] | None = None) -> Any:
     if isinstance(obj, list | tuple):
         return [redact_obj(v, secrets) for v in obj]
     if isinstance(obj, str):
-        # Only exact secret values inside config strings: the assignment heuristic is for free text.
+        # Secret values, URL credentials and token shapes; the assignment heuristic is for free text.
         for value in secrets:
             obj = obj.replace(value, REDACTED)
-        return _URL_CREDENTIALS_RE.sub(lambda m: f"{m['scheme']}{REDACTED}@", obj)
+        return _TOKEN_SHAPES_RE.sub(REDACTED, _URL_CREDENTIALS_RE.sub(lambda m: f"{m['scheme']}{REDACTED}@", obj))
     return obj
 
 

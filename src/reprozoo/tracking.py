@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -89,6 +90,21 @@ def configure_clearml() -> None:
     # ClearML copies the environment variables listed here into the task: never, since the list
     # could name a token. The fingerprint records what a replay needs.
     os.environ["CLEARML_LOG_ENVIRONMENT"] = ""
+
+
+def clearml_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(("CLEARML_", "TRAINS_"))}
+
+
+def restore_clearml_env(before: dict[str, str]) -> None:
+    """Undo what Task.init put in os.environ once the task is closed.
+
+    Task.init exports CLEARML_PROC_MASTER_ID=<pid>:<task id>; a `reprozoo train` started later from
+    this process (a driver script, a notebook, a test) inherits it, takes itself for a subprocess
+    of that closed task and fails inside ClearML ("StubObject is not JSON serializable")."""
+    for key in set(clearml_env()) - set(before):
+        del os.environ[key]
+    os.environ.update(before)
 
 
 # --- RunConfig <-> task -------------------------------------------------------------------------
@@ -211,6 +227,7 @@ class Tracker:
         self.mode, self.task, self.config, self.remote = mode, task, config, remote
         self.provenance: dict[str, Any] = {}
         self.dataset: Any = None
+        self.env_before: dict[str, str] = clearml_env()
 
     @property
     def task_id(self) -> str | None:
@@ -317,7 +334,10 @@ class Tracker:
                                           values=[float(c) for c in class_counts], iteration=0, xlabels=list(LABEL_NAMES),
                                           yaxis="examples")
             self.task.upload_artifact("metrics", artifact_object=str(run_dir / "metrics.json"), wait_on_upload=True)
-            self.task.upload_artifact("config", artifact_object=str(run_dir / "config.yaml"), wait_on_upload=True)
+            with tempfile.TemporaryDirectory() as tmp:  # the run's own config.yaml may hold a secret
+                recorded = Path(tmp) / "config.yaml"
+                recorded.write_text(provenance.redact((run_dir / "config.yaml").read_text()))
+                self.task.upload_artifact("config", artifact_object=str(recorded), wait_on_upload=True)
             self.task.upload_artifact("provenance", artifact_object=str(run_dir / "provenance.json"), wait_on_upload=True)
             if self.mode == "server":
                 # Exercised against a real server: no (none can run on this machine).
@@ -334,6 +354,7 @@ class Tracker:
             folder = self.task.get_offline_mode_folder() if self.mode == "offline" else None
             closing = time.monotonic()
             self.task.close()
+            restore_clearml_env(self.env_before)
             record["close_seconds"] = round(time.monotonic() - closing, 3)
             if folder is not None:
                 record["offline_folder"] = str(folder)
@@ -382,6 +403,7 @@ def open_task(cfg: RunConfig, task_name: str, plan: Any) -> Tracker:
     # Before Task.init: an offline Dataset.create is itself a Task.init, which ClearML refuses while
     # another task is the process's main task (UsageError "Current task already created").
     dataset = plan.dataset or versions.register(plan.data_dir, mode)
+    env_before = clearml_env()
     task = Task.init(
         project_name=cfg.tracking.project,
         task_name=provenance.redact(cfg.tracking.task_name or task_name),
@@ -392,5 +414,5 @@ def open_task(cfg: RunConfig, task_name: str, plan: Any) -> Tracker:
         auto_resource_monitoring=False,
     )
     tracker = Tracker(mode, task, cfg) if Task.running_locally() else Tracker(mode, task, remote_config(task, cfg), remote=True)
-    tracker.dataset = dataset
+    tracker.dataset, tracker.env_before = dataset, env_before
     return tracker

@@ -64,3 +64,19 @@ def test_train_dataset_id_plans_on_that_version(data_dir: Path, offline_clearml:
     plan = plan_run(RunConfig().override([f"data.dataset_id={version.dataset_id}", "data.data_dir=/nonexistent"]))
     assert plan.data_dir == Path(version.path) and plan.data_sha256 == version.sha256
     assert plan.dataset.dataset_id == version.dataset_id
+
+
+def test_data_version_cli_same_content_same_id(data_dir: Path, offline_clearml: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    def run() -> list[str]:
+        result = subprocess.run([sys.executable, "-m", "reprozoo", "data", "version", "--data-dir", str(data_dir),
+                                 "--tracking", "offline"], capture_output=True, text=True, env=dict(os.environ), timeout=120)
+        assert result.returncode == 0, result.stderr
+        return [line for line in result.stdout.splitlines() if line.startswith(("dataset id:", "new version", "same content"))]
+
+    first, second = run(), run()
+    assert first[0] == second[0] and first[0].startswith("dataset id: offline-")
+    assert first[1].startswith("new version (offline)") and second[1].startswith("same content as the existing version")

@@ -123,6 +123,9 @@ def _tags(digest: str, parent: str | None) -> list[str]:
 def _create_offline_dataset(path: Path, digest: str, parent: str | None) -> tuple[str, str]:
     from clearml import Dataset, Task
 
+    from reprozoo.tracking import clearml_env, restore_clearml_env
+
+    env_before = clearml_env()
     # Not restored afterwards: going back online needs a configured server (MissingConfigError),
     # and an offline registration happens only in an offline run.
     Task.set_offline(True)
@@ -146,6 +149,7 @@ def _create_offline_dataset(path: Path, digest: str, parent: str | None) -> tupl
     dataset.upload(show_progress=False)
     folder = task.get_offline_mode_folder()
     task.close()
+    restore_clearml_env(env_before)
     return dataset.id, str(folder)
 
 
