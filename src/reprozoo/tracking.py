@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from lightning.pytorch.loggers import CSVLogger, Logger
-from lightning.pytorch.utilities import rank_zero_only
 
 from reprozoo import provenance
 from reprozoo.config import _SECTIONS, RunConfig, _annotation, _parse_value
@@ -190,33 +188,40 @@ def remote_config(task: Any, local: RunConfig) -> RunConfig:
 
 
 # --- lightning logger -----------------------------------------------------------------------------
-class ClearMLLogger(Logger):
-    """Lightning logger that mirrors every logged scalar into the ClearML task."""
+def clearml_logger(task: Any) -> Any:
+    """A Lightning logger that mirrors every logged scalar into the ClearML task.
 
-    def __init__(self, task: Any) -> None:
-        super().__init__()
-        self.task = task
+    Built on demand so that importing this module (`reprozoo tasks …`) does not import Lightning (~7 s)."""
+    from lightning.pytorch.loggers import Logger
+    from lightning.pytorch.utilities import rank_zero_only
 
-    @property
-    def name(self) -> str:
-        return "clearml"
+    class ClearMLLogger(Logger):
+        def __init__(self) -> None:
+            super().__init__()
+            self.task = task
 
-    @property
-    def version(self) -> str:
-        return self.task.id
+        @property
+        def name(self) -> str:
+            return "clearml"
 
-    @rank_zero_only
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass  # the RunConfig is recorded once, in Tracker.record()
+        @property
+        def version(self) -> str:
+            return task.id
 
-    @rank_zero_only
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        reporter = self.task.get_logger()
-        for key, value in metrics.items():
-            if key == "epoch":
-                continue
-            title, _, series = key.partition("/")
-            reporter.report_scalar(title=title, series=series or title, value=float(value), iteration=step or 0)
+        @rank_zero_only
+        def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+            pass  # the RunConfig is recorded once, in Tracker.record()
+
+        @rank_zero_only
+        def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+            reporter = task.get_logger()
+            for key, value in metrics.items():
+                if key == "epoch":
+                    continue
+                title, _, series = key.partition("/")
+                reporter.report_scalar(title=title, series=series or title, value=float(value), iteration=step or 0)
+
+    return ClearMLLogger()
 
 
 # --- the tracker ----------------------------------------------------------------------------------
@@ -236,10 +241,12 @@ class Tracker:
     def callbacks(self) -> list[Any]:
         return []
 
-    def lightning_logger(self, run_dir: Path) -> list[Logger]:
-        loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
+    def lightning_logger(self, run_dir: Path) -> list[Any]:
+        from lightning.pytorch.loggers import CSVLogger
+
+        loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
         if self.task is not None:
-            loggers.append(ClearMLLogger(self.task))
+            loggers.append(clearml_logger(self.task))
         return loggers
 
     # -- before training ---------------------------------------------------------------------------
