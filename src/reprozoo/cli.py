@@ -17,8 +17,10 @@ import typer
 from reprozoo.config import ConfigError, RunConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Reproducible SST-5 fine-tuning of a zoo of BERT-like models.")
-data_app = typer.Typer(no_args_is_help=True, help="SST-5 data: statistics.")
+data_app = typer.Typer(no_args_is_help=True, help="SST-5 data: statistics, versions.")
 app.add_typer(data_app, name="data")
+tasks_app = typer.Typer(no_args_is_help=True, help="Run records (ClearML tasks): offline sessions and the server.")
+app.add_typer(tasks_app, name="tasks")
 
 
 def _fail(message: str) -> None:
@@ -27,13 +29,22 @@ def _fail(message: str) -> None:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    import zipfile
+
     from reprozoo.data.sst5 import DataSourceError
     from reprozoo.data.trees import MissingSplitError, TreeFormatError
     from reprozoo.resume import CheckpointWriteError, ResumeError
     from reprozoo.zoo import UnknownModelError, WeightsUnavailableError
 
+    # ConfigError covers records.RecordNotFound.
     return (ConfigError, DataSourceError, TreeFormatError, MissingSplitError, UnknownModelError, WeightsUnavailableError,
-            CheckpointWriteError, ResumeError)
+            CheckpointWriteError, ResumeError, zipfile.BadZipFile)
+
+
+def _say(message: str) -> None:
+    # After a ClearML task closes, sys.stdout is still ClearML's PrintPatchLogger and click.echo's
+    # own text wrapper around it loses what it writes (verified with clearml 2.1.12); print does not.
+    print(message, flush=True)
 
 
 def _run(action: Callable[[], Any]) -> Any:
@@ -48,6 +59,7 @@ def train(
     model: Annotated[str | None, typer.Option("--model", "-m", help="zoo name, hub id (org/name) or local directory")] = None,
     config: Annotated[Path | None, typer.Option(help="start from this config.yaml (e.g. a run's)")] = None,
     data_dir: Annotated[str | None, typer.Option(help="folder with train.txt, dev.txt, test.txt (default: $REPROZOO_DATA_DIR)")] = None,
+    dataset_id: Annotated[str | None, typer.Option(help="train on exactly this ClearML dataset version (`reprozoo data version`)")] = None,
     granularity: Annotated[str | None, typer.Option(help="sentences | phrases")] = None,
     imbalance: Annotated[str | None, typer.Option(help="none | weighted-loss | balanced-sampler")] = None,
     max_epochs: Annotated[int | None, typer.Option()] = None,
@@ -82,7 +94,7 @@ def train(
             return cfg.validate()  # the same run: its recorded settings, unchanged
         cfg = RunConfig.load(config) if config else RunConfig()
         flags = {
-            "model.name": model, "data.data_dir": data_dir, "data.granularity": granularity,
+            "model.name": model, "data.data_dir": data_dir, "data.dataset_id": dataset_id, "data.granularity": granularity,
             "data.imbalance": imbalance, "trainer.max_epochs": max_epochs, "optim.lr": lr,
             "data.batch_size": batch_size, "data.max_length": max_length,
             "data.limit_train_samples": limit_train_samples, "data.limit_eval_samples": limit_eval_samples,
@@ -108,14 +120,16 @@ def train(
     try:
         result = _run(lambda: run_training(cfg, overwrite=overwrite, resume=resume is not None))
     except Preempted as stop:
-        typer.echo(f"stopped by {stop}; checkpoint saved, resume with: reprozoo train --resume {cfg.out_dir}", err=True)
+        print(f"stopped by {stop}; checkpoint saved, resume with: reprozoo train --resume {cfg.out_dir}", file=sys.stderr, flush=True)
         raise typer.Exit(128 + stop.signum) from None
     m = result["metrics"]
-    typer.echo(f"run directory: {result['run_dir']}")
+    _say(f"run directory: {result['run_dir']}")
     if result["task_id"]:
-        typer.echo(f"clearml task: {result['task_id']}")
-    typer.echo(f"dev  accuracy {m['dev']['accuracy']:.4f}  macro-F1 {m['dev']['macro_f1']:.4f}")
-    typer.echo(f"test accuracy {m['test']['accuracy']:.4f}  macro-F1 {m['test']['macro_f1']:.4f}")
+        _say(f"clearml task: {result['task_id']}")
+    if result.get("dataset_id"):
+        _say(f"dataset version: {result['dataset_id']}")
+    _say(f"dev  accuracy {m['dev']['accuracy']:.4f}  macro-F1 {m['dev']['macro_f1']:.4f}")
+    _say(f"test accuracy {m['test']['accuracy']:.4f}  macro-F1 {m['test']['macro_f1']:.4f}")
 
 
 @app.command()
@@ -178,6 +192,148 @@ def data_stats(
     stats.save_bar_chart(table, out)
     typer.echo(f"bar chart: {out}")
     typer.echo(json.dumps({k: v["counts"] for k, v in table.items()}))
+
+
+@data_app.command("version")
+def data_version(
+    data_dir: Annotated[str | None, typer.Option(help="folder with the PTB trees (default: $REPROZOO_DATA_DIR)")] = None,
+    tracking: Annotated[str, typer.Option(help="auto | offline | server")] = "auto",
+) -> None:
+    """Register the trees as a ClearML Dataset version (reprozoo/datasets, sst5), keyed by content."""
+    from reprozoo.data import versions
+    from reprozoo.data.sst5 import resolve_data_dir
+    from reprozoo.tracking import configure_clearml, resolve_mode
+
+    if tracking not in ("auto", "offline", "server"):
+        _fail(f"--tracking {tracking!r}: a data version is recorded offline or on a server; use auto, offline or server")
+    path = _run(lambda: resolve_data_dir(data_dir))
+    mode = resolve_mode(tracking)
+    configure_clearml()
+    version = _run(lambda: versions.register(path, mode))
+    _say(f"dataset id: {version.dataset_id}")
+    _say(f"{'new version' if version.created else 'same content as the existing version'} ({version.mode});"
+               f" content sha256 {version.content_hash}; parent {version.parent or 'none'}")
+    for split, digest in version.sha256.items():
+        _say(f"  {split}.txt sha256 {digest}")
+
+
+def _load(ref: str) -> Any:
+    from reprozoo import records
+
+    return _run(lambda: records.load_record(ref))
+
+
+def _short(value: str | None, n: int = 12) -> str:
+    if not value or value == "none":
+        return "none"
+    head, sep, tail = value.partition(":")
+    return f"{head}:{tail[:n]}" if sep and head == "sha256" else value[:n]
+
+
+def _metric(record: Any, split: str, key: str) -> str:
+    return f"{record.metrics[split][key]:.4f}" if record.metrics else "—"
+
+
+@tasks_app.command("list")
+def tasks_list(
+    server: Annotated[bool, typer.Option("--server", help="list the server's tasks instead of the offline sessions")] = False,
+    project: Annotated[str | None, typer.Option(help="server: only this project")] = None,
+) -> None:
+    """Recorded runs, newest first: id, model, status, test accuracy / macro-F1, image digest, commit, dataset."""
+    from reprozoo import records
+    from reprozoo.tracking import server_configured
+
+    if server and not server_configured():
+        _fail("no ClearML server is configured; set CLEARML_API_HOST, CLEARML_API_ACCESS_KEY, CLEARML_API_SECRET_KEY (or run clearml-init)")
+    found = _run(lambda: records.list_server(project) if server else records.list_offline())
+    if not found:
+        typer.echo(f"no records{' on the server' if server else f' under {records.offline_root()}'}")
+        return
+    typer.echo(f"{'task id':<42} {'model':<20} {'status':<10} {'test acc':>8} {'test F1':>8}  {'image digest':<19} {'commit':<14} dataset")
+    for r in found:
+        commit = (r.commit[:8] or "none") + ("+dirty" if r.dirty else "")
+        typer.echo(f"{r.task_id:<42} {r.config.model.name[:20]:<20} {r.status[:10]:<10} "
+                   f"{_metric(r, 'test', 'accuracy'):>8} {_metric(r, 'test', 'macro_f1'):>8}  {_short(r.image_digest):<19} "
+                   f"{commit:<14} {r.dataset_id or 'none'}")
+
+
+@tasks_app.command("show")
+def tasks_show(
+    ref: Annotated[str, typer.Argument(help="task id, run directory or offline session zip")],
+    as_config: Annotated[bool, typer.Option("--as-config", help="print the RunConfig that replays it (YAML for --config)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="the whole record as JSON")] = False,
+) -> None:
+    """One record: model, status, metrics, image digest, lock, commit (dirty or not), data version."""
+    record = _load(ref)
+    if as_config:
+        typer.echo(f"# replays {record.task_id or ref}: reprozoo train --config THIS_FILE")
+        typer.echo(record.replay_config().to_yaml().rstrip())
+        return
+    if as_json:
+        typer.echo(json.dumps(record.to_dict(), indent=2, default=str))
+        return
+    r, env = record, record.environment
+    rows = [
+        ("task", f"{r.task_id}  ({r.status})"),
+        ("name", f"{r.name}  [project {r.project}]" if r.name else "—"),
+        ("model", f"{r.config.model.name}  revision {r.model_revision or '—'}"),
+        ("metrics", f"dev acc {_metric(r, 'dev', 'accuracy')} F1 {_metric(r, 'dev', 'macro_f1')} | "
+                    f"test acc {_metric(r, 'test', 'accuracy')} F1 {_metric(r, 'test', 'macro_f1')}"),
+        ("image", f"{r.image}  digest {r.image_digest}"),
+        ("lock", f"{r.lock_file}  sha256 {r.lock_sha256}"),
+        ("code", f"{r.repository} {r.branch or '(detached)'} @ {r.commit or 'unknown'}"),
+        ("dirty", (f"yes ({len(r.diff.splitlines())}-line uncommitted diff recorded)" if r.dirty else "no")
+                  + (f"; {len(r.untracked)} untracked file(s) not recorded" if r.untracked else "")),
+        ("data", f"dataset {r.dataset_id or 'none'}  " + " ".join(f"{k}={v[:12]}" for k, v in r.data_sha256.items())),
+        ("env", f"python {env.get('python', '?')}  torch {env.get('torch', '?')}  cuda {env.get('cuda', '?')}  "
+                f"transformers {env.get('transformers', '?')}  lightning {env.get('lightning', '?')}"),
+        ("hardware", f"{env.get('gpu_count', 0)} x {env.get('gpu_model', 'none')} GPU; CPU {env.get('cpu_model', '?')}"),
+        ("seed", f"{r.config.seed}  deterministic algorithms {env.get('determinism', {}).get('torch_deterministic_algorithms', '?')}"),
+        ("record", r.source + (f"  (zip {r.offline_zip})" if r.offline_zip and r.offline_zip != r.source else "")),
+    ]
+    for key, value in rows:
+        typer.echo(f"{key:<9} {value}")
+
+
+@tasks_app.command("diff")
+def tasks_diff(
+    a: Annotated[str, typer.Argument(help="task id, run directory or session zip")],
+    b: Annotated[str, typer.Argument(help="task id, run directory or session zip")],
+) -> None:
+    """Why did two results differ? Only what differs: config, code, image, lock, data, model, environment, metrics."""
+    from reprozoo import records
+
+    left, right = _load(a), _load(b)
+    rows = records.diff_records(left, right)
+    if not rows:
+        typer.echo("identical: config, code, image, lock, data, model revision, environment and metrics all match")
+        return
+    width = max(len(f"{g}.{k}") for g, k, _, _ in rows)
+    typer.echo(f"{'':<{width}}  A = {left.task_id}\n{'':<{width}}  B = {right.task_id}")
+    for group, key, va, vb in rows:
+        typer.echo(f"{group + '.' + key:<{width}}  A: {va}\n{'':<{width}}  B: {vb}")
+    if left.diff != right.diff:
+        typer.echo("uncommitted diffs differ:")
+        typer.echo("\n".join(records.code_diff_delta(left, right)))
+
+
+@tasks_app.command("import")
+def tasks_import(zip_path: Annotated[Path, typer.Argument(help="an offline session zip (see `reprozoo tasks show ID`)")]) -> None:
+    """Upload an offline session to the configured ClearML server (Task.import_offline_session)."""
+    from reprozoo.tracking import api_server, configure_clearml, server_configured, server_reachable
+
+    if not zip_path.is_file():
+        _fail(f"{zip_path} does not exist; `reprozoo tasks show ID` prints a session's zip")
+    if not server_configured():
+        _fail("importing needs a ClearML server: set CLEARML_API_HOST, CLEARML_API_ACCESS_KEY, CLEARML_API_SECRET_KEY (or run clearml-init)")
+    if not server_reachable(api_server()):
+        _fail(f"the ClearML server {api_server()} is unreachable; the session stays in {zip_path}, retry when it is up")
+    configure_clearml()
+    from clearml import Task
+
+    Task.set_offline(False)
+    task_id = Task.import_offline_session(str(zip_path))
+    typer.echo(f"imported as task {task_id}")
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     data_dir: str | None = None  # None: $REPROZOO_DATA_DIR, then the cache, then download
+    dataset_id: str | None = None  # a ClearML dataset version (`reprozoo data version`); wins over data_dir
     granularity: str = "sentences"  # train on roots only, or on every labelled phrase
     phrase_weighting: str = "count"  # phrases: weight a unique span by how often it occurs
     imbalance: str = "none"

@@ -1,8 +1,15 @@
 """ClearML task lifecycle: offline by default, a real server when one is configured.
 
-Offline mode needs no server: ClearML writes the whole task (config, scalars, artifacts,
-models) under its offline folder and zips it on close; `Task.import_offline_session(zip)`
+Offline mode needs no server: ClearML writes the whole task (config, scalars, artifacts) under
+its offline folder (`$CLEARML_CACHE_DIR/offline`, default `~/.clearml/cache/offline/<task id>/`)
+and zips it on close; `reprozoo tasks import <zip>` (ClearML's `Task.import_offline_session`)
 uploads it to a server later. `mode=off` records nothing beyond the run directory.
+
+A run's record, in the order train.py builds it:
+  open()   Task.init; on a ClearML agent, the (possibly UI-edited) RunConfig comes back from the task
+  record() config object + hyperparameter sections, code (repo/branch/commit/diff), environment
+           fingerprint, pip freeze, data version, model revision, base docker image by digest
+  finish() final metrics, plots, metrics.json, the export (output model / artifact), model card, close
 """
 
 from __future__ import annotations
@@ -10,16 +17,26 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger, Logger
-from lightning.pytorch.utilities import rank_zero_only
+import yaml
 
-from reprozoo.config import RunConfig
+from reprozoo import provenance
+from reprozoo.config import _SECTIONS, RunConfig, _annotation, _parse_value
+
+CONFIG_OBJECT = "RunConfig"  # editable in the UI; what an agent run of a clone trains with
+BASELINE_OBJECT = "RunConfig (as recorded)"  # do not edit: the base that UI edits are merged against
+PROVENANCE_OBJECT = "Provenance"  # code, environment fingerprint, data and model versions
+RUN_SECTION = "run"  # hyperparameter section for RunConfig's top-level fields (seed, out_dir)
+RESOLVED_SECTION = "resolved"  # read-only facts (zoo defaults applied, versions) as table columns
+ENTRY_POINT = "-m reprozoo train"
 
 
+# --- mode -----------------------------------------------------------------------------------------
 def server_configured() -> bool:
     """ClearML credentials from the environment or a clearml.conf that names an api server."""
     if os.environ.get("CLEARML_API_ACCESS_KEY") and os.environ.get("CLEARML_API_SECRET_KEY"):
@@ -65,43 +82,157 @@ def configure_clearml() -> None:
     # ClearML's default subprocess reporter made offline task.close() hang for minutes on
     # these machines; in-process reporting is equivalent to sdk.development.report_use_subprocess: false.
     Task._report_subprocess_enabled = False
-    os.environ.setdefault("CLEARML_LOG_ENVIRONMENT", "")
+    # Task.init re-seeds every RNG with ClearML's own seed (1337) unless told not to; the run's
+    # seed is ours (RunConfig.seed), so the same config gives the same metrics tracked or not.
+    Task.set_random_seed(None)
+    # ClearML copies the environment variables listed here into the task: never, since the list
+    # could name a token. The fingerprint records what a replay needs.
+    os.environ["CLEARML_LOG_ENVIRONMENT"] = ""
 
 
-class ClearMLLogger(Logger):
-    """Lightning logger that mirrors every logged scalar into the ClearML task."""
-
-    def __init__(self, task: Any) -> None:
-        super().__init__()
-        self.task = task
-
-    @property
-    def name(self) -> str:
-        return "clearml"
-
-    @property
-    def version(self) -> str:
-        return self.task.id
-
-    @rank_zero_only
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass  # the RunConfig is connected once, in start()
-
-    @rank_zero_only
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        reporter = self.task.get_logger()
-        for key, value in metrics.items():
-            if key == "epoch":
-                continue
-            title, _, series = key.partition("/")
-            reporter.report_scalar(title=title, series=series or title, value=float(value), iteration=step or 0)
+def clearml_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(("CLEARML_", "TRAINS_"))}
 
 
+def restore_clearml_env(before: dict[str, str]) -> None:
+    """Undo what Task.init put in os.environ once the task is closed.
+
+    Task.init exports CLEARML_PROC_MASTER_ID=<pid>:<task id>; a `reprozoo train` started later from
+    this process (a driver script, a notebook, a test) inherits it, takes itself for a subprocess
+    of that closed task and fails inside ClearML ("StubObject is not JSON serializable")."""
+    for key in set(clearml_env()) - set(before):
+        del os.environ[key]
+    os.environ.update(before)
+
+
+# --- RunConfig <-> task -------------------------------------------------------------------------
+def config_sections(cfg: RunConfig) -> dict[str, dict[str, str]]:
+    """RunConfig as ClearML hyperparameter sections (strings; None as "null", editable in the UI)."""
+    data = cfg.to_dict()
+    sections = {name: {k: _text(v) for k, v in data[name].items()} for name in _SECTIONS}
+    sections[RUN_SECTION] = {k: _text(v) for k, v in data.items() if k not in _SECTIONS}
+    return sections
+
+
+def _text(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
+def config_from_sections(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Parse hyperparameter sections back into a RunConfig dict (only the fields they hold)."""
+    out: dict[str, Any] = {}
+    for name, values in sections.items():
+        if name in _SECTIONS:
+            fields = {f for f in _SECTIONS[name].__dataclass_fields__}
+            out[name] = {k: _parse_value(str(v), _annotation([name], k)) for k, v in values.items() if k in fields}
+        elif name == RUN_SECTION:
+            out.update({k: _parse_value(str(v), _annotation([], k)) for k, v in values.items()
+                        if k in RunConfig.__dataclass_fields__ and k not in _SECTIONS})
+    return out
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _unflat(flat: dict[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return data
+
+
+def merge_edits(baseline: RunConfig | None, edited_object: RunConfig, edited_sections: dict[str, Any]) -> RunConfig:
+    """The RunConfig an agent should run: edits to the config object and to the hyperparameter
+    sections, each taken where it differs from the recorded baseline (sections win a conflict)."""
+    base = _flat((baseline or edited_object).to_dict())
+    obj = _flat(edited_object.to_dict())
+    params = _flat(RunConfig.from_dict(_deep_update(edited_object.to_dict(), edited_sections)).to_dict())
+    merged = dict(base)
+    for key in base:
+        if obj[key] != base[key]:
+            merged[key] = obj[key]
+        if params[key] != base[key] and (baseline is not None or params[key] != obj[key]):
+            merged[key] = params[key]
+    return RunConfig.from_dict(_unflat(merged)).validate()
+
+
+def _deep_update(data: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            _deep_update(data[key], value)
+        else:
+            data[key] = value
+    return data
+
+
+def remote_config(task: Any, local: RunConfig) -> RunConfig:
+    """On an agent: the RunConfig held by the (cloned, maybe edited) task, else the local one."""
+    text = task.get_configuration_object(CONFIG_OBJECT)
+    if not text:
+        return local  # not a task reprozoo recorded; run what the command line says
+    edited = RunConfig.from_dict(yaml.safe_load(text) or {})
+    base_text = task.get_configuration_object(BASELINE_OBJECT)
+    baseline = RunConfig.from_dict(yaml.safe_load(base_text) or {}) if base_text else None
+    return merge_edits(baseline, edited, config_from_sections(task.get_parameters_as_dict()))
+
+
+# --- lightning logger -----------------------------------------------------------------------------
+def clearml_logger(task: Any) -> Any:
+    """A Lightning logger that mirrors every logged scalar into the ClearML task.
+
+    Built on demand so that importing this module (`reprozoo tasks …`) does not import Lightning (~7 s)."""
+    from lightning.pytorch.loggers import Logger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    class ClearMLLogger(Logger):
+        def __init__(self) -> None:
+            super().__init__()
+            self.task = task
+
+        @property
+        def name(self) -> str:
+            return "clearml"
+
+        @property
+        def version(self) -> str:
+            return task.id
+
+        @rank_zero_only
+        def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+            pass  # the RunConfig is recorded once, in Tracker.record()
+
+        @rank_zero_only
+        def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+            reporter = task.get_logger()
+            for key, value in metrics.items():
+                if key == "epoch":
+                    continue
+                title, _, series = key.partition("/")
+                reporter.report_scalar(title=title, series=series or title, value=float(value), iteration=step or 0)
+
+    return ClearMLLogger()
+
+
+# --- the tracker ----------------------------------------------------------------------------------
 class Tracker:
     """One run's record keeper; `task` is None in mode off."""
 
-    def __init__(self, mode: str, task: Any = None) -> None:
-        self.mode, self.task = mode, task
+    def __init__(self, mode: str, task: Any = None, config: RunConfig | None = None, remote: bool = False) -> None:
+        self.mode, self.task, self.config, self.remote = mode, task, config, remote
+        self.provenance: dict[str, Any] = {}
+        self.dataset: Any = None
+        self.env_before: dict[str, str] = clearml_env()
 
     @property
     def task_id(self) -> str | None:
@@ -110,14 +241,93 @@ class Tracker:
     def callbacks(self) -> list[Any]:
         return []
 
-    def lightning_logger(self, run_dir: Path) -> list[Logger]:
-        loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
+    def lightning_logger(self, run_dir: Path) -> list[Any]:
+        from lightning.pytorch.loggers import CSVLogger
+
+        loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
         if self.task is not None:
-            loggers.append(ClearMLLogger(self.task))
+            loggers.append(clearml_logger(self.task))
         return loggers
 
-    def finish(self, metrics: dict[str, Any], timing: dict[str, Any], run_dir: Path, export_dir: Path) -> None:
-        record: dict[str, Any] = {"mode": self.mode, "task_id": self.task_id}
+    # -- before training ---------------------------------------------------------------------------
+    def record(self, cfg: RunConfig, plan: Any, weights: Any) -> dict[str, Any]:
+        """Everything known before training, into the task and into run_dir/provenance.json."""
+        from reprozoo.data import versions
+
+        git = provenance.git_state()
+        if git.untracked:
+            shown = ", ".join(git.untracked[:8]) + (f" (+{len(git.untracked) - 8} more)" if len(git.untracked) > 8 else "")
+            print(f"reprozoo: warning: {len(git.untracked)} untracked file(s) are not in the record and would be lost"
+                  f" on replay (commit or .gitignore them): {shown}", file=sys.stderr)
+        if plan.dataset is not None:
+            self.dataset = plan.dataset  # --dataset-id: already resolved and verified by plan_run
+        elif self.task is not None and (self.dataset is None or self.dataset.sha256 != plan.data_sha256):
+            # Only on an agent whose edited config names other data (server mode: no Task.init involved).
+            self.dataset = versions.register(plan.data_dir, self.mode)
+        env = provenance.environment(cfg.seed, git.root)
+        data = {"dataset_id": self.dataset.dataset_id if self.dataset else None,
+                "dataset_project": versions.PROJECT, "dataset_name": versions.NAME,
+                "content_hash": versions.content_hash(plan.data_sha256), "sha256": plan.data_sha256,
+                "parent": self.dataset.parent if self.dataset else None, "data_dir": str(plan.data_dir)}
+        self.provenance = provenance.redact_obj({
+            "task_id": self.task_id, "mode": self.mode, "run_dir": str(plan.run_dir.resolve()),
+            "code": {k: v for k, v in git.to_dict().items() if k != "diff"},
+            "environment": env,
+            "data": data,
+            "model": {"name": plan.entry.name, "hub_id": plan.entry.hub_id, "weights_source": weights.source,
+                      "revision": weights.revision},
+            "resolved": {"lr": plan.lr, "batch_size": plan.batch_size, "max_length": plan.max_length,
+                         "pooling": plan.pooling, "accelerator": plan.accelerator, "precision": plan.precision},
+        })
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        (plan.run_dir / "provenance.json").write_text(json.dumps(self.provenance, indent=2) + "\n")
+        (plan.run_dir / "pip-freeze.txt").write_text(provenance.pip_freeze())
+        if git.diff:
+            (plan.run_dir / "git.diff").write_text(git.diff)
+        if self.task is None:
+            return self.provenance
+        task = self.task
+        if not self.remote:
+            # On an agent the task already holds the (edited) config: writing ours would undo the edit.
+            recorded = provenance.redact(cfg.to_yaml())
+            task.set_configuration_object(CONFIG_OBJECT, config_text=recorded, config_type="yaml",
+                                          description="the whole RunConfig; edit a clone's copy to change the re-run")
+            task.set_configuration_object(BASELINE_OBJECT, config_text=recorded, config_type="yaml",
+                                          description="read-only: UI edits of RunConfig and of the sections are merged against this")
+            task.set_parameters_as_dict(provenance.redact_obj(config_sections(cfg)))
+            # ClearML detects the repo in a background thread from sys.argv[0]; let it finish, then
+            # replace what it found with the repository of the reprozoo source that actually runs.
+            task._wait_for_repo_detection(timeout=30)
+            task.set_script(repository=git.repository, branch=git.branch, commit=git.commit, diff=git.diff,
+                            working_dir=".", entry_point=ENTRY_POINT)
+        lock = Path(git.root or ".") / env["lock_file"]  # an absolute $REPROZOO_LOCK stays as it is
+        if env["lock_file"] != provenance.NONE and lock.is_file():
+            task.set_packages(str(lock))  # an agent without the image installs exactly the lock
+        if provenance.DIGEST_RE.match(env["image_digest"]):
+            # A ClearML agent in docker mode re-runs the task in exactly this image, without
+            # reinstalling Python packages over the ones the image was built with.
+            task.set_base_docker(docker_image=f"{env['image']}@{env['image_digest']}",
+                                 docker_arguments="--ipc=host -e CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL=1"
+                                                  " -e CLEARML_AGENT_SKIP_PIP_VENV_INSTALL=1")
+        task.set_configuration_object(PROVENANCE_OBJECT, config_text=yaml.safe_dump(self.provenance, sort_keys=False),
+                                      config_type="yaml", description="code, environment fingerprint, data and model versions")
+        resolved = {
+            "model": plan.entry.name, "hub_id": plan.entry.hub_id, "weights_source": weights.source,
+            "weights_revision": weights.revision, "dataset_id": data["dataset_id"], "data_content_hash": data["content_hash"],
+            "image_digest": env["image_digest"], "lock_sha256": env["lock_sha256"], "commit": git.commit,
+            "dirty": git.dirty, **self.provenance["resolved"]}
+        task.update_parameters({f"{RESOLVED_SECTION}/{k}": _text(v) for k, v in resolved.items()})
+        task.upload_artifact("pip-freeze", artifact_object=str(plan.run_dir / "pip-freeze.txt"), wait_on_upload=True)
+        return self.provenance
+
+    # -- after training ----------------------------------------------------------------------------
+    def finish(self, metrics: dict[str, Any], timing: dict[str, Any], run_dir: Path, export_dir: Path,
+               class_counts: list[float] | None = None) -> None:
+        from reprozoo.data.trees import LABEL_NAMES
+
+        record: dict[str, Any] = {"mode": self.mode, "task_id": self.task_id,
+                                  "dataset_id": self.dataset.dataset_id if self.dataset else None}
+        write_model_card(export_dir, self.task_id, self.provenance, metrics)
         if self.task is not None:
             reporter = self.task.get_logger()
             for split in ("dev", "test"):
@@ -126,23 +336,35 @@ class Tracker:
             reporter.report_single_value("train_seconds", timing["train_seconds"])
             reporter.report_confusion_matrix("confusion", "test", matrix=metrics["test"]["confusion_matrix"], iteration=0,
                                              xlabels=list(metrics["test"]["per_class"]), ylabels=list(metrics["test"]["per_class"]))
+            if class_counts is not None:
+                reporter.report_histogram("class distribution", f"train ({metrics['train']['granularity']})",
+                                          values=[float(c) for c in class_counts], iteration=0, xlabels=list(LABEL_NAMES),
+                                          yaxis="examples")
             self.task.upload_artifact("metrics", artifact_object=str(run_dir / "metrics.json"), wait_on_upload=True)
-            self.task.upload_artifact("config", artifact_object=str(run_dir / "config.yaml"), wait_on_upload=True)
+            with tempfile.TemporaryDirectory() as tmp:  # the run's own config.yaml may hold a secret
+                recorded = Path(tmp) / "config.yaml"
+                recorded.write_text(provenance.redact((run_dir / "config.yaml").read_text()))
+                self.task.upload_artifact("config", artifact_object=str(recorded), wait_on_upload=True)
+            self.task.upload_artifact("provenance", artifact_object=str(run_dir / "provenance.json"), wait_on_upload=True)
             if self.mode == "server":
+                # Exercised against a real server: no (none can run on this machine).
                 from clearml import OutputModel
 
                 model = OutputModel(task=self.task, name=f"{self.task.name}-export", framework="PyTorch")
                 model.update_weights_package(weights_path=str(export_dir), auto_delete_file=False)
             else:
-                # ClearML 2.1 cannot register an OutputModel offline (its DummyModel lacks `locked`);
-                # the export travels as an artifact and is uploaded with the session on import.
+                # ClearML 2.1.12 cannot register an OutputModel offline: update_weights fails with
+                # "'DummyModel' object has no attribute 'locked'" (verified). The export travels
+                # as an artifact (a zip of the folder) inside the offline session instead.
                 self.task.upload_artifact("model-export", artifact_object=str(export_dir), wait_on_upload=True)
             self.task.flush(wait_for_uploads=True)
-            if self.mode == "offline":
-                folder = self.task.get_offline_mode_folder()
-                record["offline_folder"] = str(folder)
+            folder = self.task.get_offline_mode_folder() if self.mode == "offline" else None
+            closing = time.monotonic()
             self.task.close()
-            if self.mode == "offline":
+            restore_clearml_env(self.env_before)
+            record["close_seconds"] = round(time.monotonic() - closing, 3)
+            if folder is not None:
+                record["offline_folder"] = str(folder)
                 record["offline_zip"] = str(folder) + ".zip" if Path(str(folder) + ".zip").exists() else None
         (run_dir / "task.json").write_text(json.dumps(record, indent=2) + "\n")
 
@@ -156,34 +378,61 @@ class Tracker:
             if self.mode == "server":
                 self.task.mark_stopped(force=True, status_message=reason[:200])
             self.task.close()
+            restore_clearml_env(self.env_before)
         (run_dir / "task.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
-def start(cfg: RunConfig, plan: Any, weights: Any) -> Tracker:
+def write_model_card(export_dir: Path, task_id: str | None, prov: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """export/README.md: a shared model points back to the run (and task) that made it."""
+    env, code, data, model = (prov.get(k, {}) for k in ("environment", "code", "data", "model"))
+    commit = code.get("commit") or "unknown"
+    lines = [
+        "---", "library_name: transformers", "pipeline_tag: text-classification", "tags: [sst-5, sentiment, reprozoo]", "---",
+        "", f"# {model.get('name', 'model')} fine-tuned on SST-5 (reprozoo)", "",
+        "| | |", "|---|---|",
+        f"| ClearML task | `{task_id or 'none (tracking off)'}` |",
+        f"| image | `{env.get('image', 'none')}` |",
+        f"| image digest | `{env.get('image_digest', 'none')}` |",
+        f"| lock | `{env.get('lock_file', 'none')}` sha256 `{env.get('lock_sha256', 'none')}` |",
+        f"| commit | `{commit}`{' + uncommitted changes' if code.get('dirty') else ''} ({code.get('repository', '')}) |",
+        f"| data version | ClearML dataset `{data.get('dataset_id') or 'none'}` (content sha256 `{data.get('content_hash', '')}`) |",
+        f"| base model | `{model.get('hub_id', '')}` revision `{model.get('revision', '')}` |",
+        "", "## Metrics (SST-5, 5 classes)", "", "| split | accuracy | macro-F1 |", "|---|---|---|",
+        *(f"| {s} | {metrics[s]['accuracy']:.4f} | {metrics[s]['macro_f1']:.4f} |" for s in ("dev", "test")),
+        "", "## Re-run", "",
+        f"`reprozoo tasks show {task_id} --as-config > replay.yaml && reprozoo train --config replay.yaml`" if task_id
+        else "`reprozoo train --config ../config.yaml`",
+        "", "Load: `pipeline('text-classification', model=<this folder>, trust_remote_code=True)`.", "",
+    ]
+    export_dir.mkdir(parents=True, exist_ok=True)
+    (export_dir / "README.md").write_text("\n".join(lines))
+
+
+# --- start ----------------------------------------------------------------------------------------
+def open_task(cfg: RunConfig, task_name: str, plan: Any) -> Tracker:
+    """Resolve the mode, register the data version, create (or, on an agent, attach to) the task."""
     mode = resolve_mode(cfg.tracking.mode)
     if mode == "off":
-        return Tracker("off")
+        return Tracker("off", config=cfg)
     configure_clearml()
     from clearml import Task
 
+    from reprozoo.data import versions
+
     Task.set_offline(mode == "offline")
-    # Task.init re-seeds every RNG with ClearML's own seed (1337) unless told not to; the run's
-    # seed is ours (RunConfig.seed), so the same config gives the same metrics tracked or not.
-    Task.set_random_seed(None)
+    # Before Task.init: an offline Dataset.create is itself a Task.init, which ClearML refuses while
+    # another task is the process's main task (UsageError "Current task already created").
+    dataset = plan.dataset or versions.register(plan.data_dir, mode)
+    env_before = clearml_env()
     task = Task.init(
         project_name=cfg.tracking.project,
-        task_name=cfg.tracking.task_name or f"{plan.entry.name} {cfg.data.granularity} seed{cfg.seed}",
+        task_name=provenance.redact(cfg.tracking.task_name or task_name),
         task_type=Task.TaskTypes.training,
         reuse_last_task_id=False,
         auto_connect_arg_parser=False,
         auto_connect_frameworks=False,  # we upload the export ourselves, not every checkpoint
         auto_resource_monitoring=False,
     )
-    task.connect_configuration(cfg.to_dict(), name="RunConfig")
-    task.set_parameters_as_dict({"resolved": {
-        "model": plan.entry.name, "hub_id": plan.entry.hub_id, "weights_source": weights.source,
-        "weights_revision": weights.revision, "lr": plan.lr, "batch_size": plan.batch_size,
-        "max_length": plan.max_length, "pooling": plan.pooling, "precision": plan.precision,
-        "data_sha256": json.dumps(plan.data_sha256, sort_keys=True),
-    }})
-    return Tracker(mode, task)
+    tracker = Tracker(mode, task, cfg) if Task.running_locally() else Tracker(mode, task, remote_config(task, cfg), remote=True)
+    tracker.dataset, tracker.env_before = dataset, env_before
+    return tracker

@@ -41,6 +41,7 @@ class Plan:
     pooling: str
     accelerator: str
     precision: str
+    dataset: Any = None  # data.versions.DataVersion when --dataset-id named one
 
 
 def plan_run(cfg: RunConfig, overwrite: bool = False, resuming: bool = False) -> Plan:
@@ -53,14 +54,21 @@ def plan_run(cfg: RunConfig, overwrite: bool = False, resuming: bool = False) ->
         raise ConfigError(f"data.max_length={max_length} exceeds {entry.name}'s limit of {limit} positions; use --max-length {limit} or less")
     accelerator = _choose_accelerator(cfg)
     precision = _choose_precision(cfg, entry, accelerator)
-    data_dir = resolve_data_dir(cfg.data.data_dir)
+    dataset = None
+    if cfg.data.dataset_id:
+        from reprozoo.data import versions
+
+        dataset = versions.resolve(cfg.data.dataset_id)  # exactly that version, sha256-verified
+        data_dir = Path(dataset.path)
+    else:
+        data_dir = resolve_data_dir(cfg.data.data_dir)
     run_dir = Path(cfg.out_dir or Path("runs") / f"{entry.name.replace('/', '_')}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
     if (run_dir / "metrics.json").exists() and not overwrite and not resuming:
         raise ConfigError(f"{run_dir} already holds a finished run; pass --overwrite or choose another --out")
     return Plan(cfg=cfg, entry=entry, run_dir=run_dir, data_dir=data_dir, data_sha256=data_fingerprint(data_dir),
                 lr=cfg.optim.lr or entry.lr, batch_size=cfg.data.batch_size or entry.batch_size,
                 max_length=max_length, pooling=cfg.model.pooling or entry.pooling,
-                accelerator=accelerator, precision=precision)
+                accelerator=accelerator, precision=precision, dataset=dataset)
 
 
 def _model_max_positions(entry: zoo.ZooEntry) -> int | None:
@@ -123,12 +131,24 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict
     from reprozoo.modeling_reprozoo import ReprozooForSequenceClassification
     from reprozoo.resume import find_resume_checkpoint
 
-    weights = zoo.resolve_weights(plan.entry, cfg.model.revision)
-    tokenizer = AutoTokenizer.from_pretrained(str(weights.path))
-    datamodule = SST5DataModule(cfg.data, plan.data_dir, plan.data_sha256, tokenizer,
-                                plan.max_length, plan.batch_size, cfg.seed)
-    datamodule.prepare_data()  # parses (and so validates) the trees before anything is recorded
-    datamodule.setup("fit")
+    def prepare(cfg: RunConfig, plan: Plan) -> tuple[Any, Any, SST5DataModule]:
+        weights = zoo.resolve_weights(plan.entry, cfg.model.revision)
+        tokenizer = AutoTokenizer.from_pretrained(str(weights.path))
+        datamodule = SST5DataModule(cfg.data, plan.data_dir, plan.data_sha256, tokenizer,
+                                    plan.max_length, plan.batch_size, cfg.seed)
+        datamodule.prepare_data()  # parses (and so validates) the trees
+        datamodule.setup("fit")
+        return weights, tokenizer, datamodule
+
+    # Weights and data are checked before a task is opened: a broken input leaves no record.
+    weights, tokenizer, datamodule = prepare(cfg, plan)
+    tracker = tracking.open_task(cfg, f"{plan.entry.name} {cfg.data.granularity} seed{cfg.seed}", plan)
+    if tracker.config != cfg:
+        # A ClearML agent running a clone: the task's (UI-edited) RunConfig is the run's config.
+        print("reprozoo: running the RunConfig held by the ClearML task (edited in its clone)", file=sys.stderr)
+        cfg = tracker.config
+        plan = plan_run(cfg, overwrite=True)
+        weights, tokenizer, datamodule = prepare(cfg, plan)
 
     resume_from = find_resume_checkpoint(plan.run_dir) if resume else None
     if overwrite and plan.run_dir.exists() and not resume:
@@ -136,9 +156,11 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict
     run_dir = plan.run_dir = _claim_run_dir(plan.run_dir, exclusive=cfg.out_dir is None)
     cfg.save(run_dir / "config.yaml")
 
-    tracker = tracking.start(cfg, plan, weights)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    # Before the record, so the fingerprint states the determinism flags this run trains with;
+    # seeding stays after it so nothing the tracker does can move an RNG.
     torch.use_deterministic_algorithms(True, warn_only=plan.accelerator == "gpu")
+    tracker.record(cfg, plan, weights)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     class_weights = None
     if cfg.data.imbalance == "weighted-loss":
@@ -188,8 +210,9 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict
     save_confusion_png(test["confusion_matrix"], str(run_dir / "confusion_test.png"),
                        f"{plan.entry.name} SST-5 test (acc {test['accuracy']:.3f})")
     export_dir = _export(module, tokenizer, run_dir)
-    tracker.finish(metrics, timing, run_dir, export_dir)
-    return {"run_dir": str(run_dir), "metrics": metrics, "timing": timing, "task_id": tracker.task_id}
+    tracker.finish(metrics, timing, run_dir, export_dir, class_counts=datamodule.class_counts())
+    return {"run_dir": str(run_dir), "metrics": metrics, "timing": timing, "task_id": tracker.task_id,
+            "dataset_id": tracker.dataset.dataset_id if tracker.dataset else None}
 
 
 def _claim_run_dir(run_dir: Path, exclusive: bool) -> Path:

@@ -1,0 +1,232 @@
+"""What a run needs recorded to be re-run exactly: code state, environment fingerprint, secret scrubbing.
+
+Pure Python at import time (no torch): `environment()` imports torch lazily, the rest shells out
+to git only. Everything here is also what `reprozoo tasks diff` compares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+# The container layer (docker/, `reprozoo image run`) hands the image identity to the run
+# through these; outside a container they are unset and the record says "none".
+IMAGE_ENV = "REPROZOO_IMAGE"  # e.g. ghcr.io/org/reprozoo:cuda-0123456789ab (may already hold @sha256:…)
+IMAGE_DIGEST_ENV = "REPROZOO_IMAGE_DIGEST"  # the repo digest, sha256:<64 hex>, known once pushed
+LOCK_ENV = "REPROZOO_LOCK"  # the lock file the environment was installed from (default envs/cpu.txt)
+NONE = "none"
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+# Names whose values never enter a record (ClearML keys, HF tokens, cloud keys, passwords).
+SECRET_NAME_RE = re.compile(r"(TOKEN|SECRET|_KEY$|^KEY$|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
+REDACTED = "***"
+# Free text (diffs, freeze lines): assignments to environment-style secret names, and token shapes
+# of the common providers. Deliberately narrow: `tokenizer = ...` in a diff must survive intact.
+_SECRET_ASSIGN_RE = re.compile(
+    r"(?P<key>\b[A-Z0-9_]*(?:TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY)[A-Z0-9_]*)(?P<sep>\s*[:=]\s*)"
+    r"(?P<quote>['\"]?)(?P<value>[^\s'\",]{4,})")
+_TOKEN_SHAPES_RE = re.compile(r"\b(?:hf_[A-Za-z0-9]{30,}|gh[pousr]_[A-Za-z0-9]{30,}|AKIA[0-9A-Z]{16}|sk-[A-Za-z0-9_-]{30,})\b")
+# user:password@ in URLs (pip freeze lines of VCS installs, git remotes).
+_URL_CREDENTIALS_RE = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/\s:@]+(?::[^/\s@]*)?@", re.IGNORECASE)
+
+
+# --- secrets ------------------------------------------------------------------------------------
+def secret_values(environ: dict[str, str] | None = None) -> list[str]:
+    """Values of environment variables named like secrets (long enough not to be a false hit)."""
+    env = os.environ if environ is None else environ
+    # Short or path-like values (TOKENIZERS_PARALLELISM=false, *_KEY_FILE=/path) are not secrets and
+    # masking them everywhere would corrupt the record.
+    values = {value for name, value in env.items()
+              if SECRET_NAME_RE.search(name) and len(value) >= 8 and not value.startswith(("/", "~", "."))}
+    return sorted(values, key=len, reverse=True)  # longest first: a value containing another goes whole
+
+
+def redact(text: str, secrets: list[str] | None = None) -> str:
+    """Text with every known secret value, secret-looking assignment and URL credential masked."""
+    for value in secret_values() if secrets is None else secrets:
+        text = text.replace(value, REDACTED)
+    text = _URL_CREDENTIALS_RE.sub(lambda m: f"{m['scheme']}{REDACTED}@", text)
+    text = _TOKEN_SHAPES_RE.sub(REDACTED, text)
+    return _SECRET_ASSIGN_RE.sub(
+        lambda m: m.group(0) if m["value"] == REDACTED else f"{m['key']}{m['sep']}{m['quote']}{REDACTED}", text)
+
+
+def redact_obj(obj: Any, secrets: list[str] | None = None) -> Any:
+    """Same as `redact`, through dicts and lists; a key named like a secret loses its value."""
+    secrets = secret_values() if secrets is None else secrets
+    if isinstance(obj, dict):
+        return {k: (REDACTED if isinstance(k, str) and SECRET_NAME_RE.search(k) and v not in (None, "")
+                    else redact_obj(v, secrets)) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [redact_obj(v, secrets) for v in obj]
+    if isinstance(obj, str):
+        # Secret values, URL credentials and token shapes; the assignment heuristic is for free text.
+        for value in secrets:
+            obj = obj.replace(value, REDACTED)
+        return _TOKEN_SHAPES_RE.sub(REDACTED, _URL_CREDENTIALS_RE.sub(lambda m: f"{m['scheme']}{REDACTED}@", obj))
+    return obj
+
+
+# --- code ---------------------------------------------------------------------------------------
+@dataclass
+class GitState:
+    root: str | None = None
+    repository: str = ""
+    branch: str = ""
+    commit: str = ""
+    diff: str = ""
+    untracked: list[str] = field(default_factory=list)
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.diff.strip())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "dirty": self.dirty}
+
+
+def _git(root: Path, *args: str) -> str:
+    result = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=60, check=False)
+    return result.stdout if result.returncode == 0 else ""
+
+
+def git_state(start: Path | None = None) -> GitState:
+    """The repository holding the reprozoo source that runs (else the working directory).
+
+    ClearML detects the repo from sys.argv[0], which for the console script is
+    .venv/bin/reprozoo (ignored by git), so it records no repository; we ask git directly.
+    """
+    candidates = [start] if start else [Path(__file__).resolve().parent, Path.cwd()]
+    for candidate in candidates:
+        root = _git(candidate, "rev-parse", "--show-toplevel").strip()
+        if root:
+            break
+    else:
+        return GitState()
+    path = Path(root)
+    remote = _git(path, "remote", "get-url", "origin").strip()
+    if not remote:
+        remotes = _git(path, "remote").split()
+        remote = _git(path, "remote", "get-url", remotes[0]).strip() if remotes else ""
+    branch = _git(path, "rev-parse", "--abbrev-ref", "HEAD").strip()
+    return GitState(
+        root=root,
+        # No remote (a local clone): the path is still the honest answer; an agent needs a remote.
+        repository=redact(remote) if remote else f"file://{root}",
+        branch="" if branch == "HEAD" else branch,
+        commit=_git(path, "rev-parse", "HEAD").strip(),
+        # Staged and unstaged changes to tracked files, against the commit: what `git apply` replays.
+        diff=redact(_git(path, "diff", "HEAD", "--no-color", "--no-ext-diff")),
+        untracked=[line for line in _git(path, "ls-files", "--others", "--exclude-standard").splitlines() if line],
+    )
+
+
+# --- environment --------------------------------------------------------------------------------
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def image_identity() -> tuple[str, str]:
+    """(image reference, digest) from the container layer; ("none", "none") outside a container."""
+    image = os.environ.get(IMAGE_ENV, "").strip() or NONE
+    digest = os.environ.get(IMAGE_DIGEST_ENV, "").strip()
+    if not digest and "@sha256:" in image:
+        image, _, hexdigest = image.partition("@")
+        digest = hexdigest
+    if "@sha256:" in image:
+        image = image.split("@", 1)[0]
+    return image, digest or NONE
+
+
+def lock_file(root: str | None) -> tuple[str, str]:
+    """(lock file name, sha256): $REPROZOO_LOCK, else the repo's envs/cpu.txt; "none" when absent."""
+    explicit = os.environ.get(LOCK_ENV)
+    candidates = [Path(explicit)] if explicit else ([Path(root) / "envs" / "cpu.txt"] if root else [])
+    for path in candidates:
+        if path.is_file():
+            return (str(path) if explicit else f"envs/{path.name}"), file_sha256(path)
+    return (explicit or NONE), NONE
+
+
+def pip_freeze() -> str:
+    """Every installed distribution as name==version (what `pip freeze` lists), without pip:
+    uv-made environments have no pip module. Direct-URL installs keep their URL, credentials masked."""
+    lines = []
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if not name:
+            continue
+        direct = dist.read_text("direct_url.json")
+        if direct and json.loads(direct).get("dir_info", {}).get("editable"):
+            lines.append(f"# editable: {name}=={dist.version}")
+        else:
+            lines.append(f"{name}=={dist.version}")
+    return redact("\n".join(sorted(set(lines), key=str.lower)) + "\n")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return NONE
+
+
+def environment(seed: int, root: str | None) -> dict[str, Any]:
+    """The environment fingerprint recorded with every run (and compared by `tasks diff`)."""
+    import torch
+
+    image, digest = image_identity()
+    lock_name, lock_sha = lock_file(root)
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {
+        "image": image,
+        "image_digest": digest,
+        "lock_file": lock_name,
+        "lock_sha256": lock_sha,
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda or NONE,
+        "cudnn": str(cudnn) if cudnn else NONE,
+        "transformers": _version("transformers"),
+        "lightning": _version("lightning"),
+        "clearml": _version("clearml"),
+        "reprozoo": _version("reprozoo"),
+        "gpu_model": gpus[0] if gpus else NONE,
+        "gpu_count": len(gpus),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count() or 0,
+        "torch_threads": torch.get_num_threads(),
+        "seed": seed,
+        "determinism": {
+            "lightning_deterministic": True,  # train.py always passes Trainer(deterministic=True)
+            "torch_deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            # Lightning's deterministic=True always sets this when the Trainer is built (after the
+            # record is written); stating it here keeps tracked and untracked records comparable.
+            "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
+            "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", NONE),
+        },
+    }

@@ -1,0 +1,139 @@
+"""Tracking without training: modes, the close() hang guard, UI edits coming back on an agent."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from reprozoo import tracking
+from reprozoo.config import RunConfig
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def isolated_clearml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_cache: Path) -> Path:
+    monkeypatch.setenv("CLEARML_CACHE_DIR", str(tmp_path / "clearml"))
+    monkeypatch.setenv("CLEARML_CONFIG_FILE", str(tmp_path / "no-clearml.conf"))
+    for name in ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path / "clearml" / "offline"
+
+
+def test_auto_is_offline_without_credentials(isolated_clearml: Path) -> None:
+    assert not tracking.server_configured()
+    assert tracking.resolve_mode("auto") == "offline"
+    assert tracking.resolve_mode("off") == "off"
+
+
+def test_unreachable_server_falls_back_to_offline_in_bounded_time(
+        isolated_clearml: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("CLEARML_API_HOST", url)
+    monkeypatch.setenv("CLEARML_API_ACCESS_KEY", "AKEYTHATDOESNOTEXIST")
+    monkeypatch.setenv("CLEARML_API_SECRET_KEY", "asecretthatdoesnotexist")
+    assert tracking.server_configured()
+    started = time.monotonic()
+    assert tracking.resolve_mode("auto") == "offline"
+    assert tracking.resolve_mode("server") == "offline"
+    assert time.monotonic() - started < 10
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all(f"ClearML server {url} is unreachable; recording this run offline" in line for line in lines)
+
+
+def test_close_cannot_hang(isolated_clearml: Path, tmp_path: Path) -> None:
+    """An offline task with scalars, plots, an artifact; close() must return within seconds.
+
+    A fresh interpreter (as in a real run) so a hang is caught by the timeout, not by pytest."""
+    code = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1] / "src")!r})
+        from reprozoo.tracking import configure_clearml
+        configure_clearml()
+        from clearml import Task
+        Task.set_offline(True)
+        task = Task.init(project_name="reprozoo-tests", task_name="close", reuse_last_task_id=False,
+                         auto_connect_frameworks=False, auto_resource_monitoring=False, auto_connect_arg_parser=False)
+        log = task.get_logger()
+        for i in range(200):
+            log.report_scalar("train", "loss", value=1.0 / (i + 1), iteration=i)
+        log.report_confusion_matrix("confusion", "test", matrix=[[1, 2], [3, 4]], iteration=0)
+        task.upload_artifact("note", artifact_object={{"a": 1}}, wait_on_upload=True)
+        started = time.monotonic()
+        task.close()
+        print("close_seconds", time.monotonic() - started)
+    """)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90, check=True)
+    seconds = float(result.stdout.split("close_seconds")[-1])
+    assert seconds < 5, f"task.close() took {seconds:.1f}s"
+    assert time.monotonic() - started < 60
+    assert len(list(isolated_clearml.glob("offline-*.zip"))) == 1
+
+
+def test_config_sections_round_trip() -> None:
+    cfg = RunConfig().override(["optim.lr=3e-5", "data.limit_train_samples=640", "seed=7", "trainer.max_time=00:00:10:00"])
+    sections = tracking.config_sections(cfg)
+    assert sections["optim"]["lr"] == "3e-05" and sections["data"]["max_length"] == "null" and sections["run"]["seed"] == "7"
+    assert RunConfig.from_dict(tracking.config_from_sections(sections)) == cfg
+
+
+def test_merge_edits_takes_each_edit_against_the_baseline() -> None:
+    base = RunConfig().override(["optim.lr=1e-4", "seed=1"])
+    object_edit = base.override(["seed=2"])  # edited in the RunConfig configuration object
+    sections = tracking.config_sections(base)
+    sections["optim"]["lr"] = "5e-05"  # edited in the hyperparameter section
+    merged = tracking.merge_edits(base, object_edit, tracking.config_from_sections(sections))
+    assert merged.seed == 2 and merged.optim.lr == 5e-5
+    assert merged.override(["seed=1", "optim.lr=1e-4"]) == base  # nothing else moved
+    # Both edited: the hyperparameter section wins.
+    sections["run"]["seed"] = "3"
+    assert tracking.merge_edits(base, object_edit, tracking.config_from_sections(sections)).seed == 3
+
+
+def test_agent_run_of_an_edited_clone_gets_the_edited_config(
+        isolated_clearml: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_dir: Path) -> None:
+    """A real (offline) task recorded by reprozoo, then edited as the UI would; with ClearML reporting
+    that an agent runs the task (running_locally() False), open_task hands back the edited RunConfig."""
+    from clearml import Task
+
+    from reprozoo.train import plan_run
+    from reprozoo.zoo import resolve_weights
+
+    cfg = RunConfig().override([f"data.data_dir={data_dir}", "tracking.mode=offline", f"out_dir={tmp_path / 'run'}",
+                                "optim.lr=1e-4", "tracking.project=reprozoo-tests"])
+    digest = "sha256:" + "0123456789abcdef" * 4
+    monkeypatch.setenv("REPROZOO_IMAGE", "ghcr.io/example/reprozoo:cpu-0123456789ab")
+    monkeypatch.setenv("REPROZOO_IMAGE_DIGEST", digest)
+    plan = plan_run(cfg)
+    env_before = tracking.clearml_env()
+    tracker = tracking.open_task(cfg, "clone-edit", plan)
+    tracker.record(cfg, plan, resolve_weights(plan.entry))
+    task = tracker.task
+    # The image the container layer handed in is pinned by digest for a ClearML agent (docker mode);
+    # offline ClearML stores it in execution.docker_cmd, a server >= API 2.13 in task.container.
+    assert task.data.execution.docker_cmd.startswith(f"ghcr.io/example/reprozoo:cpu-0123456789ab@{digest} --ipc=host")
+    assert "CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL=1" in task.data.execution.docker_cmd
+    assert tracker.provenance["environment"]["image_digest"] == digest
+    # The UI edit: seed in the config object, lr in the "optim" hyperparameter section.
+    task.set_configuration_object(tracking.CONFIG_OBJECT, config_text=cfg.override(["seed=5"]).to_yaml(), config_type="yaml")
+    task.set_parameter("optim/lr", "2e-05")
+    monkeypatch.setattr(Task, "running_locally", staticmethod(lambda: False))
+    edited = tracking.remote_config(task, RunConfig())
+    assert edited.seed == 5 and edited.optim.lr == 2e-5 and edited.data.data_dir == str(data_dir)
+    monkeypatch.setattr(Task, "init", classmethod(lambda cls, **kwargs: task))
+    assert tracking.open_task(RunConfig(), "ignored", plan).config == edited
+    monkeypatch.undo()
+    task.close()
+    tracking.restore_clearml_env(env_before)  # later tests start `reprozoo` subprocesses
