@@ -310,7 +310,8 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=1024, help="ours: token budget per batch (0: fixed batch size)")
     parser.add_argument("--full-epoch", action=argparse.BooleanOptionalAction, default=None,
                         help="run ours over one whole phrase epoch (default: on unless --quick)")
-    parser.add_argument("--systems", default="A,B,ours", help="subset to run, e.g. B,ours")
+    parser.add_argument("--systems", default="A,B,ours,ours-fixed",
+                        help="subset to run; ours-fixed: ours with a fixed batch size (no token budget), phrases only")
     parser.add_argument("--limit-eval", type=int, default=None, help="smoke tests only: score ours on K dev/test sentences")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
@@ -366,13 +367,17 @@ def main() -> int:
     for granularity in ("phrases", "sentences"):
         rows = sample(hf[granularity], n[granularity])
         for system in systems:
+            if system == "ours-fixed" and granularity != "phrases":
+                continue
             print(f"[{time.time() - started:5.0f}s] {granularity}: {system} on {n[granularity]} examples", flush=True)
             if system in ("A", "B"):
                 result = run_hf(system, granularity, rows, hf["dev"], weights, batch_size, lr, args.seed, out)
             else:
-                command = ours_command(granularity, n[granularity], data_dir, out / f"ours-{granularity}", batch_size, lr,
-                                       max_tokens, args.seed, args.limit_eval)
-                result = run_ours(granularity, command, out / f"ours-{granularity}")
+                run_dir = out / f"{system}-{granularity}"
+                command = ours_command(granularity, n[granularity], data_dir, run_dir, batch_size, lr,
+                                       None if system == "ours-fixed" else max_tokens, args.seed, args.limit_eval)
+                result = run_ours(granularity, command, run_dir)
+                result.system = system
             print(f"    {result.examples_per_s:.1f} ex/s, {result.tokens_per_s:.0f} real tok/s, padding eff "
                   f"{result.padding_efficiency:.3f}, dev acc {result.dev_accuracy:.4f}", flush=True)
             results.append(result)
@@ -422,12 +427,17 @@ def main() -> int:
         a, b = ratio(granularity, "A"), ratio(granularity, "B")
         report.append(f"{granularity}: ours / A = {a:.2f}x, ours / B = {b:.2f}x real tokens/s" if a and b else
                       f"{granularity}: ours / A = {a}, ours / B = {b}")
+    if ("ours-fixed", "phrases") in by and ("B", "phrases") in by and ("ours", "phrases") in by:
+        fixed = by["ours-fixed", "phrases"].tokens_per_s
+        report.append(f"phrases, where it comes from: ours with a fixed batch of {batch_size} / B = "
+                      f"{fixed / by['B', 'phrases'].tokens_per_s:.2f}x; token budget {max_tokens} / fixed batch = "
+                      f"{by['ours', 'phrases'].tokens_per_s / fixed:.2f}x")
     if epoch_speedup:
         report.append(f"phrase epoch: B {epoch['B_examples']} nodes {epoch['B_seconds']:.0f} s ({epoch['B_how']}); ours "
                       f"{epoch['ours_examples']} spans {epoch['ours_seconds']:.0f} s ({epoch['ours_how']}): {epoch_speedup:.2f}x")
     for r in results:
-        if r.system == "ours":
-            report.append(f"ours {r.granularity} ({r.examples} ex): launch → first optimiser step "
+        if r.system.startswith("ours"):
+            report.append(f"{r.system} {r.granularity} ({r.examples} ex): launch → first optimiser step "
                           f"{r.extra['startup_to_first_step_s']:.1f} s (launch → Lightning train start "
                           f"{r.extra['launch_to_train_start_s']:.1f} s), warm cache: {r.extra['tokenization_cache_hit']}")
     report.append(f"whole benchmark: {time.time() - started:.0f} s; load average at end {os.getloadavg()[0]:.2f}")
