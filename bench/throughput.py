@@ -303,8 +303,8 @@ def main() -> int:
     shared = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst5" / "trees"  # as the Makefile
     parser.add_argument("--data-dir", default=os.environ.get("REPROZOO_DATA_DIR") or (str(shared) if shared.is_dir() else None))
     parser.add_argument("--out", default="runs/bench-throughput")
-    parser.add_argument("--phrases", type=int, help="training examples per system, phrases (quick 3072, full 12288)")
-    parser.add_argument("--sentences", type=int, help="training examples per system, sentences (quick 1536, full 4096)")
+    parser.add_argument("--phrases", type=int, help="training examples per system, phrases (quick 2048, full 8192)")
+    parser.add_argument("--sentences", type=int, help="training examples per system, sentences (quick 1024, full 2048)")
     parser.add_argument("--batch-size", type=int, default=None, help="nominal batch size for all (default: the zoo's)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate for all (default: the zoo's)")
     parser.add_argument("--max-tokens", type=int, default=1024, help="ours: token budget per batch (0: fixed batch size)")
@@ -313,8 +313,12 @@ def main() -> int:
     parser.add_argument("--systems", default="A,B,ours,ours-fixed",
                         help="subset to run; ours-fixed: ours with a fixed batch size (no token budget), phrases only")
     parser.add_argument("--limit-eval", type=int, default=None, help="smoke tests only: score ours on K dev/test sentences")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for every system (default: torch's, one per core); 1 is steadier on a shared machine")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)  # ours' subprocesses too
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -332,13 +336,17 @@ def main() -> int:
     data_dir = resolve_data_dir(args.data_dir)
     batch_size, lr = args.batch_size or entry.batch_size, args.lr or entry.lr
     max_tokens = args.max_tokens or None
-    n = {"phrases": args.phrases or (3072 if args.quick else 12288),
-         "sentences": args.sentences or (1536 if args.quick else 4096)}
+    n = {"phrases": args.phrases or (2048 if args.quick else 8192),
+         "sentences": args.sentences or (1024 if args.quick else 2048)}
     full_epoch = (not args.quick) if args.full_epoch is None else args.full_epoch
     systems = [s.strip() for s in args.systems.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     info = machine()
     print(f"machine: {info}", flush=True)
     if info["load_average_at_start"][0] > 0.5:
