@@ -48,10 +48,10 @@ models: setup ## list the model zoo
 data-stats: setup ## class distribution table + bar chart (class_distribution.png)
 	$(VENV)/bin/reprozoo data stats
 
-bench: setup ## throughput benchmark vs HF Trainer (A: pad 128, B: group_by_length); ~30 min on 2 cores
+bench: setup ## throughput vs HF Trainer (A: pad 128, B: group_by_length) + a real phrase epoch of ours; not yet timed (est. 30-40 min)
 	$(PY) bench/throughput.py $(ARGS)
 
-bench-quick: setup ## the same, smaller samples and a projected epoch (< 10 min)
+bench-quick: setup ## the same on 1,024 phrases + 512 sentences, projected epoch (545 s on a busy machine)
 	$(PY) bench/throughput.py --quick $(ARGS)
 
 bench-gpu: setup ## GPU throughput of base-size BERT/RoBERTa/DeBERTa-v3/ELECTRA, bf16 ± torch.compile (needs a GPU)

@@ -303,8 +303,8 @@ def main() -> int:
     shared = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst5" / "trees"  # as the Makefile
     parser.add_argument("--data-dir", default=os.environ.get("REPROZOO_DATA_DIR") or (str(shared) if shared.is_dir() else None))
     parser.add_argument("--out", default="runs/bench-throughput")
-    parser.add_argument("--phrases", type=int, help="training examples per system, phrases (quick 2048, full 8192)")
-    parser.add_argument("--sentences", type=int, help="training examples per system, sentences (quick 1024, full 2048)")
+    parser.add_argument("--phrases", type=int, help="training examples per system, phrases (quick 1024, full 8192)")
+    parser.add_argument("--sentences", type=int, help="training examples per system, sentences (quick 512, full 2048)")
     parser.add_argument("--batch-size", type=int, default=None, help="nominal batch size for all (default: the zoo's)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate for all (default: the zoo's)")
     parser.add_argument("--max-tokens", type=int, default=1024, help="ours: token budget per batch (0: fixed batch size)")
@@ -336,8 +336,8 @@ def main() -> int:
     data_dir = resolve_data_dir(args.data_dir)
     batch_size, lr = args.batch_size or entry.batch_size, args.lr or entry.lr
     max_tokens = args.max_tokens or None
-    n = {"phrases": args.phrases or (2048 if args.quick else 8192),
-         "sentences": args.sentences or (1024 if args.quick else 2048)}
+    n = {"phrases": args.phrases or (1024 if args.quick else 8192),
+         "sentences": args.sentences or (512 if args.quick else 2048)}
     full_epoch = (not args.quick) if args.full_epoch is None else args.full_epoch
     systems = [s.strip() for s in args.systems.split(",")]
     out = Path(args.out)
@@ -391,6 +391,10 @@ def main() -> int:
             results.append(result)
             torch.manual_seed(args.seed)
 
+    # The compute bound again at the end: the best of both (a busy moment only lowers a measurement).
+    again = matmul_flops()
+    flops = {k: max(v, again[k]) for k, v in flops.items()}
+    print(f"fp32 matmul at the end: {again['gemm_2048'] / 1e9:.1f} GFLOP/s (2048³); using the best of both", flush=True)
     by = {(r.system, r.granularity): r for r in results}
 
     def ratio(granularity: str, base: str) -> float | None:
