@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 
 export REPROZOO_DATA_DIR := $(DATA_DIR)
 
-.PHONY: help setup train test test-fast lint models data-stats bench-accuracy lock clean
+.PHONY: help setup train test test-fast lint models data-stats bench bench-quick bench-accuracy bench-gpu lock clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -47,6 +47,15 @@ models: setup ## list the model zoo
 
 data-stats: setup ## class distribution table + bar chart (class_distribution.png)
 	$(VENV)/bin/reprozoo data stats
+
+bench: setup ## throughput vs HF Trainer (A: pad 128, B: group_by_length) + a real phrase epoch of ours; not yet timed (est. 30-40 min)
+	$(PY) bench/throughput.py $(ARGS)
+
+bench-quick: setup ## the same on 1,024 phrases + 512 sentences, projected epoch (545 s on a busy machine)
+	$(PY) bench/throughput.py --quick $(ARGS)
+
+bench-gpu: setup ## GPU throughput of base-size BERT/RoBERTa/DeBERTa-v3/ELECTRA, bf16 ± torch.compile (needs a GPU)
+	PYTHON=$(PY) bench/gpu.sh $(ARGS)
 
 bench-accuracy: setup ## accuracy benchmark: default MiniLM recipe on full SST-5 (~45 min on 2 CPU cores)
 	$(PY) bench/accuracy.py $(ARGS)

@@ -23,6 +23,7 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
         ("data.granularity=phrase", "did you mean phrases"),
         ("data.imbalance=balanced", "not one of none, weighted-loss, balanced-sampler"),
         ("data.max_length=4", "too short"),
+        ("data.max_tokens=0", "data.max_tokens=0 must be a whole number >= 1"),
         ("model.pooling=max", "not one of cls, mean, last"),
         ("trainer.precision=fp16", "not one of"),
     ],

@@ -97,3 +97,17 @@ def test_finished_run_is_not_overwritten(minilm_run: dict, data_dir: Path) -> No
 
     with pytest.raises(ConfigError, match="already holds a finished run; pass --overwrite"):
         plan_run(small_config(data_dir, Path(minilm_run["run_dir"])))
+
+
+def test_token_budget_phrase_run_records_its_throughput(data_dir: Path, tmp_path: Path) -> None:
+    from reprozoo.train import train
+
+    cfg = small_config(data_dir, tmp_path / "budget", tracking="off").override(
+        ["data.granularity=phrases", "data.max_tokens=256", "data.limit_eval_samples=50"])
+    result = train(cfg)
+    timing = json.loads((Path(result["run_dir"]) / "timing.json").read_text())
+    t = timing["throughput"]
+    assert t["examples"] == 640 and t["steps"] == result["metrics"]["train"]["steps"]
+    assert t["steps"] < 640 // 16  # short phrases: more than batch_size=16 per 256-token batch
+    assert t["real_tokens"] <= t["padded_tokens"] <= t["steps"] * 256 and t["padding_efficiency"] > 0.8
+    assert 0 <= t["data_wait_fraction"] < 0.5 and t["first_step_unix"] >= t["train_start_unix"]

@@ -35,6 +35,9 @@ class DataConfig:
     imbalance: str = "none"
     max_length: int | None = None  # None: the zoo's default for the model
     batch_size: int | None = None  # None: the zoo's default for the model
+    # Token budget per training batch (padded tokens, batch × longest). None: fixed batch_size.
+    # Set, batches of short phrases grow and long sentences shrink, so every step does similar work.
+    max_tokens: int | None = None
     eval_batch_size: int = 128
     limit_train_samples: int | None = None  # a fixed random K training examples (after dedup)
     limit_eval_samples: int | None = None
@@ -151,6 +154,7 @@ class RunConfig:
         _positive("data.batch_size", d.batch_size)
         _positive("data.eval_batch_size", d.eval_batch_size)
         _positive("data.max_length", d.max_length)
+        _positive("data.max_tokens", d.max_tokens)
         _positive("data.limit_train_samples", d.limit_train_samples)
         _positive("data.limit_eval_samples", d.limit_eval_samples)
         if d.max_length is not None and d.max_length < 8:
@@ -173,6 +177,8 @@ class RunConfig:
             raise ConfigError(f"trainer.pruning_amount={t.pruning_amount} must be in [0, 1)")
         if t.checkpoint_every < 0:
             raise ConfigError("trainer.checkpoint_every must be >= 0 (0: only at evaluations)")
+        if d.max_tokens is not None and d.max_length is not None and d.max_tokens < d.max_length:
+            raise ConfigError(f"data.max_tokens={d.max_tokens} is below data.max_length={d.max_length}; the longest example would not fit")
         if d.num_workers < 0:
             raise ConfigError("data.num_workers must be >= 0")
         return self

@@ -37,3 +37,75 @@ class LineProgress(Callback):
         if "val/accuracy" in m:
             print(f"dev  epoch {trainer.current_epoch} step {trainer.global_step}: accuracy {float(m['val/accuracy']):.4f}"
                   f"  macro-F1 {float(m['val/macro_f1']):.4f}", file=sys.stderr, flush=True)
+
+
+class ThroughputMonitor(Callback):
+    """Counts what training really did and where the time went; `summary()` lands in timing.json.
+
+    Step time is on_train_batch_start → on_train_batch_end (forward, backward, clipping, optimiser
+    step); data wait is the gap from one step's end to the next step's start (fetching and
+    collating the batch, loop bookkeeping), with validation and checkpointing left out. Tokens
+    come from the attention masks: real = mask sum, processed = mask size (padding included).
+    """
+
+    def __init__(self) -> None:
+        self.steps = self.examples = self.real_tokens = self.padded_tokens = self.sum_sq_lengths = 0
+        self.step_seconds = self.data_wait_seconds = 0.0
+        self.train_start_unix: float | None = None
+        self.first_step_unix: float | None = None
+        self.last_step_unix: float | None = None
+        self._train_start = self._last_end = self._batch_start = 0.0
+        self._last_end_valid = False
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self.train_start_unix = time.time()
+        self._train_start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._last_end, self._last_end_valid = time.perf_counter(), True
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._last_end_valid:
+            self.data_wait_seconds += now - self._last_end
+        self._batch_start = now
+        mask = batch["attention_mask"]
+        lengths = mask.sum(1)
+        self.examples += int(mask.shape[0])
+        self.real_tokens += int(lengths.sum())
+        self.padded_tokens += int(mask.numel())
+        self.sum_sq_lengths += int((lengths * lengths).sum())
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        self.step_seconds += now - self._batch_start
+        self.steps += 1
+        self.last_step_unix = time.time()
+        if self.first_step_unix is None:
+            self.first_step_unix = self.last_step_unix
+        self._last_end, self._last_end_valid = now, True
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self._last_end_valid = False  # the next gap holds an evaluation, not data loading
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        self._last_end, self._last_end_valid = time.perf_counter(), trainer.state.fn == "fit"
+
+    def summary(self) -> dict[str, Any]:
+        loop = self.step_seconds + self.data_wait_seconds
+        return {
+            "steps": self.steps,
+            "examples": self.examples,
+            "real_tokens": self.real_tokens,
+            "padded_tokens": self.padded_tokens,
+            "sum_sq_lengths": self.sum_sq_lengths,
+            "padding_efficiency": self.real_tokens / self.padded_tokens if self.padded_tokens else None,
+            "step_seconds": self.step_seconds,
+            "data_wait_seconds": self.data_wait_seconds,
+            "data_wait_fraction": self.data_wait_seconds / loop if loop else None,
+            "examples_per_second": self.examples / loop if loop else None,
+            "real_tokens_per_second": self.real_tokens / loop if loop else None,
+            "train_start_unix": self.train_start_unix,
+            "first_step_unix": self.first_step_unix,
+            "last_step_unix": self.last_step_unix,
+        }

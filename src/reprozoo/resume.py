@@ -68,15 +68,15 @@ class ResumableDataLoader(DataLoader):
     after `load_state_dict`, the next iteration of that same epoch skips those batches.
     """
 
-    def __init__(self, *args: Any, progress: Callable[[], int], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, position: Any, progress: Callable[[], int], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.progress = progress
+        self.position, self.progress = position, progress  # the LengthGroupedSampler behind the batches
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": int(self.sampler.epoch), "batches_done": int(self.progress())}
+        return {"epoch": int(self.position.epoch), "batches_done": int(self.progress())}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.resume_at(state["epoch"], state["batches_done"])
+        self.position.resume_at(state["epoch"], state["batches_done"])
 
 
 class ResumeState(Callback):

@@ -202,7 +202,8 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     timing = {"train_seconds": train_seconds, "total_seconds": time.time() - started,
               "tokenization_cache_hit": datamodule.cache_hit, "accelerator": plan.accelerator,
-              "precision": plan.precision, "torch_threads": torch.get_num_threads()}
+              "precision": plan.precision, "torch_threads": torch.get_num_threads(),
+              "throughput": next((c.summary() for c in trainer.callbacks if hasattr(c, "real_tokens")), None)}
     (run_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
 
     from reprozoo.metrics import save_confusion_png
@@ -263,6 +264,9 @@ def _trainer_kwargs(cfg: RunConfig, plan: Plan, tracker: Any) -> dict[str, Any]:
 
         callbacks.append(LineProgress())
         progress = False
+    from reprozoo.progress import ThroughputMonitor
+
+    callbacks.append(ThroughputMonitor())  # examples, tokens, step vs data time → timing.json
     callbacks.extend(tracker.callbacks())
     return {
         "max_epochs": t.max_epochs,

@@ -9,7 +9,15 @@ from transformers import AutoTokenizer
 
 from reprozoo import zoo
 from reprozoo.config import DataConfig
-from reprozoo.data.module import Collator, LengthGroupedSampler, SST5DataModule, TokenizedSplit, atomic_torch_save
+from reprozoo.data.module import (
+    Collator,
+    LengthGroupedSampler,
+    SST5DataModule,
+    TokenBudgetBatchSampler,
+    TokenizedDataset,
+    TokenizedSplit,
+    atomic_torch_save,
+)
 from reprozoo.data.sst5 import data_fingerprint
 
 
@@ -104,3 +112,38 @@ def test_subset_keeps_ragged_layout() -> None:
         row = sub.ids[sub.offsets[i] : sub.offsets[i + 1]].tolist()
         j = split.labels.tolist().index(int(sub.labels[i]))
         assert row == split.ids[split.offsets[j] : split.offsets[j + 1]].tolist()
+
+
+def test_token_budget_batches_cover_every_example_once_within_budget() -> None:
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 60, (2000,), generator=g)
+    labels = torch.randint(0, 5, (2000,), generator=g)
+    sampler = LengthGroupedSampler(lengths, labels, batch_size=16, seed=3, max_tokens=256)
+    batches = TokenBudgetBatchSampler(sampler)
+    first = list(batches)
+    assert sorted(i for b in first for i in b) == list(range(2000)) and first == list(batches) and len(batches) == len(first)
+    assert all(len(b) * int(lengths[b].max()) <= 256 for b in first)
+    short = [len(b) for b in first if int(lengths[b].max()) <= 8]
+    long = [len(b) for b in first if int(lengths[b].min()) >= 40]
+    assert min(short) > max(long)  # short examples come in bigger batches
+    real = sum(int(lengths[b].sum()) for b in first)
+    assert real / sum(len(b) * int(lengths[b].max()) for b in first) > 0.9  # little padding
+    sampler.set_epoch(1)
+    assert list(batches) != first
+
+
+def test_batched_fetch_collates_like_the_per_item_path() -> None:
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.randint(1, 12, (30,), generator=g)
+    offsets = torch.zeros(31, dtype=torch.int64)
+    torch.cumsum(lengths, 0, out=offsets[1:])
+    split = TokenizedSplit(torch.randint(5, 999, (int(offsets[-1]),), dtype=torch.int32, generator=g), offsets,
+                           torch.randint(0, 5, (30,), generator=g), torch.rand(30, generator=g))
+    dataset = TokenizedDataset(split)
+    index = [7, 0, 29, 3, 3]
+    for pad_left in (False, True):
+        collate = Collator(pad_id=1, pad_left=pad_left)
+        slow, fast = collate([dataset[i] for i in index]), collate(dataset.__getitems__(index))
+        assert slow.keys() == fast.keys()
+        for key in slow:
+            assert slow[key].dtype == fast[key].dtype and torch.equal(slow[key], fast[key]), key

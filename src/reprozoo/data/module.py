@@ -21,7 +21,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from reprozoo.config import DataConfig
+from reprozoo.config import ConfigError, DataConfig
 from reprozoo.data.sst5 import Examples, cache_root, load_trees, split_examples
 from reprozoo.resume import ResumableDataLoader
 
@@ -69,6 +69,19 @@ class TokenizedDataset(Dataset):
         s = self.split
         return s.ids[s.offsets[index] : s.offsets[index + 1]], int(s.labels[index]), float(s.weights[index])
 
+    def __getitems__(self, indices: list[int]) -> Rows:
+        """The DataLoader's batched fetch: one `Rows` for the whole batch instead of one tuple per
+        example, so `Collator` pads with a few tensor ops rather than a Python loop."""
+        return Rows(self.split, torch.as_tensor(indices, dtype=torch.int64))
+
+
+@dataclass
+class Rows:
+    """A batch as (split, example indices); `Collator` turns it into padded tensors."""
+
+    split: TokenizedSplit
+    index: torch.Tensor
+
 
 def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -114,14 +127,25 @@ class LengthGroupedSampler(Sampler[int]):
     With `class_balanced`, each epoch draws its examples (with replacement) so that every
     class is equally likely. Yields indices so that every `batch_size` consecutive ones form a
     batch; the one partial batch comes last. Deterministic in (seed, epoch).
+
+    With `max_tokens`, batches are cut by a token budget instead (`TokenBudgetBatchSampler`):
+    each holds as many examples as fit in `max_tokens` padded tokens, so short phrases come
+    in large batches and long sentences in small ones.
     """
 
     def __init__(self, lengths: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int,
-                 class_balanced: bool = False, mega_batches: int = 50) -> None:
+                 class_balanced: bool = False, mega_batches: int = 50, max_tokens: int | None = None) -> None:
         self.lengths, self.labels = lengths, labels
         self.batch_size, self.seed, self.class_balanced = batch_size, seed, class_balanced
         self.mega = batch_size * mega_batches
+        self.max_tokens = max_tokens
+        if max_tokens is not None:
+            # A mega-batch of ~2*mega_batches batches' worth of tokens: sorting that many examples
+            # leaves <2% padding on SST-5 phrases (50 batches: ~8%), and the order stays random.
+            mean = max(1.0, float(lengths.float().mean())) if len(lengths) else 1.0
+            self.mega = max(1, int(2 * mega_batches * max_tokens / mean))
         self.epoch = 0
+        self._cached: tuple[int, list[list[int]]] | None = None
         self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -131,10 +155,21 @@ class LengthGroupedSampler(Sampler[int]):
         """The next pass over `epoch` skips its first `batches_done` batches (exact resume)."""
         self._resume = (epoch, batches_done)
 
+    def epoch_batches(self) -> list[list[int]]:
+        """This epoch's batches, less those already done when resuming mid-epoch."""
+        skip = 0
+        if self._resume is not None:
+            epoch, done = self._resume
+            self._resume = None
+            skip = done if epoch == self.epoch else 0
+        return self.batches()[skip:]
+
     def __len__(self) -> int:
         return len(self.lengths)
 
     def batches(self) -> list[list[int]]:
+        if self._cached is not None and self._cached[0] == self.epoch:
+            return self._cached[1]
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         n = len(self.lengths)
         if self.class_balanced:
@@ -147,27 +182,62 @@ class LengthGroupedSampler(Sampler[int]):
         for start in range(0, n, self.mega):
             chunk = order[start : start + self.mega]
             chunk = chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)]
-            batches.extend(chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size))
-        full = [b for b in batches if len(b) == self.batch_size]
-        partial = [b for b in batches if len(b) != self.batch_size]
-        shuffled = [full[i] for i in torch.randperm(len(full), generator=g).tolist()]
-        return shuffled + partial
+            if self.max_tokens is None:
+                batches.extend(chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size))
+            else:
+                batches.extend(_cut_by_tokens(chunk.tolist(), self.lengths[chunk].tolist(), self.max_tokens))
+        if self.max_tokens is None:
+            full = [b for b in batches if len(b) == self.batch_size]
+            partial = [b for b in batches if len(b) != self.batch_size]
+            result = [full[i] for i in torch.randperm(len(full), generator=g).tolist()] + partial
+        else:
+            result = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        self._cached = (self.epoch, result)
+        return result
 
     def __iter__(self) -> Iterator[int]:
-        skip = 0
-        if self._resume is not None:
-            epoch, done = self._resume
-            self._resume = None
-            skip = done if epoch == self.epoch else 0
-        for batch in self.batches()[skip:]:
+        for batch in self.epoch_batches():
             yield from batch
 
 
+def _cut_by_tokens(indices: list[int], lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Cut a list sorted by descending length into batches of at most `max_tokens` padded tokens
+    (the first, longest example of a batch sets its width); at least one example per batch."""
+    out: list[list[int]] = []
+    i = 0
+    while i < len(indices):
+        size = max(1, max_tokens // max(1, lengths[i]))
+        out.append(indices[i : i + size])
+        i += size
+    return out
+
+
+class TokenBudgetBatchSampler(Sampler[list[int]]):
+    """Variable-size batches from a `LengthGroupedSampler` with `max_tokens` set."""
+
+    def __init__(self, sampler: LengthGroupedSampler) -> None:
+        self.sampler = sampler  # Lightning calls sampler.set_epoch through this attribute
+
+    def __len__(self) -> int:
+        return len(self.sampler.batches())
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self.sampler.epoch_batches()
+
+
 class Collator:
+    """Dynamic padding to the longest example of the batch, on the tokenizer's side.
+
+    Takes a `Rows` (the batched fetch of `TokenizedDataset`: pads with a handful of tensor
+    ops) or a list of (ids, label, weight) tuples; both give the same tensors.
+    """
+
     def __init__(self, pad_id: int, pad_left: bool) -> None:
         self.pad_id, self.pad_left = pad_id, pad_left
 
-    def __call__(self, items: list[tuple[torch.Tensor, int, float]]) -> dict[str, torch.Tensor]:
+    def __call__(self, items: Rows | list[tuple[torch.Tensor, int, float]]) -> dict[str, torch.Tensor]:
+        if isinstance(items, Rows):
+            return self._collate_rows(items)
         width = max(len(ids) for ids, _, _ in items)
         input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(items), width), dtype=torch.long)
@@ -180,6 +250,24 @@ class Collator:
             "attention_mask": mask,
             "labels": torch.tensor([label for _, label, _ in items], dtype=torch.long),
             "weights": torch.tensor([w for _, _, w in items], dtype=torch.float32),
+        }
+
+    def _collate_rows(self, rows: Rows) -> dict[str, torch.Tensor]:
+        split, index = rows.split, rows.index
+        starts = split.offsets[index]
+        lengths = split.offsets[index + 1] - starts
+        width = int(lengths.max())
+        column = torch.arange(width).unsqueeze(0)  # position within the padded row
+        if self.pad_left:
+            column = column - (width - lengths).unsqueeze(1)  # position within the example
+        mask = (column >= 0) & (column < lengths.unsqueeze(1))
+        source = (starts.unsqueeze(1) + column).clamp_(0, max(len(split.ids) - 1, 0))
+        input_ids = torch.where(mask, split.ids[source].long(), self.pad_id)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": mask.long(),
+            "labels": split.labels[index].long(),
+            "weights": split.weights[index].float(),
         }
 
 
@@ -226,10 +314,17 @@ class SST5DataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         split = self.splits["train"]
         sampler = LengthGroupedSampler(split.lengths, split.labels, self.batch_size, self.seed,
-                                       class_balanced=self.cfg.imbalance == "balanced-sampler")
+                                       class_balanced=self.cfg.imbalance == "balanced-sampler",
+                                       max_tokens=self.cfg.max_tokens)
+        workers = {"collate_fn": self._collator(), "num_workers": self.cfg.num_workers,
+                   "persistent_workers": self.cfg.num_workers > 0}
+        if self.cfg.max_tokens is not None:
+            if self.trainer is not None and self.trainer.world_size > 1:
+                raise ConfigError("data.max_tokens (token-budget batches) is single-device only; use data.batch_size with several devices")
+            return ResumableDataLoader(TokenizedDataset(split), batch_sampler=TokenBudgetBatchSampler(sampler),
+                                       position=sampler, progress=self._batches_done, **workers)
         return ResumableDataLoader(TokenizedDataset(split), batch_size=self.batch_size, sampler=sampler,
-                                   collate_fn=self._collator(), num_workers=self.cfg.num_workers,
-                                   persistent_workers=self.cfg.num_workers > 0, progress=self._batches_done)
+                                   position=sampler, progress=self._batches_done, **workers)
 
     def _batches_done(self) -> int:
         """Batches processed in the current epoch, as the trainer's loop counts them."""
