@@ -4,6 +4,7 @@
 #   envs/cpu.lock    image flavour cpu   CPython 3.11 (Debian bookworm), torch 2.13.0+cpu
 #   envs/cuda.lock   image flavour cuda  CPython 3.12 (Ubuntu 24.04 of the CUDA base), torch 2.13.0 CUDA build
 #   envs/colab.lock  Colab: what it needs on top of Colab's preinstalled torch (CPython 3.12)
+#   envs/colab-agent.lock  Colab worker mode: clearml-agent, installed in a venv of its own
 #   envs/cpu.txt     plain constraints (no hashes, dev tools included) for `make setup`
 #
 # Images install a lock with `pip install --require-hashes --no-deps -r envs/<flavour>.lock`:
@@ -48,6 +49,9 @@ compile cuda 3.12 pyproject.toml envs/build.in $CUDA_TORCH_SOURCE --constraint "
 skip=(--no-emit-package torch --no-emit-package triton)
 for name in $(grep -oE '^(nvidia|cuda)-[a-z0-9-]+' envs/cuda.lock); do skip+=(--no-emit-package "$name"); done
 compile colab 3.12 pyproject.toml "${skip[@]}" --constraint "$same"
+# The ClearML agent for Colab's worker mode lives in its own venv (it pins requests<2.33 and
+# setuptools<82, older than the training tree): its own lock, outside the run's dependencies.
+compile colab-agent 3.12 envs/colab-agent.in
 rm -f "$same"
 
 # make setup's constraints: the cpu resolution without hashes, plus the dev tools, torch without its
