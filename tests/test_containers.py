@@ -108,7 +108,7 @@ def test_dockerfile_contract() -> None:
     base = re.search(r"^ARG BASE_IMAGE=(\S+)$", text, re.MULTILINE)
     assert base and re.fullmatch(r"nvidia/cuda:13\.\d+\.\d+-cudnn-runtime-ubuntu24\.04@sha256:[0-9a-f]{64}", base.group(1))
     assert re.search(r"@sha256:[0-9a-f]{64}$", containers.DEFAULT_BASES["cpu"] or "")
-    assert "pip install --require-hashes --no-deps" in text
+    assert re.search(r"pip install (--\S+ )*--require-hashes --no-deps \$source -r \"\$lock\"", text)
     assert text.count("FROM ") >= 3  # multi-stage
     assert re.search(r"^USER 10001:10001$", text, re.MULTILINE) and 'ENTRYPOINT ["reprozoo"]' in text
     for label in ("revision", "source", "created"):
@@ -152,9 +152,11 @@ def test_build_args_carry_identity_and_no_credentials(monkeypatch: pytest.Monkey
     state = containers.source_state(REPO)
     args = containers.build_args(spec, state, "https://github.com/example/reprozoo")
     assert SENTINEL not in repr(args)
-    assert args["CREATED"] == "2023-11-14T22:13:20Z" and args["SOURCE_DATE_EPOCH"] == "1700000000"
+    assert args["CREATED"] == "2023-11-14T22:13:20Z"
     assert args["IMAGE_REF"] == spec.ref and args["LOCK_SHA256"] == containers.file_sha256(REPO / "envs" / "cpu.lock")
-    assert args["BASE_IMAGE"] == "reprozoo-base:bookworm-py311" and args["SOURCE"].endswith("/reprozoo")
+    assert args["BASE_IMAGE"] == "reprozoo-base:bookworm-py311" and args["SOURCE"] == "https://github.com/example/reprozoo"
+    monkeypatch.setenv("GITHUB_REPOSITORY", "octo/reprozoo")
+    assert containers.source_url(REPO) == "https://github.com/octo/reprozoo"
     assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", args["REVISION"])
 
 
@@ -208,3 +210,17 @@ def test_missing_lock_and_unknown_flavour(tmp_path: Path) -> None:
         containers.image_spec(root, "cuda")
     with pytest.raises(ContainerError, match="not one of cpu, cuda"):
         containers.image_spec(root, "tpu")
+
+
+def test_colab_notebook_installs_the_colab_lock() -> None:
+    import json
+
+    notebook = json.loads((REPO / "notebooks" / "colab.ipynb").read_text())
+    code = ["".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    for source in code:  # valid Python once IPython's `!shell` lines are taken for statements
+        compile(re.sub(r"^(\s*)!.*$", r"\1pass", source, flags=re.MULTILINE), "cell", "exec")
+    text = "\n".join(code)
+    assert "pip install --quiet --require-hashes --no-deps -r envs/colab.lock" in text
+    assert 'os.environ["REPROZOO_LOCK"] = "colab"' in text and "REPROZOO_LOCK_SHA256" in text
+    assert "CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL" in text and "-r envs/colab-agent.lock" in text
+    assert "userdata.get" in text and not re.search(r"(?i)(secret_key|access_key)\s*=\s*['\"]\w", text)

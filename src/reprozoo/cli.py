@@ -207,7 +207,7 @@ def image_build(
 
     root = _run(containers.project_root)
     result = _run(lambda: containers.build_image(root, flavour, base, use_wheelhouse=wheelhouse, no_cache=no_cache,
-                                                 source_url=source, log=lambda line: typer.echo(line, err=True)))
+                                                 source=source, log=lambda line: typer.echo(line, err=True)))
     typer.echo(f"image {result.ref} id {result.image_id} ({result.seconds:.0f} s{', all steps cached' if result.cached else ''})")
 
 

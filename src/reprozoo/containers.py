@@ -159,6 +159,20 @@ def source_state(root: Path) -> SourceState:
     return SourceState(revision, dirty, epoch)
 
 
+def source_url(root: Path) -> str:
+    """org.opencontainers.image.source: the repository's web address (Actions' repository, else origin)."""
+    if os.environ.get("GITHUB_REPOSITORY"):
+        return f"{os.environ.get('GITHUB_SERVER_URL', 'https://github.com')}/{os.environ['GITHUB_REPOSITORY']}"
+    try:
+        url = subprocess.run(["git", "-C", str(root), "remote", "get-url", "origin"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    url = re.sub(r"^git@([^:]+):", r"https://\1/", url)
+    url = re.sub(r"^(https?://)[^@/]+@", r"\1", url)  # never a token embedded in the remote URL
+    return url.removesuffix(".git") if url.startswith("https://") else ""
+
+
 def build_args(spec: ImageSpec, state: SourceState, source_url: str | None = None) -> dict[str, str]:
     """The Dockerfile's ARGs: identity, labels; never a credential."""
     args = {
@@ -168,12 +182,10 @@ def build_args(spec: ImageSpec, state: SourceState, source_url: str | None = Non
         "VERSION": spec.version,
         "REVISION": state.revision + ("-dirty" if state.dirty else ""),
         "CREATED": datetime.fromtimestamp(state.epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "SOURCE_DATE_EPOCH": str(state.epoch),
     }
     if spec.base:
         args["BASE_IMAGE"] = spec.base
-    if source_url:
-        args["SOURCE"] = source_url
+    args["SOURCE"] = source_url or ""
     return args
 
 
@@ -337,8 +349,8 @@ class BuildResult:
 
 
 def build_image(root: Path, flavour: str, base: str | None = None, *, wheelhouse: Path | None = None,
-                use_wheelhouse: bool | None = None, no_cache: bool = False, source_url: str | None = None,
-                engine: Any = None, log: Callable[[str], None] = print) -> BuildResult:
+                use_wheelhouse: bool | None = None, no_cache: bool = False, source: str | None = None,
+                engine: Any = None, state: SourceState | None = None, log: Callable[[str], None] = print) -> BuildResult:
     """Build docker/Dockerfile for a flavour and tag it reprozoo:<flavour>-<hash12>.
 
     use_wheelhouse: True requires docker/wheelhouse/<flavour> (or `wheelhouse`) to hold wheels;
@@ -351,7 +363,7 @@ def build_image(root: Path, flavour: str, base: str | None = None, *, wheelhouse
 
     engine = engine or client()
     spec = image_spec(root, flavour, base)
-    state = source_state(root)
+    state = state or source_state(root)  # a copy of a checkout may name its origin's commit
     wheels = wheelhouse or wheelhouse_dir(root, flavour)
     has_wheels = wheels.is_dir() and any(wheels.glob("*.whl"))
     if use_wheelhouse and not has_wheels:
@@ -365,7 +377,7 @@ def build_image(root: Path, flavour: str, base: str | None = None, *, wheelhouse
     image_id = None
     try:
         for chunk in engine.api.build(fileobj=context, custom_context=True, encoding=None, dockerfile="docker/Dockerfile",
-                                      tag=spec.ref, buildargs=build_args(spec, state, source_url), rm=True, forcerm=True,
+                                      tag=spec.ref, buildargs=build_args(spec, state, source or source_url(root)), rm=True, forcerm=True,
                                       nocache=no_cache, pull=False, network_mode="none" if offline else None,
                                       labels=None, decode=True):
             if "error" in chunk:
@@ -606,3 +618,45 @@ def find_secrets(engine: Any, image: Any, needles: list[str]) -> list[str]:
             if data and needle in data:
                 findings.append(f"file {member.name} contains {needle[:6].decode()}…")
     return findings
+
+
+# --- CI -------------------------------------------------------------------------------------
+
+def ci_meta(root: Path, flavour: str, registry: str | None, base: str | None = None) -> str:
+    """GitHub Actions step outputs for docker/build-push-action: tag, image name, build args.
+
+    Stdlib only (no Docker SDK, no torch): CI computes the same content-addressed tag and labels as
+    `reprozoo image build`, and adds SOURCE_DATE_EPOCH, which BuildKit uses for the image's timestamps.
+    """
+    spec = image_spec(root, flavour, base)
+    state = source_state(root)
+    args = build_args(spec, state, source_url(root))
+    args["SOURCE_DATE_EPOCH"] = str(state.epoch)
+    image = f"{registry.rstrip('/')}/{IMAGE_REPO}:{spec.tag}" if registry else spec.ref
+    lines = [f"tag={spec.tag}", f"ref={spec.ref}", f"image={image}", "build-args<<REPROZOO_EOF",
+             *(f"{key}={value}" for key, value in args.items()), "REPROZOO_EOF"]
+    return "\n".join(lines) + "\n"
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m reprozoo.containers", description="CI helpers (stdlib only)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    meta = sub.add_parser("ci-meta", help="GitHub step outputs: tag, image, build-args")
+    meta.add_argument("--flavour", required=True, choices=FLAVOURS)
+    meta.add_argument("--registry")
+    meta.add_argument("--base")
+    wheels = sub.add_parser("wheelhouse", help="download the flavour lock's wheels (hash-checked)")
+    wheels.add_argument("--flavour", required=True, choices=FLAVOURS)
+    args = parser.parse_args(argv)
+    root = project_root()
+    if args.command == "ci-meta":
+        sys.stdout.write(ci_meta(root, args.flavour, args.registry, args.base))
+    else:
+        print(download_wheelhouse(root, args.flavour))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
