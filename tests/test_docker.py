@@ -152,8 +152,8 @@ def test_image_carries_its_identity(engine: Any, built: containers.BuildResult) 
     assert env["REPROZOO_IMAGE"] == spec.ref and env["REPROZOO_LOCK"] == "cpu"
     assert env["REPROZOO_LOCK_SHA256"] == containers.file_sha256(REPO / "envs" / "cpu.lock") and env["REPROZOO_IMAGE_DIGEST"] == ""
     labels = config["Labels"]
-    state = containers.source_state(REPO)
-    assert labels["org.opencontainers.image.revision"].startswith(state.revision)
+    state = built.state
+    assert labels["org.opencontainers.image.revision"] == state.revision + ("-dirty" if state.dirty else "")
     assert labels["org.opencontainers.image.created"] == containers.build_args(spec, state)["CREATED"]
     assert labels["org.opencontainers.image.source"] == containers.source_url(REPO) and labels["io.reprozoo.image"] == spec.ref
     assert config["User"] == "10001:10001" and config["Entrypoint"] == ["reprozoo"]
@@ -199,7 +199,7 @@ def _tar(files: dict[str, str]) -> bytes:
 def test_rebuild_gives_the_same_tag_and_image(engine: Any, built: containers.BuildResult, checkout: Path,
                                              wheelhouse: Path) -> None:
     again = containers.build_image(checkout, "cpu", LOCAL_BASE, wheelhouse=wheelhouse, use_wheelhouse=True, engine=engine,
-                                   log=lambda line: None, state=containers.source_state(REPO))
+                                   log=lambda line: None, state=built.state)
     assert again.ref == built.ref
     # With the engine's layer cache every step is reused: the same image id (config digest).
     # Without it (--no-cache) the id differs: the classic builder stamps each layer's history with

@@ -346,6 +346,7 @@ class BuildResult:
     seconds: float
     cached: bool  # every step came from the engine's cache
     offline: bool  # installed from a wheelhouse, no network in the build
+    state: SourceState  # the commit the labels name
 
 
 def build_image(root: Path, flavour: str, base: str | None = None, *, wheelhouse: Path | None = None,
@@ -395,7 +396,8 @@ def build_image(root: Path, flavour: str, base: str | None = None, *, wheelhouse
         raise ContainerError(f"image build failed: {_short(err)}") from None
     image = engine.images.get(spec.ref)
     return BuildResult(ref=spec.ref, image_id=image_id or image.id, spec=spec, seconds=time.time() - started,
-                       cached=steps > 0 and cached_steps >= steps - _uncacheable_steps(root), offline=offline)
+                       cached=steps > 0 and cached_steps >= steps - _uncacheable_steps(root), offline=offline,
+                       state=state)
 
 
 def _uncacheable_steps(root: Path) -> int:
