@@ -4,10 +4,11 @@
 # Does nothing when an engine already answers. Otherwise installs Debian's docker.io (plus the
 # registry and debootstrap the container tests use) when dockerd is missing, starts dockerd in
 # the background and waits for it. Exits non-zero, saying why, when no engine can start (not root,
-# no apt, no cgroups...); the container tests then skip with that reason.
+# no apt, no cgroups...; or REPROZOO_NO_ENGINE_START set); the container tests then skip with that reason.
 set -uo pipefail
 LOG=${REPROZOO_DOCKERD_LOG:-/var/log/reprozoo-dockerd.log}
-SOCK=${REPROZOO_DOCKER_SOCK:-/var/run/docker.sock}
+# The engine the Docker SDK will use: $DOCKER_HOST when it names a unix socket, else the default.
+case "${DOCKER_HOST:-}" in unix://*) SOCK=${DOCKER_HOST#unix://} ;; *) SOCK=/var/run/docker.sock ;; esac
 
 answers() { docker -H "unix://$SOCK" info >/dev/null 2>&1 || python3 - "$SOCK" <<'PY' 2>/dev/null
 import socket, sys
@@ -19,6 +20,7 @@ PY
 case "${1:-start}" in
 start)
     if [[ -S "$SOCK" ]] && answers; then echo "docker engine: already running ($SOCK)"; exit 0; fi
+    if [[ -n "${REPROZOO_NO_ENGINE_START:-}" ]]; then echo "docker engine: none answers at $SOCK (REPROZOO_NO_ENGINE_START is set)" >&2; exit 1; fi
     if [[ $(id -u) -ne 0 ]]; then echo "docker engine: none answers at $SOCK and starting one needs root" >&2; exit 1; fi
     missing=()
     command -v dockerd >/dev/null || missing+=(docker.io)

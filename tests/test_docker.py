@@ -235,3 +235,11 @@ def test_push_pull_by_digest_and_train_inside(engine: Any, built: containers.Bui
     assert identity["in_image"] and identity["image_digest"] == pinned  # the digest `image push` printed
     assert identity["image"] == built.ref and identity["lock"] == "cpu" and identity["image_id"] == built.image_id
     assert (run / "export" / "model.safetensors").is_file()
+
+
+def test_cuda_flavour_checks_the_base_python(engine: Any, base_image: str, checkout: Path) -> None:
+    """No GPU and no CUDA base here: the cuda flavour is exercised up to its first guard. Its lock is
+    compiled for the CUDA base's Python 3.12; on a 3.11 base the build stops before installing anything."""
+    with pytest.raises(containers.ContainerError, match=r"cuda.lock was compiled for Python 3\.12; the base image has 3\.11"):
+        containers.build_image(checkout, "cuda", base_image, use_wheelhouse=False, engine=engine, log=lambda line: None,
+                               state=containers.source_state(REPO))

@@ -376,16 +376,22 @@ def build_image(root: Path, flavour: str, base: str | None = None, *, wheelhouse
     started = time.time()
     steps = cached_steps = 0
     image_id = None
+    step, last_output = "the start", ""
     try:
         for chunk in engine.api.build(fileobj=context, custom_context=True, encoding=None, dockerfile="docker/Dockerfile",
                                       tag=spec.ref, buildargs=build_args(spec, state, source or source_url(root)), rm=True, forcerm=True,
                                       nocache=no_cache, pull=False, network_mode="none" if offline else None,
                                       labels=None, decode=True):
             if "error" in chunk:
-                raise ContainerError(f"image build failed: {chunk['error'].strip()}")
-            text = chunk.get("stream", "")
+                code = re.search(r"returned a non-zero code: \d+", chunk["error"])
+                why = last_output or chunk["error"].strip()
+                raise ContainerError(f"image build failed at {step.strip()}: {why}{' (' + code.group(0) + ')' if code else ''}")
+            text = re.sub(r"\x1b\[[0-9;]*m", "", chunk.get("stream", ""))
             if text.startswith("Step "):
                 steps += 1
+                step, last_output = text.split(" : ")[0], ""
+            elif text.strip() and not text.startswith((" ---> ", "Removing intermediate")):
+                last_output = text.strip().splitlines()[-1]
             if "Using cache" in text:
                 cached_steps += 1
             if "aux" in chunk and "ID" in chunk["aux"]:
