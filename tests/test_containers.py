@@ -224,3 +224,31 @@ def test_colab_notebook_installs_the_colab_lock() -> None:
     assert 'os.environ["REPROZOO_LOCK"] = "colab"' in text and "REPROZOO_LOCK_SHA256" in text
     assert "CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL" in text and "-r envs/colab-agent.lock" in text
     assert "userdata.get" in text and not re.search(r"(?i)(secret_key|access_key)\s*=\s*['\"]\w", text)
+
+
+class FakeEngine:
+    """Stands in for an engine on a GPU host (there is no GPU here): only `info()` is read."""
+
+    def __init__(self, runtimes: dict) -> None:
+        self.runtimes = runtimes
+
+    def info(self) -> dict:
+        return {"Runtimes": self.runtimes}
+
+
+def test_gpu_detection_and_decision(tmp_path: Path) -> None:
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    assert containers.gpu_available(FakeEngine({"nvidia": {}}), dev) == (False, f"this host has no NVIDIA GPU ({dev}/nvidia* absent)")
+    (dev / "nvidia0").touch()
+    (dev / "nvidiactl").touch()
+    has, why = containers.gpu_available(FakeEngine({"nvidia": {}}), dev)
+    assert has and why == "NVIDIA GPU and container toolkit present"
+    if not shutil.which("nvidia-container-cli"):
+        assert containers.gpu_available(FakeEngine({"runc": {}}), dev)[0] is False
+    assert containers.decide_gpus("auto", True, why) == (True, [f"using the GPUs ({why})"])
+    assert containers.decide_gpus("none", True, why)[0] is False
+    use, notes = containers.decide_gpus("all", False, "no GPU here")
+    assert not use and notes == ["--gpus all: no GPU here; running on CPU", "no GPU: running on CPU (no GPU here)"]
+    with pytest.raises(ContainerError, match="use auto, all or none"):
+        containers.decide_gpus("some", True, why)

@@ -253,8 +253,6 @@ def image_run(
 
     from reprozoo import containers
 
-    if gpus not in ("auto", "all", "none"):
-        _fail(f"--gpus {gpus!r}: use auto, all or none")
     command = list(args or [])
     if not command:
         _fail("nothing to run: add the command after --, e.g. `reprozoo image run -- train --model all-minilm-l6-v2`")
@@ -266,12 +264,9 @@ def image_run(
         typer.echo(f"image {ref} = {digest}", err=True)
     else:
         typer.echo(f"image {ref} has no repo digest yet (not pushed); the run records its image id {found.id[:19]}", err=True)
-    has_gpu, why = containers.gpu_available(engine)
-    use_gpu = gpus == "all" or (gpus == "auto" and has_gpu)
-    if use_gpu and not has_gpu:
-        typer.echo(f"--gpus all: {why}; running on CPU", err=True)
-        use_gpu = False
-    typer.echo(f"{'using the GPUs' if use_gpu else 'no GPU: running on CPU'} ({why})", err=True)
+    use_gpu, notes = _run(lambda: containers.decide_gpus(gpus, *containers.gpu_available(engine)))
+    for note in notes:
+        typer.echo(note, err=True)
     env_data = data_dir or (Path(os.environ["REPROZOO_DATA_DIR"]) if os.environ.get("REPROZOO_DATA_DIR") else None)
     if env_data is not None and not (env_data / "train.txt").is_file():
         _fail(f"--data-dir {env_data} holds no train.txt; pass the folder with the SST-5 trees")

@@ -472,15 +472,28 @@ def repo_digest(image: Any, prefer: str | None = None) -> str | None:
 
 # --- run ------------------------------------------------------------------------------------
 
-def gpu_available(engine: Any) -> tuple[bool, str]:
+def gpu_available(engine: Any, dev: Path = Path("/dev")) -> tuple[bool, str]:
     """Whether containers on this engine can get a GPU, and why not when they cannot."""
     runtimes = (engine.info().get("Runtimes") or {})
-    has_device = Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
+    has_device = (dev / "nvidiactl").exists() or any(dev.glob("nvidia[0-9]*"))
     if not has_device:
-        return False, "this host has no NVIDIA GPU (/dev/nvidia* absent)"
+        return False, f"this host has no NVIDIA GPU ({dev}/nvidia* absent)"
     if "nvidia" not in runtimes and not shutil.which("nvidia-container-cli"):
         return False, "the NVIDIA container toolkit is not installed for this engine"
     return True, "NVIDIA GPU and container toolkit present"
+
+
+def decide_gpus(requested: str, available: bool, why: str) -> tuple[bool, list[str]]:
+    """--gpus auto|all|none against what the host has: whether to ask for GPUs, and what to tell the user."""
+    if requested not in ("auto", "all", "none"):
+        raise ContainerError(f"--gpus {requested!r}: use auto, all or none")
+    notes = []
+    use = requested == "all" or (requested == "auto" and available)
+    if use and not available:
+        notes.append(f"--gpus all: {why}; running on CPU")
+        use = False
+    notes.append(f"using the GPUs ({why})" if use else f"no GPU: running on CPU ({why})")
+    return use, notes
 
 
 @dataclass
