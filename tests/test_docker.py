@@ -137,6 +137,12 @@ def registry(tmp_path_factory: pytest.TempPathFactory, engine: Any) -> Iterator[
     yield f"127.0.0.1:{port}"
     process.terminate()
     process.wait(timeout=10)
+    # The registry (and its port) are gone: drop the references to it, keep the image and its cache.
+    for image in engine.images.list():
+        refs = [*image.tags, *(image.attrs.get("RepoDigests") or [])]
+        for ref in refs:
+            if ref.startswith(f"127.0.0.1:{port}/"):
+                engine.images.remove(ref, noprune=True)
 
 
 def reprozoo(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
