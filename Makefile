@@ -14,7 +14,14 @@ STAMP := $(VENV)/.installed
 
 export REPROZOO_DATA_DIR := $(DATA_DIR)
 
-.PHONY: help setup train test test-fast lint models data-stats bench bench-quick bench-accuracy bench-gpu lock clean
+.PHONY: help setup train test test-fast lint models data-stats bench bench-quick bench-accuracy bench-gpu lock wheelhouse image push run engine clean
+
+# Containers (docker/Dockerfile): FLAVOUR cpu|cuda, BASE another base image, REGISTRY for push.
+FLAVOUR ?= cpu
+BASE ?=
+REGISTRY ?= $(or $(REPROZOO_REGISTRY),127.0.0.1:5000)
+UV_VERSION ?= 0.13.9
+UV := $(VENV)/bin/uv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -60,9 +67,27 @@ bench-gpu: setup ## GPU throughput of base-size BERT/RoBERTa/DeBERTa-v3/ELECTRA,
 bench-accuracy: setup ## accuracy benchmark: default MiniLM recipe on full SST-5 (~45 min on 2 CPU cores)
 	$(PY) bench/accuracy.py $(ARGS)
 
-lock: setup ## regenerate envs/cpu.txt from the installed tree
-	{ head -2 envs/cpu.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^reprozoo' | sed 's/^torch==\(.*\)+cpu/torch==\1/'; } > envs/cpu.txt.new
-	mv envs/cpu.txt.new envs/cpu.txt
+lock: $(UV) ## regenerate envs/{cpu,cuda,colab}.lock (uv, sha256 hashes) and envs/cpu.txt from pyproject.toml
+	UV=$(UV) envs/lock.sh
+
+$(UV):
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet uv==$(UV_VERSION)
+
+wheelhouse: setup ## download the wheels of envs/$(FLAVOUR).lock (hash-checked) for an offline image build
+	$(VENV)/bin/reprozoo image wheelhouse --flavour $(FLAVOUR)
+
+image: setup ## build the image FLAVOUR=cpu|cuda [BASE=image] (tag reprozoo:<flavour>-<hash12>)
+	$(VENV)/bin/reprozoo image build --flavour $(FLAVOUR) $(if $(BASE),--base $(BASE))
+
+push: setup ## push the FLAVOUR image to REGISTRY and print repo@sha256:...
+	$(VENV)/bin/reprozoo image push --flavour $(FLAVOUR) --registry $(REGISTRY)
+
+run: setup ## train MODEL inside the FLAVOUR image (data, HF cache, runs/ mounted); ARGS='--max-epochs 1 ...'
+	$(VENV)/bin/reprozoo image run --flavour $(FLAVOUR) -- train --model $(MODEL) $(ARGS)
+
+engine: ## start a Docker engine (dockerd) when none answers (root; used by .ci/run)
+	docker/engine.sh start
 
 clean: ## remove caches and build outputs (keeps runs/ and .venv)
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info class_distribution.png

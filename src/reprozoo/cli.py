@@ -21,6 +21,8 @@ data_app = typer.Typer(no_args_is_help=True, help="SST-5 data: statistics, versi
 app.add_typer(data_app, name="data")
 tasks_app = typer.Typer(no_args_is_help=True, help="Run records (ClearML tasks): offline sessions and the server.")
 app.add_typer(tasks_app, name="tasks")
+image_app = typer.Typer(no_args_is_help=True, help="Docker images: build, push, run (Docker SDK).")
+app.add_typer(image_app, name="image")
 
 
 def _fail(message: str) -> None:
@@ -31,14 +33,15 @@ def _fail(message: str) -> None:
 def _user_errors() -> tuple[type[BaseException], ...]:
     import zipfile
 
+    from reprozoo.containers import ContainerError
     from reprozoo.data.sst5 import DataSourceError
     from reprozoo.data.trees import MissingSplitError, TreeFormatError
     from reprozoo.resume import CheckpointWriteError, ResumeError
     from reprozoo.zoo import UnknownModelError, WeightsUnavailableError
 
     # ConfigError covers records.RecordNotFound.
-    return (ConfigError, DataSourceError, TreeFormatError, MissingSplitError, UnknownModelError, WeightsUnavailableError,
-            CheckpointWriteError, ResumeError, zipfile.BadZipFile)
+    return (ConfigError, ContainerError, DataSourceError, TreeFormatError, MissingSplitError, UnknownModelError,
+            WeightsUnavailableError, CheckpointWriteError, ResumeError, zipfile.BadZipFile)
 
 
 def _say(message: str) -> None:
@@ -334,6 +337,123 @@ def tasks_import(zip_path: Annotated[Path, typer.Argument(help="an offline sessi
     Task.set_offline(False)
     task_id = Task.import_offline_session(str(zip_path))
     typer.echo(f"imported as task {task_id}")
+FlavourOpt = Annotated[str, typer.Option("--flavour", "-f", help="cpu | cuda")]
+BaseOpt = Annotated[str | None, typer.Option("--base", help="base image (default: the flavour's pinned one)")]
+ImageOpt = Annotated[str | None, typer.Option("--image", help="image reference (default: this checkout's reprozoo:<flavour>-<hash12>)")]
+
+
+@image_app.command("tag")
+def image_tag(flavour: FlavourOpt = "cpu", base: BaseOpt = None) -> None:
+    """Print the content-addressed tag this checkout builds (no engine needed)."""
+    from reprozoo import containers
+
+    spec = _run(lambda: containers.image_spec(containers.project_root(), flavour, base))
+    typer.echo(spec.ref)
+
+
+@image_app.command("wheelhouse")
+def image_wheelhouse(flavour: FlavourOpt = "cpu") -> None:
+    """Download the lock's wheels (hash-checked) into docker/wheelhouse/<flavour> for an offline build."""
+    from reprozoo import containers
+
+    root = _run(containers.project_root)
+    dest = _run(lambda: containers.download_wheelhouse(root, flavour))
+    wheels = list(dest.glob("*.whl"))
+    typer.echo(f"{dest}: {len(wheels)} wheels, {sum(w.stat().st_size for w in wheels) / 2**20:.0f} MiB")
+
+
+@image_app.command("build")
+def image_build(
+    flavour: FlavourOpt = "cpu",
+    base: BaseOpt = None,
+    wheelhouse: Annotated[bool | None, typer.Option("--wheelhouse/--no-wheelhouse",
+                                                   help="install from docker/wheelhouse/<flavour> offline (default: when it holds wheels)")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="ignore the engine's layer cache")] = False,
+    source: Annotated[str | None, typer.Option(help="org.opencontainers.image.source label")] = None,
+) -> None:
+    """Build docker/Dockerfile for a flavour; tag reprozoo:<flavour>-<hash12>."""
+    from reprozoo import containers
+
+    root = _run(containers.project_root)
+    result = _run(lambda: containers.build_image(root, flavour, base, use_wheelhouse=wheelhouse, no_cache=no_cache,
+                                                 source=source, log=lambda line: typer.echo(line, err=True)))
+    typer.echo(f"image {result.ref} id {result.image_id} ({result.seconds:.0f} s{', all steps cached' if result.cached else ''})")
+
+
+@image_app.command("push")
+def image_push(
+    flavour: FlavourOpt = "cpu",
+    base: BaseOpt = None,
+    image: ImageOpt = None,
+    registry: Annotated[str | None, typer.Option(help="e.g. ghcr.io/OWNER or 127.0.0.1:5000 (default: $REPROZOO_REGISTRY)")] = None,
+) -> None:
+    """Push the image and print its pinned reference, repo@sha256:…"""
+    import os
+
+    from reprozoo import containers
+
+    registry = registry or os.environ.get("REPROZOO_REGISTRY")
+    if not registry:
+        _fail("no registry: pass --registry (e.g. ghcr.io/OWNER) or set REPROZOO_REGISTRY")
+    engine = _run(containers.client)
+    found = _run(lambda: containers.resolve_local_image(engine, containers.project_root(), flavour, base, image))
+    pinned = _run(lambda: containers.push_image(engine, found, str(registry), log=lambda line: typer.echo(line, err=True)))
+    typer.echo(pinned)
+
+
+@image_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def image_run(
+    args: Annotated[list[str] | None, typer.Argument(help="the reprozoo command to run inside, after --: train --model …")] = None,
+    flavour: FlavourOpt = "cpu",
+    base: BaseOpt = None,
+    image: ImageOpt = None,
+    gpus: Annotated[str, typer.Option("--gpus", help="auto (use GPUs when the host has them) | all | none")] = "auto",
+    data_dir: Annotated[Path | None, typer.Option(help="SST-5 trees to mount read-only (default: $REPROZOO_DATA_DIR)")] = None,
+    hf_cache: Annotated[Path | None, typer.Option(help="Hugging Face cache to mount (default: $HF_HOME or ~/.cache/huggingface)")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="where run directories land (mounted at /work/runs)")] = Path("runs"),
+    clearml_dir: Annotated[Path | None, typer.Option(help="ClearML home (offline sessions) to mount (default: ~/.clearml)")] = None,
+    network: Annotated[str, typer.Option(help="bridge | host | none (none: nothing leaves the container)")] = "bridge",
+    shm_size: Annotated[str, typer.Option(help="shared memory for dataloader workers")] = "2g",
+    ipc_host: Annotated[bool, typer.Option("--ipc-host", help="share the host's IPC namespace instead of --shm-size")] = False,
+    user: Annotated[str | None, typer.Option(help="uid:gid inside (default: the image's non-root user)")] = None,
+) -> None:
+    """Run a reprozoo command inside the image, with data, HF cache and runs/ mounted."""
+    import os
+
+    from reprozoo import containers
+
+    command = list(args or [])
+    if not command:
+        _fail("nothing to run: add the command after --, e.g. `reprozoo image run -- train --model all-minilm-l6-v2`")
+    engine = _run(containers.client)
+    ref = image or _run(lambda: containers.image_spec(containers.project_root(), flavour, base)).ref
+    found = _run(lambda: containers.resolve_local_image(engine, containers.project_root(), flavour, base, ref))
+    digest = image if image and "@sha256:" in image else containers.repo_digest(found)
+    if digest:
+        typer.echo(f"image {ref} = {digest}", err=True)
+    else:
+        typer.echo(f"image {ref} has no repo digest yet (not pushed); the run records its image id {found.id[:19]}", err=True)
+    use_gpu, notes = _run(lambda: containers.decide_gpus(gpus, *containers.gpu_available(engine)))
+    for note in notes:
+        typer.echo(note, err=True)
+    env_data = data_dir or (Path(os.environ["REPROZOO_DATA_DIR"]) if os.environ.get("REPROZOO_DATA_DIR") else None)
+    if env_data is not None and not (env_data / "train.txt").is_file():
+        _fail(f"--data-dir {env_data} holds no train.txt; pass the folder with the SST-5 trees")
+    hf = hf_cache or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+    clearml = clearml_dir or Path.home() / ".clearml"
+    plan = containers.plan_run(ref, found.id, digest, command, data_dir=env_data, hf_cache=hf, runs_dir=runs_dir,
+                               clearml_dir=clearml, gpus=use_gpu, user=user, shm_size=shm_size, ipc_host=ipc_host,
+                               network=network)
+    code = _run(lambda: containers.run_container(engine, plan))
+    raise typer.Exit(code)
+
+
+@image_app.command("identity")
+def image_identity() -> None:
+    """Print which image (or lock) this process runs in, as the record sees it (JSON)."""
+    from reprozoo import containers
+
+    typer.echo(json.dumps(containers.runtime_identity(), indent=2))
 
 
 def main() -> None:

@@ -205,6 +205,10 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict
               "precision": plan.precision, "torch_threads": torch.get_num_threads(),
               "throughput": next((c.summary() for c in trainer.callbacks if hasattr(c, "real_tokens")), None)}
     (run_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+    from reprozoo.containers import runtime_identity
+
+    # Which image (repo digest, as `reprozoo image run` handed it in) or lock this run used.
+    (run_dir / "image.json").write_text(json.dumps(runtime_identity(), indent=2) + "\n")
 
     from reprozoo.metrics import save_confusion_png
 

@@ -1,0 +1,251 @@
+"""Real containers: a real engine (dockerd), a local Debian base, the cpu image built offline from the
+host's wheelhouse, a real registry on 127.0.0.1, pull by digest, a MiniLM training inside.
+
+Needs root (or a running engine), Debian's docker.io, docker-registry and debootstrap; `docker/engine.sh
+start` installs and starts what is missing. Skips, saying why, only when no engine can start.
+First run ~10 min (debootstrap, wheel download, build); later runs reuse the base tarball, the wheels
+and the engine's layer cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reprozoo import containers
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+DEBOOTSTRAP_BASE = "reprozoo-base:bookworm-py311"
+# Where public images can be pulled (GitHub's runners), REPROZOO_TEST_BASE may name one instead,
+# e.g. the cpu flavour's pinned python:3.11-slim-bookworm; here the base is built with debootstrap.
+LOCAL_BASE = os.environ.get("REPROZOO_TEST_BASE") or DEBOOTSTRAP_BASE
+SENTINEL = "rz-sentinel-42b7e0d9aa"
+
+
+def _engine_or_skip() -> Any:
+    try:
+        return containers.client()
+    except containers.ContainerError:
+        pass
+    started = subprocess.run([str(REPO / "docker" / "engine.sh"), "start"], capture_output=True, text=True, check=False)
+    try:
+        return containers.client()
+    except containers.ContainerError as err:
+        reason = (started.stderr or started.stdout).strip().splitlines()[-1:] or [str(err)]
+        pytest.skip(f"container tests need a Docker engine and none could start: {reason[0]}")
+
+
+@pytest.fixture(scope="session")
+def engine() -> Any:
+    return _engine_or_skip()
+
+
+@pytest.fixture(scope="session")
+def base_image(engine: Any) -> str:
+    if containers.find_image(engine, LOCAL_BASE) is None and LOCAL_BASE != DEBOOTSTRAP_BASE:
+        engine.images.pull(LOCAL_BASE)
+    elif containers.find_image(engine, LOCAL_BASE) is None:
+        if not shutil.which("debootstrap"):
+            pytest.fail("debootstrap is missing: `apt-get install debootstrap` (docker/engine.sh start installs it)")
+        subprocess.run([str(REPO / "docker" / "base" / "bookworm-python.sh"), LOCAL_BASE], check=True,
+                       stdout=subprocess.DEVNULL)
+    return LOCAL_BASE
+
+
+@pytest.fixture(scope="session")
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This checkout's working tree (tracked + untracked, not ignored) with credentials planted where a
+    careless build would pick them up: .env, clearml.conf, runs/, .git. The image must hold none of them."""
+    root = tmp_path_factory.mktemp("checkout")
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard"], capture_output=True,
+                           text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    planted = {".env": f"CLEARML_API_SECRET_KEY={SENTINEL}\n", "clearml.conf": f'api.credentials.secret_key: "{SENTINEL}"\n',
+               "runs/old/secret.txt": SENTINEL, ".git/config": f"[credential]\n\thelper = {SENTINEL}\n",
+               ".netrc": f"machine x login y password {SENTINEL}\n"}
+    for name, content in planted.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(content)
+    return root
+
+
+@pytest.fixture(scope="session")
+def wheelhouse() -> Path:
+    return containers.download_wheelhouse(REPO, "cpu")  # hash-checked; a no-op when the wheels are there
+
+
+@pytest.fixture(scope="session")
+def built(engine: Any, base_image: str, checkout: Path, wheelhouse: Path) -> containers.BuildResult:
+    saved = {k: os.environ.get(k) for k in containers.CREDENTIAL_ENV}
+    os.environ.update({k: SENTINEL for k in containers.CREDENTIAL_ENV})  # a build must not pick these up
+    try:
+        return containers.build_image(checkout, "cpu", base_image, wheelhouse=wheelhouse, use_wheelhouse=True,
+                                      engine=engine, log=lambda line: None, state=containers.source_state(REPO))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory, engine: Any) -> Iterator[str]:
+    """Debian's docker-registry (distribution 2.8) on 127.0.0.1, storage in a temp folder."""
+    binary = shutil.which("docker-registry")
+    if not binary:
+        pytest.fail("docker-registry is missing: `apt-get install docker-registry` (docker/engine.sh start installs it)")
+    folder = tmp_path_factory.mktemp("registry")
+    port = _free_port()
+    config = folder / "config.yml"
+    config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {folder / 'data'}\n"
+                      f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n")
+    log = (folder / "registry.log").open("w")
+    process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail(f"docker-registry did not listen on 127.0.0.1:{port}: {(folder / 'registry.log').read_text()[-300:]}")
+    yield f"127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=10)
+    # The registry (and its port) are gone: drop the references to it, keep the image and its cache.
+    for image in engine.images.list():
+        refs = [*image.tags, *(image.attrs.get("RepoDigests") or [])]
+        for ref in refs:
+            if ref.startswith(f"127.0.0.1:{port}/"):
+                engine.images.remove(ref, noprune=True)
+
+
+def reprozoo(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "reprozoo", *args], capture_output=True, text=True, check=False, cwd=cwd)
+
+
+def test_image_carries_its_identity(engine: Any, built: containers.BuildResult) -> None:
+    spec = containers.image_spec(REPO, "cpu", LOCAL_BASE)
+    assert built.ref == spec.ref and built.offline
+    image = engine.images.get(built.ref)
+    config = image.attrs["Config"]
+    env = dict(entry.split("=", 1) for entry in config["Env"])
+    assert env["REPROZOO_IMAGE"] == spec.ref and env["REPROZOO_LOCK"] == "cpu"
+    assert env["REPROZOO_LOCK_SHA256"] == containers.file_sha256(REPO / "envs" / "cpu.lock") and env["REPROZOO_IMAGE_DIGEST"] == ""
+    labels = config["Labels"]
+    state = built.state
+    assert labels["org.opencontainers.image.revision"] == state.revision + ("-dirty" if state.dirty else "")
+    assert labels["org.opencontainers.image.created"] == containers.build_args(spec, state)["CREATED"]
+    assert labels["org.opencontainers.image.source"] == containers.source_url(REPO) and labels["io.reprozoo.image"] == spec.ref
+    assert config["User"] == "10001:10001" and config["Entrypoint"] == ["reprozoo"]
+    # The entrypoint answers, as the non-root user, with the locked torch and no network.
+    out = engine.containers.run(built.ref, entrypoint=["sh", "-c"], network_mode="none", remove=True,
+                                command=["id -u; python -c 'import torch, reprozoo; print(torch.__version__, reprozoo.__version__)'; "
+                                         "reprozoo models --names | head -1; ls /wheels 2>&1 | head -1"]).decode()
+    uid, versions, first_model, wheels = out.strip().splitlines()
+    assert uid == "10001" and versions == "2.13.0+cpu 0.1.0" and first_model and "No such file" in wheels
+
+
+def test_image_holds_no_secrets(engine: Any, built: containers.BuildResult) -> None:
+    image = engine.images.get(built.ref)
+    findings = containers.find_secrets(engine, image, [SENTINEL])
+    assert findings == []
+    # The scan itself finds a planted secret (it is not a test that cannot fail).
+    container = engine.containers.create(built.ref, entrypoint=["true"])
+    try:
+        container.put_archive("/home/reprozoo", _tar({"clearml.conf": SENTINEL}))
+        leaked = container.commit(repository="reprozoo-leak-check", tag="x")
+        try:
+            found = containers.find_secrets(engine, leaked, [SENTINEL])
+            assert "file home/reprozoo/clearml.conf" in found and any("contains" in f for f in found)
+        finally:
+            engine.images.remove(leaked.id, force=True)
+    finally:
+        container.remove(force=True)
+
+
+def _tar(files: dict[str, str]) -> bytes:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, text in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    return buffer.getvalue()
+
+
+def test_rebuild_gives_the_same_tag_and_image(engine: Any, built: containers.BuildResult, checkout: Path,
+                                             wheelhouse: Path) -> None:
+    again = containers.build_image(checkout, "cpu", LOCAL_BASE, wheelhouse=wheelhouse, use_wheelhouse=True, engine=engine,
+                                   log=lambda line: None, state=built.state)
+    assert again.ref == built.ref
+    # With the engine's layer cache every step is reused: the same image id (config digest).
+    # Without it (--no-cache) the id differs: the classic builder stamps each layer's history with
+    # the build time and the files with their install mtimes (see README, "Reproducible builds").
+    assert again.cached and again.image_id == built.image_id
+
+
+def test_push_pull_by_digest_and_train_inside(engine: Any, built: containers.BuildResult, registry: str,
+                                             data_dir: Path, tmp_path: Path) -> None:
+    pushed = reprozoo("image", "push", "--flavour", "cpu", "--base", LOCAL_BASE, "--registry", registry)
+    assert pushed.returncode == 0, pushed.stderr
+    pinned = pushed.stdout.strip()
+    assert re.fullmatch(rf"{re.escape(registry)}/reprozoo@sha256:[0-9a-f]{{64}}", pinned)
+
+    # Forget the image locally, then get it back from the registry by digest alone.
+    engine.images.remove(built.image_id, force=True, noprune=True)
+    assert containers.find_image(engine, built.ref) is None
+    pulled = containers.pull_by_digest(engine, pinned)
+    assert pulled.id == built.image_id  # the registry served the very image that was built
+    pulled.tag("reprozoo", built.ref.split(":", 1)[1])  # keep the content tag for later use
+
+    runs = tmp_path / "runs"
+    result = reprozoo("image", "run", "--image", pinned, "--network", "none", "--data-dir", str(data_dir),
+                      "--hf-cache", str(tmp_path / "hf"), "--runs-dir", str(runs), "--clearml-dir", str(tmp_path / "clearml"),
+                      "--", "train", "--model", "all-minilm-l6-v2", "--limit-train-samples", "200", "--limit-eval-samples", "100",
+                      "--max-epochs", "1", "--tracking", "off", "--out", "runs/minilm")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "no GPU: running on CPU" in result.stderr and f"= {pinned}" in result.stderr
+    run = runs / "minilm"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train"]["examples"] == 200 and sum(map(sum, metrics["test"]["confusion_matrix"])) == 100
+    identity = json.loads((run / "image.json").read_text())
+    assert identity["in_image"] and identity["image_digest"] == pinned  # the digest `image push` printed
+    assert identity["image"] == built.ref and identity["lock"] == "cpu" and identity["image_id"] == built.image_id
+    assert (run / "export" / "model.safetensors").is_file()
+
+
+def test_cuda_flavour_checks_the_base_python(engine: Any, base_image: str, checkout: Path) -> None:
+    """No GPU and no CUDA base here: the cuda flavour is exercised up to its first guard. Its lock is
+    compiled for the CUDA base's Python 3.12; on a 3.11 base the build stops before installing anything."""
+    with pytest.raises(containers.ContainerError, match=r"cuda.lock was compiled for Python 3\.12; the base image has 3\.11"):
+        containers.build_image(checkout, "cuda", base_image, use_wheelhouse=False, engine=engine, log=lambda line: None,
+                               state=containers.source_state(REPO))
