@@ -56,6 +56,7 @@ class ThroughputMonitor(Callback):
         self.last_step_unix: float | None = None
         self._train_start = self._last_end = self._batch_start = 0.0
         self._last_end_valid = False
+        self._window: tuple[float, int, int] = (0.0, 0, 0)  # loop seconds, examples, real tokens at last report
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self.train_start_unix = time.time()
@@ -84,6 +85,22 @@ class ThroughputMonitor(Callback):
         if self.first_step_unix is None:
             self.first_step_unix = self.last_step_unix
         self._last_end, self._last_end_valid = now, True
+        self._report_window(trainer)
+
+    def _report_window(self, trainer: Any) -> None:
+        """Live throughput scalars (CSV log, ClearML) every `log_every_n_steps` steps; wall-clock
+        figures stay out of metrics.json, which must be bit-identical across replays."""
+        every = max(1, trainer.log_every_n_steps)
+        if self.steps % every or not trainer.is_global_zero:
+            return
+        loop = self.step_seconds + self.data_wait_seconds
+        window = (loop - self._window[0], self.examples - self._window[1], self.real_tokens - self._window[2])
+        self._window = (loop, self.examples, self.real_tokens)
+        if window[0] <= 0:
+            return
+        scalars = {"throughput/examples_per_s": window[1] / window[0], "throughput/real_tokens_per_s": window[2] / window[0]}
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=trainer.global_step)
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         self._last_end_valid = False  # the next gap holds an evaluation, not data loading
