@@ -87,3 +87,15 @@ def test_environment_fingerprint_fields() -> None:
         assert key in env, key
     assert env["seed"] == 7 and env["transformers"] != "none" and env["cpu_model"]
     assert "torch==" in provenance.pip_freeze() and "clearml==" in provenance.pip_freeze()
+
+
+def test_git_state_without_git_uses_the_image_revision(tmp_path, monkeypatch) -> None:
+    """Inside the image there is neither a checkout nor a git binary: the baked-in revision is recorded."""
+    from reprozoo import provenance
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git on PATH
+    monkeypatch.setenv("REPROZOO_REVISION", "0123456789abcdef0123456789abcdef01234567")
+    monkeypatch.setenv("REPROZOO_SOURCE", "https://example.org/reprozoo.git")
+    state = provenance.git_state(tmp_path)
+    assert state.commit == "0123456789abcdef0123456789abcdef01234567"
+    assert state.repository == "https://example.org/reprozoo.git" and not state.dirty

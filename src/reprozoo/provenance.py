@@ -95,7 +95,10 @@ class GitState:
 
 
 def _git(root: Path, *args: str) -> str:
-    result = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=60, check=False)
+    try:
+        result = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=60, check=False)
+    except OSError:  # no git at all (inside the image): the image's own revision stands in
+        return ""
     return result.stdout if result.returncode == 0 else ""
 
 
@@ -111,7 +114,9 @@ def git_state(start: Path | None = None) -> GitState:
         if root:
             break
     else:
-        return GitState()
+        # Inside the image there is no checkout; the commit it was built from is baked in.
+        return GitState(commit=os.environ.get("REPROZOO_REVISION", ""),
+                        repository=redact(os.environ.get("REPROZOO_SOURCE", "")))
     path = Path(root)
     remote = _git(path, "remote", "get-url", "origin").strip()
     if not remote:
