@@ -25,8 +25,8 @@ RECIPE = [
     "--set", "data.phrase_weighting=uniform",
     "--batch-size", "64",
     "--lr", "1e-4",
-    "--max-epochs", "2",
-    "--set", "trainer.val_check_interval=0.5",
+    "--max-epochs", "1",
+    "--set", "trainer.val_check_interval=0.25",
     "--checkpoint-every", "500",  # a preempted benchmark resumes with `reprozoo train --resume OUT`
     "--seed", "42",
 ]
