@@ -99,3 +99,12 @@ def test_git_state_without_git_uses_the_image_revision(tmp_path, monkeypatch) ->
     state = provenance.git_state(tmp_path)
     assert state.commit == "0123456789abcdef0123456789abcdef01234567"
     assert state.repository == "https://example.org/reprozoo.git" and not state.dirty
+
+
+def test_setting_names_with_tokens_are_not_secrets() -> None:
+    from reprozoo.provenance import SECRET_NAME_RE
+
+    for secret in ("HF_TOKEN", "GITHUB_TOKEN", "access_token", "CLEARML_API_SECRET_KEY", "DB_PASSWORD"):
+        assert SECRET_NAME_RE.search(secret), secret
+    for setting in ("max_tokens", "TOKENIZERS_PARALLELISM", "max_length"):
+        assert not SECRET_NAME_RE.search(setting), setting

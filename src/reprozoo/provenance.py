@@ -27,7 +27,8 @@ NONE = "none"
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 # Names whose values never enter a record (ClearML keys, HF tokens, cloud keys, passwords).
-SECRET_NAME_RE = re.compile(r"(TOKEN|SECRET|_KEY$|^KEY$|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
+# `TOKEN(?!S|IZER)`: HF_TOKEN and ACCESS_TOKEN are secrets; data.max_tokens and TOKENIZERS_PARALLELISM are not.
+SECRET_NAME_RE = re.compile(r"(TOKEN(?!S|IZER)|SECRET|_KEY$|^KEY$|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
 REDACTED = "***"
 # Free text (diffs, freeze lines): assignments to environment-style secret names, and token shapes
 # of the common providers. Deliberately narrow: `tokenizer = ...` in a diff must survive intact.

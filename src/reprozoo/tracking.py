@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from reprozoo import provenance
-from reprozoo.config import _SECTIONS, RunConfig, _annotation, _parse_value
+from reprozoo.config import _SECTIONS, ConfigError, RunConfig, _annotation, _parse_value
 
 CONFIG_OBJECT = "RunConfig"  # editable in the UI; what an agent run of a clone trains with
 BASELINE_OBJECT = "RunConfig (as recorded)"  # do not edit: the base that UI edits are merged against
@@ -124,10 +124,22 @@ def config_from_sections(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for name, values in sections.items():
         if name in _SECTIONS:
             fields = {f for f in _SECTIONS[name].__dataclass_fields__}
-            out[name] = {k: _parse_value(str(v), _annotation([name], k)) for k, v in values.items() if k in fields}
+            out[name] = _parsed(values, fields, [name])
         elif name == RUN_SECTION:
-            out.update({k: _parse_value(str(v), _annotation([], k)) for k, v in values.items()
-                        if k in RunConfig.__dataclass_fields__ and k not in _SECTIONS})
+            out.update(_parsed(values, set(RunConfig.__dataclass_fields__) - set(_SECTIONS), []))
+    return out
+
+
+def _parsed(values: dict[str, Any], fields: set[str], parents: list[str]) -> dict[str, Any]:
+    """A redacted value (`***`) is no setting: such fields keep the recorded config's value."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields or str(value) == provenance.REDACTED:
+            continue
+        try:
+            out[key] = _parse_value(str(value), _annotation(parents, key))
+        except (yaml.YAMLError, ConfigError):
+            continue
     return out
 
 
