@@ -250,9 +250,6 @@ class Tracker:
     def task_id(self) -> str | None:
         return self.task.id if self.task is not None else None
 
-    def callbacks(self) -> list[Any]:
-        return []
-
     def lightning_logger(self, run_dir: Path) -> list[Any]:
         from lightning.pytorch.loggers import CSVLogger
 

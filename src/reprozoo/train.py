@@ -129,6 +129,7 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict
     from reprozoo.data.module import SST5DataModule
     from reprozoo.model import SentimentClassifier
     from reprozoo.modeling_reprozoo import ReprozooForSequenceClassification
+    from reprozoo.progress import ThroughputMonitor
     from reprozoo.resume import find_resume_checkpoint
 
     def prepare(cfg: RunConfig, plan: Plan) -> tuple[Any, Any, SST5DataModule]:
@@ -203,7 +204,7 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict
     timing = {"train_seconds": train_seconds, "total_seconds": time.time() - started,
               "tokenization_cache_hit": datamodule.cache_hit, "accelerator": plan.accelerator,
               "precision": plan.precision, "torch_threads": torch.get_num_threads(),
-              "throughput": next((c.summary() for c in trainer.callbacks if hasattr(c, "real_tokens")), None)}
+              "throughput": next((c.summary() for c in trainer.callbacks if isinstance(c, ThroughputMonitor)), None)}
     (run_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
     from reprozoo.containers import runtime_identity
 
@@ -271,7 +272,6 @@ def _trainer_kwargs(cfg: RunConfig, plan: Plan, tracker: Any) -> dict[str, Any]:
     from reprozoo.progress import ThroughputMonitor
 
     callbacks.append(ThroughputMonitor())  # examples, tokens, step vs data time → timing.json
-    callbacks.extend(tracker.callbacks())
     return {
         "max_epochs": t.max_epochs,
         "max_steps": t.max_steps,
