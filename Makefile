@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 
 export REPROZOO_DATA_DIR := $(DATA_DIR)
 
-.PHONY: help setup train test test-fast lint models data-stats bench bench-quick bench-accuracy bench-gpu lock wheelhouse image push run engine clean
+.PHONY: help setup train repro test test-fast lint models data-stats bench bench-quick bench-accuracy bench-gpu lock wheelhouse image push run engine clean
 
 # Containers (docker/Dockerfile): FLAVOUR cpu|cuda, BASE another base image, REGISTRY for push.
 FLAVOUR ?= cpu
@@ -39,6 +39,10 @@ $(STAMP): pyproject.toml envs/cpu.txt
 
 train: setup ## train MODEL on SST-5 (ClearML offline unless a server is configured); ARGS='--max-epochs 1 ...'
 	$(VENV)/bin/reprozoo train --model $(MODEL) $(ARGS)
+
+repro: setup ## re-run a recorded task exactly (its image by digest, or commit + diff): make repro TASK=<id> [ARGS=--verify]
+	@test -n "$(TASK)" || { echo "usage: make repro TASK=<task id | run dir | session zip> [ARGS='--verify --no-image']"; exit 2; }
+	$(VENV)/bin/reprozoo repro $(TASK) $(ARGS)
 
 test: setup ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
