@@ -9,7 +9,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -126,7 +126,7 @@ def test_code_at_applies_the_recorded_diff(data_dir: Path) -> None:
 class RecordingTask:
     """Stands in for clearml.Task on a server (none can run here): records the calls `enqueue` makes."""
 
-    calls: list[tuple[str, Any]] = []
+    calls: ClassVar[list[tuple[str, Any]]] = []
 
     def __init__(self, task_id: str) -> None:
         self.id = task_id

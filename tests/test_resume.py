@@ -54,7 +54,8 @@ def batches_done(checkpoint: Path) -> tuple[int, int]:
     return state["global_step"], loader["batches_done"]
 
 
-@pytest.mark.parametrize("how", ["kill -9", "SIGTERM"])
+# kill -9 (tracked, resumed by task id): test_resumed_run_continues_its_clearml_task_and_replays below.
+@pytest.mark.parametrize("how", ["SIGTERM"])
 def test_interrupted_run_resumes_bit_identical(how: str, uninterrupted: bytes, data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     rng = random.Random()  # unseeded: the moment of the kill is not chosen in advance
@@ -127,3 +128,44 @@ def test_read_only_run_directory(tmp_path: Path) -> None:
         assert torch.load(mount / LAST, weights_only=True)["step"] == 1
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_resumed_run_continues_its_clearml_task_and_replays(uninterrupted: bytes, data_dir: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill -9 of a tracked run, `train --resume TASK_ID`: the same (offline) task, its record holds the final
+    metrics, and `repro` of that task reproduces them from the recorded commit + diff."""
+    import json
+
+    from reprozoo.records import list_offline, load_record
+
+    monkeypatch.setenv("CLEARML_CACHE_DIR", str(tmp_path / "clearml"))
+    monkeypatch.setenv("REPROZOO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CLEARML_CONFIG_FILE", str(tmp_path / "absent-clearml.conf"))
+    for name in ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / "run"
+    args = [("offline" if arg == "off" else arg) for arg in train_args(data_dir, out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_checkpoints(proc, out / "checkpoints" / LAST, writes=random.Random().randint(1, 4))
+    time.sleep(random.Random().uniform(0.0, 1.5))
+    proc.kill()
+    proc.wait()
+    step, done = batches_done(find_resume_checkpoint(out))
+    assert step > 0 and done in (step % STEPS_PER_EPOCH, STEPS_PER_EPOCH)  # the exact position in the epoch
+    task_id = json.loads((out / "provenance.json").read_text())["task_id"]
+    session = tmp_path / "clearml" / "offline" / task_id
+    before = (session / "metrics.jsonl").read_text() if (session / "metrics.jsonl").exists() else ""
+
+    resumed = subprocess.run([sys.executable, "-m", "reprozoo", "train", "--resume", task_id], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"clearml task: {task_id}" in resumed.stdout  # the same task, not a new one
+    assert (out / "metrics.json").read_bytes() == uninterrupted
+    after = (session / "metrics.jsonl").read_text()
+    assert after.startswith(before) and len(after) > len(before)  # one session: what was reported is kept
+    assert [r.task_id for r in list_offline()] == [task_id]
+    record = load_record(task_id)
+    assert record.status == "completed" and record.metrics == json.loads(uninterrupted)
+
+    replay = subprocess.run([sys.executable, "-m", "reprozoo", "repro", task_id, "--verify", "--out", "replay",
+                             "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True)
+    assert replay.returncode == 0 and "verdict: bit-identical" in replay.stdout, replay.stdout[-2000:] + replay.stderr[-2000:]

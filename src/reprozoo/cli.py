@@ -57,6 +57,23 @@ def _run(action: Callable[[], Any]) -> Any:
         _fail(str(err).strip("'\""))
 
 
+def _resume_dir(ref: str) -> Path:
+    """--resume RUN_DIR | TASK_ID → the run directory holding the checkpoints."""
+    path = Path(ref)
+    if path.is_dir():
+        if not (path / "config.yaml").is_file():
+            raise ConfigError(f"--resume {ref}: not a run directory (no config.yaml); pass the --out of the interrupted run")
+        return path
+    from reprozoo.records import load_record
+
+    record = load_record(ref)
+    run_dir = Path(record.provenance.get("run_dir") or "")
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--resume {ref}: its run directory {run_dir} (with the checkpoints) is not on this machine;"
+                          " resume where it ran, or copy that folder here and pass it")
+    return run_dir
+
+
 @app.command()
 def train(
     model: Annotated[str | None, typer.Option("--model", "-m", help="zoo name, hub id (org/name) or local directory")] = None,
@@ -82,7 +99,7 @@ def train(
     tracking: Annotated[str | None, typer.Option(help="auto | offline | server | off")] = None,
     out: Annotated[str | None, typer.Option(help="run directory (default: runs/<model>-<time>)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace a finished run in --out")] = False,
-    resume: Annotated[Path | None, typer.Option(help="continue an interrupted run from its run directory")] = None,
+    resume: Annotated[str | None, typer.Option(help="continue an interrupted run: its run directory or task id")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="also checkpoint every N steps (survives kill -9)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="any setting as section.key=value, e.g. optim.layer_lr_decay=0.9")] = None,
 ) -> None:
@@ -90,10 +107,9 @@ def train(
 
     def build() -> RunConfig:
         if resume is not None:
-            if not (resume / "config.yaml").is_file():
-                raise ConfigError(f"--resume {resume}: not a run directory (no config.yaml); pass the --out of the interrupted run")
-            cfg = RunConfig.load(resume / "config.yaml")
-            cfg.out_dir = str(resume)
+            run_dir = _resume_dir(resume)
+            cfg = RunConfig.load(run_dir / "config.yaml")
+            cfg.out_dir = str(run_dir)
             return cfg.validate()  # the same run: its recorded settings, unchanged
         cfg = RunConfig.load(config) if config else RunConfig()
         flags = {
@@ -123,7 +139,8 @@ def train(
     try:
         result = _run(lambda: run_training(cfg, overwrite=overwrite, resume=resume is not None))
     except Preempted as stop:
-        print(f"stopped by {stop}; checkpoint saved, resume with: reprozoo train --resume {cfg.out_dir}", file=sys.stderr, flush=True)
+        print(f"stopped by {stop}; checkpoint saved, resume with: reprozoo train --resume {cfg.out_dir}", file=sys.stderr,
+              flush=True)
         raise typer.Exit(128 + stop.signum) from None
     m = result["metrics"]
     _say(f"run directory: {result['run_dir']}")
@@ -334,9 +351,16 @@ def tasks_import(zip_path: Annotated[Path, typer.Argument(help="an offline sessi
     configure_clearml()
     from clearml import Task
 
+    from reprozoo import records
+
+    # A run resumed while its server task was out of reach continues that task once uploaded.
+    try:
+        previous = records.load_record(zip_path).provenance.get("resumes")
+    except (ConfigError, KeyError, ValueError):
+        previous = None  # a session reprozoo did not write (a dataset, another script): imported as it is
     Task.set_offline(False)
-    task_id = Task.import_offline_session(str(zip_path))
-    typer.echo(f"imported as task {task_id}")
+    task_id = Task.import_offline_session(str(zip_path), previous_task_id=previous)
+    typer.echo(f"imported into task {task_id} (the run it resumes)" if previous else f"imported as task {task_id}")
 @app.command()
 def repro(
     task: Annotated[str, typer.Argument(help="task id, run directory or offline session zip")],

@@ -244,6 +244,7 @@ class Tracker:
         self.mode, self.task, self.config, self.remote = mode, task, config, remote
         self.provenance: dict[str, Any] = {}
         self.dataset: Any = None
+        self.resumes: str | None = None  # a task this run continues but could not reopen (see open_task)
         self.env_before: dict[str, str] = clearml_env()
 
     @property
@@ -279,7 +280,7 @@ class Tracker:
                 "content_hash": versions.content_hash(plan.data_sha256), "sha256": plan.data_sha256,
                 "parent": self.dataset.parent if self.dataset else None, "data_dir": str(plan.data_dir)}
         self.provenance = provenance.redact_obj({
-            "task_id": self.task_id, "mode": self.mode, "run_dir": str(plan.run_dir.resolve()),
+            "task_id": self.task_id, "mode": self.mode, "run_dir": str(plan.run_dir.resolve()), "resumes": self.resumes,
             "code": {k: v for k, v in git.to_dict().items() if k != "diff"},
             "environment": env,
             "data": data,
@@ -419,8 +420,24 @@ def write_model_card(export_dir: Path, task_id: str | None, prov: dict[str, Any]
 
 
 # --- start ----------------------------------------------------------------------------------------
-def open_task(cfg: RunConfig, task_name: str, plan: Any) -> Tracker:
-    """Resolve the mode, register the data version, create (or, on an agent, attach to) the task."""
+def continuable(task_id: str | None, mode: str) -> bool:
+    """Whether this process can reopen that task: an offline session still on this machine, or a
+    server task while the server is the mode. ClearML reopens both with `continue_last_task`."""
+    if not task_id or mode == "off":
+        return False
+    if task_id.startswith("offline-"):
+        from clearml.config import get_offline_dir
+
+        return mode == "offline" and (Path(get_offline_dir()) / task_id / "task.json").is_file()
+    return mode == "server"
+
+
+def open_task(cfg: RunConfig, task_name: str, plan: Any, continue_task: str | None = None) -> Tracker:
+    """Resolve the mode, register the data version, create (or, on an agent, attach to) the task.
+
+    `continue_task`: a resumed run reports into the task it started (offline: the same session folder),
+    from iteration 0 so its steps keep their numbers. When that task cannot be reopened here (a server
+    task while the server is down), a new task is tagged `resumes:<id>` and `tasks import` folds it back."""
     mode = resolve_mode(cfg.tracking.mode)
     if mode == "off":
         return Tracker("off", config=cfg)
@@ -434,15 +451,22 @@ def open_task(cfg: RunConfig, task_name: str, plan: Any) -> Tracker:
     # another task is the process's main task (UsageError "Current task already created").
     dataset = plan.dataset or versions.register(plan.data_dir, mode)
     env_before = clearml_env()
+    reopen = continuable(continue_task, mode)
+    if continue_task and not reopen:
+        print(f"reprozoo: task {continue_task} cannot be reopened in {mode} mode here; the resumed run is recorded as a"
+              f" new task tagged resumes:{continue_task}", file=sys.stderr)
     task = Task.init(
         project_name=cfg.tracking.project,
         task_name=provenance.redact(cfg.tracking.task_name or task_name),
         task_type=Task.TaskTypes.training,
-        reuse_last_task_id=False,
+        reuse_last_task_id=continue_task if reopen else False,
+        continue_last_task=0 if reopen else False,
+        tags=[f"resumes:{continue_task}"] if continue_task and not reopen else None,
         auto_connect_arg_parser=False,
         auto_connect_frameworks=False,  # we upload the export ourselves, not every checkpoint
         auto_resource_monitoring=False,
     )
     tracker = Tracker(mode, task, cfg) if Task.running_locally() else Tracker(mode, task, remote_config(task, cfg), remote=True)
     tracker.dataset, tracker.env_before = dataset, env_before
+    tracker.resumes = continue_task if continue_task and not reopen else None
     return tracker

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -143,7 +144,8 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict
 
     # Weights and data are checked before a task is opened: a broken input leaves no record.
     weights, tokenizer, datamodule = prepare(cfg, plan)
-    tracker = tracking.open_task(cfg, f"{plan.entry.name} {cfg.data.granularity} seed{cfg.seed}", plan)
+    tracker = tracking.open_task(cfg, f"{plan.entry.name} {cfg.data.granularity} seed{cfg.seed}", plan,
+                                 continue_task=recorded_task_id(plan.run_dir) if resume else None)
     if tracker.config != cfg:
         # A ClearML agent running a clone: the task's (UI-edited) RunConfig is the run's config.
         print("reprozoo: running the RunConfig held by the ClearML task (edited in its clone)", file=sys.stderr)
@@ -219,6 +221,18 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict
     tracker.finish(metrics, timing, run_dir, export_dir, class_counts=datamodule.class_counts())
     return {"run_dir": str(run_dir), "metrics": metrics, "timing": timing, "task_id": tracker.task_id,
             "dataset_id": tracker.dataset.dataset_id if tracker.dataset else None}
+
+
+def recorded_task_id(run_dir: Path) -> str | None:
+    """The task a run directory reports to: task.json (closed or stopped), else provenance.json (killed)."""
+    for name in ("task.json", "provenance.json"):
+        path = run_dir / name
+        if path.is_file():
+            with contextlib.suppress(ValueError):
+                task_id = json.loads(path.read_text()).get("task_id")
+                if task_id:
+                    return str(task_id)
+    return None
 
 
 def _claim_run_dir(run_dir: Path, exclusive: bool) -> Path:
