@@ -16,6 +16,7 @@ import os
 import random
 import signal
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,27 +35,36 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written; the previous one is intact."""
 
 
+def atomic_torch_save(obj: object, path: Path, keep_previous: Path | None = None) -> None:
+    """torch.save to a unique temporary file beside `path`, fsync, rename: a kill or a full disk
+    mid-write never leaves a torn file, and concurrent writers never share a temporary file.
+    `keep_previous`: move the file being replaced there first (the fallback of a corrupt one)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)  # serialise first: a failure past this point is a plain OSError
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(buffer.getbuffer())
+            handle.flush()
+            os.fsync(handle.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write to a temporary file, fsync, then rename: a kill or a full disk mid-write never
-    leaves a torn checkpoint. The previous `last.ckpt` is kept as `last.prev.ckpt`."""
+    """Checkpoints through `atomic_torch_save`; the previous `last.ckpt` is kept as `last.prev.ckpt`."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)  # serialise first: a write error is then a plain OSError
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as handle:
-                handle.write(buffer.getbuffer())
-                handle.flush()
-                os.fsync(handle.fileno())
-            if path.name == LAST and path.exists():
-                os.replace(path, path.with_name(PREVIOUS))
-            os.replace(tmp, path)
+            atomic_torch_save(checkpoint, path, keep_previous=path.with_name(PREVIOUS) if path.name == LAST else None)
         except OSError as err:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
             raise CheckpointWriteError(
                 f"cannot write checkpoint {path}: {err.strerror or err}; free disk space or make the run directory"
                 " writable, then resume with `reprozoo train --resume RUN_DIR` (the previous checkpoint is intact)"

@@ -16,9 +16,9 @@ from reprozoo.data.module import (
     TokenBudgetBatchSampler,
     TokenizedDataset,
     TokenizedSplit,
-    atomic_torch_save,
 )
 from reprozoo.data.sst5 import data_fingerprint
+from reprozoo.resume import atomic_torch_save
 
 
 @pytest.fixture(scope="module")

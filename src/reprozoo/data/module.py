@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from reprozoo.config import ConfigError, DataConfig
 from reprozoo.data.sst5 import Examples, cache_root, load_trees, split_examples
-from reprozoo.resume import ResumableDataLoader
+from reprozoo.resume import ResumableDataLoader, atomic_torch_save
 
 CACHE_FORMAT = 1
 
@@ -104,20 +102,6 @@ def tokenize(examples: Examples, tokenizer, max_length: int) -> TokenizedSplit:
     flat = torch.tensor([i for ids in encoded for i in ids], dtype=torch.int32)
     return TokenizedSplit(flat, offsets, torch.tensor(examples.labels, dtype=torch.int64),
                           torch.tensor(examples.weights, dtype=torch.float32))
-
-
-def atomic_torch_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class LengthGroupedSampler(Sampler[int]):
