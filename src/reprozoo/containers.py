@@ -592,6 +592,56 @@ def run_container(engine: Any, plan: RunPlan, log: Callable[[str], None] = print
     return int(status.get("StatusCode", 1))
 
 
+def ensure_image(engine: Any, reference: str, log: Callable[[str], None] = print) -> Any:
+    """The image on this engine, pulled by digest when missing (a tag alone is never pulled)."""
+    found = find_image(engine, reference)
+    if found is not None:
+        return found
+    if "@sha256:" not in reference:
+        raise ContainerError(f"image {reference} is not on this engine and is not pinned by digest; build it"
+                             " (`reprozoo image build`) or pass repo@sha256:…")
+    log(f"pulling {reference}")
+    return pull_by_digest(engine, reference)
+
+
+def run_config_in_image(cfg: Any, image: str, *, runs_dir: Path, data_dir: Path | None, gpus: str = "auto",
+                        network: str = "bridge", log: Callable[[str], None] = print,
+                        out: Callable[[str], None] | None = None, engine: Any = None) -> tuple[int, Path]:
+    """Train a RunConfig inside `image`: `reprozoo train --config` with the data mounted read-only, the
+    run directory under the mounted `runs_dir`, and the offline ClearML sessions written to this
+    machine's own offline folder (so the record is readable here). Returns (exit code, host run dir)."""
+    from datetime import datetime, timezone
+
+    from reprozoo.config import RunConfig
+    from reprozoo.records import offline_root
+
+    engine = engine or client()
+    found = ensure_image(engine, image, log)
+    use_gpu, notes = decide_gpus(gpus, *gpu_available(engine))
+    for note in notes:
+        log(note)
+    name = Path(cfg.out_dir).name if cfg.out_dir else \
+        f"{Path(cfg.model.name).name.replace('/', '_')}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    data = data_dir or (Path(cfg.data.data_dir) if cfg.data.data_dir else None) or \
+        (Path(os.environ["REPROZOO_DATA_DIR"]) if os.environ.get("REPROZOO_DATA_DIR") else None)
+    if data is None or not (data / "train.txt").is_file():
+        raise ContainerError(f"no SST-5 trees to mount ({data}); pass the folder with train.txt, dev.txt, test.txt")
+    inside = RunConfig.from_dict(cfg.to_dict())
+    inside.data.data_dir = None  # mounted at CONTAINER_DATA, which $REPROZOO_DATA_DIR names inside
+    inside.out_dir = f"{CONTAINER_WORK}/runs/{name}"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    config_file = runs_dir / f"{name}.config.yaml"
+    inside.save(config_file)
+    clearml_cache = offline_root().parent
+    digest = image if "@sha256:" in image else repo_digest(found)
+    plan = plan_run(image, found.id, digest, ["train", "--config", f"{CONTAINER_WORK}/runs/{config_file.name}"],
+                    data_dir=data, hf_cache=Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"),
+                    runs_dir=runs_dir, clearml_dir=None, gpus=use_gpu, network=network)
+    plan.mounts[str(clearml_cache.resolve())] = {"bind": f"{CONTAINER_HOME}/clearml-cache", "mode": "rw"}
+    plan.environment["CLEARML_CACHE_DIR"] = f"{CONTAINER_HOME}/clearml-cache"
+    return run_container(engine, plan, log=log, out=out), runs_dir / name
+
+
 # --- inspection -----------------------------------------------------------------------------
 
 def image_layers(engine: Any, image: Any) -> Iterator[tarfile.TarInfo | tuple[tarfile.TarInfo, bytes]]:

@@ -259,7 +259,7 @@ def code_at(record: Record) -> Iterator[Path]:
 def run_from_code(plan: ReproPlan, out: Callable[[str], None] | None = None) -> int:
     """`python -m reprozoo train --config …` with the recorded code first on the import path."""
     plan.run_dir.mkdir(parents=True, exist_ok=True)
-    config_file = plan.run_dir.parent / f"{plan.run_dir.name}.replay.yaml"
+    config_file = plan.run_dir.parent / f"{plan.run_dir.name}.config.yaml"
     plan.config.save(config_file)
     with code_at(plan.record) as tree:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree / "src"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
@@ -275,45 +275,23 @@ def run_in_image(plan: ReproPlan, *, gpus: str = "auto", network: str = "bridge"
                  out: Callable[[str], None] | None = None) -> int:
     """The replay inside the recorded image: pulled by digest when not on this engine."""
     from reprozoo import containers
-    from reprozoo.records import offline_root
 
     assert plan.image is not None
     engine = containers.client()
-    found = containers.find_image(engine, plan.image)
-    if found is None:
+    try:
+        found = containers.ensure_image(engine, plan.image, log)
+    except containers.ContainerError as err:
         if "@sha256:" not in plan.image:
             raise ReproError(f"image {plan.image} is not on this engine and was never pushed (no digest); rebuild it from"
-                             f" commit {plan.record.commit[:12]} with `reprozoo image build` or replay with --no-image")
-        log(f"pulling {plan.image}")
-        try:
-            found = containers.pull_by_digest(engine, plan.image)
-        except containers.ContainerError as err:
-            raise ReproError(f"the recorded image cannot be pulled ({err}); log in to its registry (`docker login"
-                             f" {plan.image.split('/')[0]}`) or push it again, or replay with --no-image") from None
+                             f" commit {plan.record.commit[:12]} with `reprozoo image build` or replay with --no-image") from None
+        raise ReproError(f"the recorded image cannot be pulled ({err}); log in to its registry (`docker login"
+                         f" {plan.image.split('/')[0]}`) or push it again, or replay with --no-image") from None
     revision = (found.attrs.get("Config", {}).get("Labels") or {}).get("org.opencontainers.image.revision", "")
     if plan.record.commit and revision and not revision.startswith(plan.record.commit):
         log(f"warning: image revision {revision} is not the recorded commit {plan.record.commit}")
-    use_gpu, notes = containers.decide_gpus(gpus, *containers.gpu_available(engine))
-    for note in notes:
-        log(note)
-    runs_dir = plan.run_dir.parent
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    config_file = runs_dir / f"{plan.run_dir.name}.replay.yaml"
-    plan.config.save(config_file)
-    # Offline sessions land beside this machine's own, so the replay is a record `tasks` can read.
-    clearml_cache = offline_root().parent
-    digest = plan.image if "@sha256:" in plan.image else containers.repo_digest(found)
-    run_plan = containers.plan_run(plan.image, found.id, digest,
-                                   ["train", "--config", f"{containers.CONTAINER_WORK}/runs/{config_file.name}"],
-                                   data_dir=plan.data_dir, hf_cache=_hf_cache(), runs_dir=runs_dir, clearml_dir=None,
-                                   gpus=use_gpu, network=network)
-    run_plan.mounts[str(clearml_cache.resolve())] = {"bind": f"{containers.CONTAINER_HOME}/clearml-cache", "mode": "rw"}
-    run_plan.environment["CLEARML_CACHE_DIR"] = f"{containers.CONTAINER_HOME}/clearml-cache"
-    return containers.run_container(engine, run_plan, log=log, out=out)
-
-
-def _hf_cache() -> Path:
-    return Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+    code, _ = containers.run_config_in_image(plan.config, plan.image, runs_dir=plan.run_dir.parent, data_dir=plan.data_dir,
+                                             gpus=gpus, network=network, log=log, out=out, engine=engine)
+    return code
 
 
 def replayed_metrics(plan: ReproPlan) -> dict[str, Any]:

@@ -14,6 +14,7 @@ A run's record, in the order train.py builds it:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -245,6 +246,7 @@ class Tracker:
         self.provenance: dict[str, Any] = {}
         self.dataset: Any = None
         self.resumes: str | None = None  # a task this run continues but could not reopen (see open_task)
+        self.closed = False
         self.env_before: dict[str, str] = clearml_env()
 
     @property
@@ -371,6 +373,7 @@ class Tracker:
             self.task.flush(wait_for_uploads=True)
             folder = self.task.get_offline_mode_folder() if self.mode == "offline" else None
             closing = time.monotonic()
+            self.closed = True
             self.task.close()
             restore_clearml_env(self.env_before)
             record["close_seconds"] = round(time.monotonic() - closing, 3)
@@ -381,7 +384,10 @@ class Tracker:
 
     def abort(self, reason: str, run_dir: Path) -> None:
         """Training stopped early (preemption, error): close the task so what it holds is kept."""
+        if self.closed:
+            return  # finish() had closed it: the failure came after the record was complete
         record: dict[str, Any] = {"mode": self.mode, "task_id": self.task_id, "stopped": reason}
+        self.closed = True
         if self.task is not None:
             self.task.get_logger().report_text(f"training stopped: {reason}")
             if self.mode == "offline":
@@ -390,7 +396,9 @@ class Tracker:
                 self.task.mark_stopped(force=True, status_message=reason[:200])
             self.task.close()
             restore_clearml_env(self.env_before)
-        (run_dir / "task.json").write_text(json.dumps(record, indent=2) + "\n")
+        with contextlib.suppress(OSError):  # a read-only or missing run directory must not hide the failure
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "task.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def write_model_card(export_dir: Path, task_id: str | None, prov: dict[str, Any], metrics: dict[str, Any]) -> None:

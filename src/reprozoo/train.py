@@ -146,81 +146,83 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict
     weights, tokenizer, datamodule = prepare(cfg, plan)
     tracker = tracking.open_task(cfg, f"{plan.entry.name} {cfg.data.granularity} seed{cfg.seed}", plan,
                                  continue_task=recorded_task_id(plan.run_dir) if resume else None)
-    if tracker.config != cfg:
-        # A ClearML agent running a clone: the task's (UI-edited) RunConfig is the run's config.
-        print("reprozoo: running the RunConfig held by the ClearML task (edited in its clone)", file=sys.stderr)
-        cfg = tracker.config
-        plan = plan_run(cfg, overwrite=True)
-        weights, tokenizer, datamodule = prepare(cfg, plan)
-
-    resume_from = find_resume_checkpoint(plan.run_dir) if resume else None
-    if overwrite and plan.run_dir.exists() and not resume:
-        shutil.rmtree(plan.run_dir)
-    run_dir = plan.run_dir = _claim_run_dir(plan.run_dir, exclusive=cfg.out_dir is None)
-    cfg.save(run_dir / "config.yaml")
-
-    # Before the record, so the fingerprint states the determinism flags this run trains with;
-    # seeding stays after it so nothing the tracker does can move an RNG.
-    torch.use_deterministic_algorithms(True, warn_only=plan.accelerator == "gpu")
-    tracker.record(cfg, plan, weights)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-
-    class_weights = None
-    if cfg.data.imbalance == "weighted-loss":
-        counts = datamodule.class_counts()
-        total = sum(counts)
-        class_weights = [total / (len(counts) * max(c, 1.0)) for c in counts]
-
-    id2label = dict(enumerate(LABEL_NAMES))
-    net = ReprozooForSequenceClassification.from_backbone(str(weights.path), plan.pooling, cfg.model.dropout, id2label)
-    module = SentimentClassifier(net, cfg.optim, plan.lr, class_weights)
-
-    trainer = L.Trainer(**_trainer_kwargs(cfg, plan, tracker))
-    fit_started = time.time()
+    # From here on any failure (preemption, a bad batch, a full disk) closes the task: what it holds is
+    # kept, marked stopped, and the next training in this process can open its own.
     try:
+        if tracker.config != cfg:
+            # A ClearML agent running a clone: the task's (UI-edited) RunConfig is the run's config.
+            print("reprozoo: running the RunConfig held by the ClearML task (edited in its clone)", file=sys.stderr)
+            cfg = tracker.config
+            plan = plan_run(cfg, overwrite=True)
+            weights, tokenizer, datamodule = prepare(cfg, plan)
+
+        resume_from = find_resume_checkpoint(plan.run_dir) if resume else None
+        if overwrite and plan.run_dir.exists() and not resume:
+            shutil.rmtree(plan.run_dir)
+        run_dir = plan.run_dir = _claim_run_dir(plan.run_dir, exclusive=cfg.out_dir is None)
+        cfg.save(run_dir / "config.yaml")
+
+        # Before the record, so the fingerprint states the determinism flags this run trains with;
+        # seeding stays after it so nothing the tracker does can move an RNG.
+        torch.use_deterministic_algorithms(True, warn_only=plan.accelerator == "gpu")
+        tracker.record(cfg, plan, weights)
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+        class_weights = None
+        if cfg.data.imbalance == "weighted-loss":
+            counts = datamodule.class_counts()
+            total = sum(counts)
+            class_weights = [total / (len(counts) * max(c, 1.0)) for c in counts]
+
+        id2label = dict(enumerate(LABEL_NAMES))
+        net = ReprozooForSequenceClassification.from_backbone(str(weights.path), plan.pooling, cfg.model.dropout, id2label)
+        module = SentimentClassifier(net, cfg.optim, plan.lr, class_weights)
+
+        trainer = L.Trainer(**_trainer_kwargs(cfg, plan, tracker))
+        fit_started = time.time()
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        train_seconds = time.time() - fit_started
+
+        best = _best_checkpoint(trainer)
+        dev = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False) and module.last_eval["val"]
+        test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False) and module.last_eval["test"]
+        steps = module.step_losses
+        tenth = max(1, len(steps) // 10)
+        metrics = {
+            "dev": dev,
+            "test": test,
+            "train": {
+                "examples": len(datamodule.splits["train"].labels),
+                "granularity": cfg.data.granularity,
+                "steps": len(steps),
+                "epochs": trainer.current_epoch,
+                "loss_first": sum(steps[:tenth]) / tenth if steps else None,
+                "loss_last": sum(steps[-tenth:]) / tenth if steps else None,
+            },
+            "best_checkpoint": Path(best).name if best else None,
+        }
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        timing = {"train_seconds": train_seconds, "total_seconds": time.time() - started,
+                  "tokenization_cache_hit": datamodule.cache_hit, "accelerator": plan.accelerator,
+                  "precision": plan.precision, "torch_threads": torch.get_num_threads(),
+                  "throughput": next((c.summary() for c in trainer.callbacks if isinstance(c, ThroughputMonitor)), None)}
+        (run_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+        from reprozoo.containers import runtime_identity
+
+        # Which image (repo digest, as `reprozoo image run` handed it in) or lock this run used.
+        (run_dir / "image.json").write_text(json.dumps(runtime_identity(), indent=2) + "\n")
+
+        from reprozoo.metrics import save_confusion_png
+
+        save_confusion_png(test["confusion_matrix"], str(run_dir / "confusion_test.png"),
+                           f"{plan.entry.name} SST-5 test (acc {test['accuracy']:.3f})")
+        export_dir = _export(module, tokenizer, run_dir)
+        tracker.finish(metrics, timing, run_dir, export_dir, class_counts=datamodule.class_counts())
+        return {"run_dir": str(run_dir), "metrics": metrics, "timing": timing, "task_id": tracker.task_id,
+                "dataset_id": tracker.dataset.dataset_id if tracker.dataset else None}
     except BaseException as err:
-        tracker.abort(f"{type(err).__name__}: {err}", run_dir)  # the record so far is kept, marked stopped
+        tracker.abort(f"{type(err).__name__}: {err}", plan.run_dir)
         raise
-    train_seconds = time.time() - fit_started
-
-    best = _best_checkpoint(trainer)
-    dev = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False) and module.last_eval["val"]
-    test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False) and module.last_eval["test"]
-    steps = module.step_losses
-    tenth = max(1, len(steps) // 10)
-    metrics = {
-        "dev": dev,
-        "test": test,
-        "train": {
-            "examples": len(datamodule.splits["train"].labels),
-            "granularity": cfg.data.granularity,
-            "steps": len(steps),
-            "epochs": trainer.current_epoch,
-            "loss_first": sum(steps[:tenth]) / tenth if steps else None,
-            "loss_last": sum(steps[-tenth:]) / tenth if steps else None,
-        },
-        "best_checkpoint": Path(best).name if best else None,
-    }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    timing = {"train_seconds": train_seconds, "total_seconds": time.time() - started,
-              "tokenization_cache_hit": datamodule.cache_hit, "accelerator": plan.accelerator,
-              "precision": plan.precision, "torch_threads": torch.get_num_threads(),
-              "throughput": next((c.summary() for c in trainer.callbacks if isinstance(c, ThroughputMonitor)), None)}
-    (run_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
-    from reprozoo.containers import runtime_identity
-
-    # Which image (repo digest, as `reprozoo image run` handed it in) or lock this run used.
-    (run_dir / "image.json").write_text(json.dumps(runtime_identity(), indent=2) + "\n")
-
-    from reprozoo.metrics import save_confusion_png
-
-    save_confusion_png(test["confusion_matrix"], str(run_dir / "confusion_test.png"),
-                       f"{plan.entry.name} SST-5 test (acc {test['accuracy']:.3f})")
-    export_dir = _export(module, tokenizer, run_dir)
-    tracker.finish(metrics, timing, run_dir, export_dir, class_counts=datamodule.class_counts())
-    return {"run_dir": str(run_dir), "metrics": metrics, "timing": timing, "task_id": tracker.task_id,
-            "dataset_id": tracker.dataset.dataset_id if tracker.dataset else None}
 
 
 def recorded_task_id(run_dir: Path) -> str | None:
