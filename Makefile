@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 
 export REPROZOO_DATA_DIR := $(DATA_DIR)
 
-.PHONY: help setup train sweep leaderboard test test-fast lint models data-stats bench bench-quick bench-accuracy bench-gpu lock wheelhouse image push run engine clean
+.PHONY: help setup train repro sweep leaderboard test test-fast lint models data-stats bench bench-quick bench-accuracy bench-gpu lock wheelhouse image push run engine clean
 
 # Containers (docker/Dockerfile): FLAVOUR cpu|cuda, BASE another base image, REGISTRY for push.
 FLAVOUR ?= cpu
@@ -41,6 +41,10 @@ $(STAMP): pyproject.toml envs/cpu.txt
 
 train: setup ## train MODEL on SST-5 (ClearML offline unless a server is configured); ARGS='--max-epochs 1 ...'
 	$(VENV)/bin/reprozoo train --model $(MODEL) $(ARGS)
+
+repro: setup ## re-run a recorded task exactly (its image by digest, or commit + diff): make repro TASK=<id> [ARGS=--verify]
+	@test -n "$(TASK)" || { echo "usage: make repro TASK=<task id | run dir | session zip> [ARGS='--verify --no-image']"; exit 2; }
+	$(VENV)/bin/reprozoo repro $(TASK) $(ARGS)
 
 sweep: setup ## train MODELS (all | family:<f> | a,b,c) here, one after another; ARGS='--dry-run', '--queue Q --image REF@sha256:…', '--set k=v'
 	$(VENV)/bin/reprozoo sweep --models $(MODELS) $(ARGS)

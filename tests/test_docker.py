@@ -213,34 +213,81 @@ def test_rebuild_gives_the_same_tag_and_image(engine: Any, built: containers.Bui
     assert again.cached and again.image_id == built.image_id
 
 
-def test_push_pull_by_digest_and_train_inside(engine: Any, built: containers.BuildResult, registry: str,
-                                             data_dir: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="session")
+def pinned(engine: Any, built: containers.BuildResult, registry: str) -> str:
+    """`reprozoo image push` to the local registry: the `repo@sha256:…` it prints."""
     pushed = reprozoo("image", "push", "--flavour", "cpu", "--base", LOCAL_BASE, "--registry", registry)
     assert pushed.returncode == 0, pushed.stderr
-    pinned = pushed.stdout.strip()
-    assert re.fullmatch(rf"{re.escape(registry)}/reprozoo@sha256:[0-9a-f]{{64}}", pinned)
+    reference = pushed.stdout.strip()
+    assert re.fullmatch(rf"{re.escape(registry)}/reprozoo@sha256:[0-9a-f]{{64}}", reference)
+    return reference
 
-    # Forget the image locally, then get it back from the registry by digest alone.
+
+def _forget_locally(engine: Any, built: containers.BuildResult) -> None:
     engine.images.remove(built.image_id, force=True, noprune=True)
     assert containers.find_image(engine, built.ref) is None
+
+
+@pytest.fixture(scope="session")
+def inside(engine: Any, built: containers.BuildResult, pinned: str, data_dir: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A short MiniLM training inside the image pulled back by digest, ClearML offline."""
+    # Forget the image locally, then get it back from the registry by digest alone.
+    _forget_locally(engine, built)
     pulled = containers.pull_by_digest(engine, pinned)
     assert pulled.id == built.image_id  # the registry served the very image that was built
     pulled.tag("reprozoo", built.ref.split(":", 1)[1])  # keep the content tag for later use
 
-    runs = tmp_path / "runs"
-    result = reprozoo("image", "run", "--image", pinned, "--network", "none", "--data-dir", str(data_dir),
-                      "--hf-cache", str(tmp_path / "hf"), "--runs-dir", str(runs), "--clearml-dir", str(tmp_path / "clearml"),
-                      "--", "train", "--model", "all-minilm-l6-v2", "--limit-train-samples", "200", "--limit-eval-samples", "100",
-                      "--max-epochs", "1", "--tracking", "off", "--out", "runs/minilm")
+    root = tmp_path_factory.mktemp("inside")
+    env = {**os.environ, "CLEARML_CACHE_DIR": str(root / "clearml" / "cache"), "HF_HOME": str(root / "hf"),
+           "REPROZOO_DATA_DIR": str(data_dir), "CLEARML_CONFIG_FILE": str(root / "absent-clearml.conf")}
+    for name in ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY"):
+        env.pop(name, None)
+    result = subprocess.run([sys.executable, "-m", "reprozoo", "image", "run", "--image", pinned, "--network", "none",
+                             "--data-dir", str(data_dir), "--hf-cache", str(root / "hf"), "--runs-dir", str(root / "runs"),
+                             "--clearml-dir", str(root / "clearml"), "--", "train", "--model", "all-minilm-l6-v2",
+                             "--limit-train-samples", "200", "--limit-eval-samples", "100", "--max-epochs", "1",
+                             "--tracking", "offline", "--out", "runs/minilm"],
+                            capture_output=True, text=True, check=False, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
+    return {"result": result, "run": root / "runs" / "minilm", "env": env, "root": root}
+
+
+def test_push_pull_by_digest_and_train_inside(inside: dict[str, Any], built: containers.BuildResult, pinned: str) -> None:
+    result, run = inside["result"], inside["run"]
     assert "no GPU: running on CPU" in result.stderr and f"= {pinned}" in result.stderr
-    run = runs / "minilm"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train"]["examples"] == 200 and sum(map(sum, metrics["test"]["confusion_matrix"])) == 100
     identity = json.loads((run / "image.json").read_text())
     assert identity["in_image"] and identity["image_digest"] == pinned  # the digest `image push` printed
     assert identity["image"] == built.ref and identity["lock"] == "cpu" and identity["image_id"] == built.image_id
     assert (run / "export" / "model.safetensors").is_file()
+    # The ClearML record (an offline session written through the mounted ClearML home) pins it too.
+    task_id = json.loads((run / "task.json").read_text())["task_id"]
+    shown = subprocess.run([sys.executable, "-m", "reprozoo", "tasks", "show", task_id, "--json"], capture_output=True,
+                           text=True, check=False, env=inside["env"])
+    assert shown.returncode == 0, shown.stderr[-1000:]
+    record = json.loads(shown.stdout)
+    assert record["image_digest"] == pinned and record["image"] == built.ref and record["metrics"] == metrics
+    assert record["commit"].startswith(built.state.revision) and record["lock_file"] != "none"
+
+
+def test_repro_in_the_recorded_image_is_bit_identical(inside: dict[str, Any], engine: Any, built: containers.BuildResult,
+                                                      pinned: str) -> None:
+    """`reprozoo repro <task> --verify`: the image pulled again by its recorded digest, the same data and
+    RunConfig, and a verdict on the metrics."""
+    task_id = json.loads((inside["run"] / "task.json").read_text())["task_id"]
+    _forget_locally(engine, built)  # the replay must fetch the recorded image by digest
+    result = subprocess.run([sys.executable, "-m", "reprozoo", "repro", task_id, "--verify", "--network", "none",
+                             "--runs-dir", str(inside["root"] / "runs"), "--out", "replay"],
+                            capture_output=True, text=True, check=False, env=inside["env"])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"in      image {pinned}" in result.stdout and f"pulling {pinned}" in result.stderr
+    assert "verdict: bit-identical" in result.stdout
+    replay = inside["run"].parent / "replay"
+    assert json.loads((replay / "image.json").read_text())["image_digest"] == pinned
+    assert json.loads((replay / "metrics.json").read_text()) == json.loads((inside["run"] / "metrics.json").read_text())
+    containers.find_image(engine, pinned).tag("reprozoo", built.ref.split(":", 1)[1])
 
 
 def test_cuda_flavour_checks_the_base_python(engine: Any, base_image: str, checkout: Path) -> None:

@@ -337,6 +337,62 @@ def tasks_import(zip_path: Annotated[Path, typer.Argument(help="an offline sessi
     Task.set_offline(False)
     task_id = Task.import_offline_session(str(zip_path))
     typer.echo(f"imported as task {task_id}")
+@app.command()
+def repro(
+    task: Annotated[str, typer.Argument(help="task id, run directory or offline session zip")],
+    verify: Annotated[bool, typer.Option(help="compare the new metrics with the recorded ones and print a verdict")] = False,
+    tolerance: Annotated[float, typer.Option(help="--verify: largest absolute difference still 'within tolerance'")] = 1e-6,
+    enqueue: Annotated[str | None, typer.Option(help="clone the task for a ClearML agent on this queue instead of running here")] = None,
+    image: Annotated[bool | None, typer.Option("--image/--no-image", help="run in the recorded image (default when the"
+                                               " record names one) or from the recorded commit + diff here")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="trees to replay on (default: the recorded dataset version, then"
+                                                 " $REPROZOO_DATA_DIR); their sha256 must match the record")] = None,
+    out: Annotated[str | None, typer.Option(help="run directory name for the replay (default: runs/repro-<id>-<time>)")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="where the replay's run directory goes")] = Path("runs"),
+    gpus: Annotated[str, typer.Option("--gpus", help="in the image: auto | all | none")] = "auto",
+    network: Annotated[str, typer.Option(help="in the image: bridge | host | none")] = "bridge",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, run nothing")] = False,
+) -> None:
+    """Re-run a recorded task exactly: its image (by digest) or commit + diff, its data version, its RunConfig."""
+    from reprozoo import repro as replay
+
+    record = _load(task)
+    if enqueue:
+        from reprozoo.tracking import configure_clearml, server_configured
+
+        spec = _run(lambda: replay.enqueue_spec(record, enqueue))
+        if not server_configured():
+            _fail("--enqueue needs a ClearML server: set CLEARML_API_HOST, CLEARML_API_ACCESS_KEY, CLEARML_API_SECRET_KEY")
+        configure_clearml()
+        _say(f"cloning {record.task_id} for queue {enqueue}" + (f" in {spec['docker_image']}" if spec["docker_image"] else ""))
+        _say(f"enqueued task {replay.enqueue(spec)}")
+        return
+    plan = _run(lambda: replay.plan_repro(record, data_dir=data_dir, runs_dir=runs_dir, out=out, use_image=image))
+    for line in plan.summary():
+        _say(line)
+    if dry_run:
+        _say(plan.config.to_yaml().rstrip())
+        return
+    if plan.executor == "image":
+        code = _run(lambda: replay.run_in_image(plan, gpus=gpus, network=network, log=lambda m: typer.echo(m, err=True)))
+    else:
+        code = _run(lambda: replay.run_from_code(plan))
+    if code != 0:
+        _fail(f"the replay exited with code {code}; its run directory is {plan.run_dir}")
+    metrics = _run(lambda: replay.replayed_metrics(plan))
+    _say(f"replay run directory: {plan.run_dir}")
+    if replay.replayed_task(plan):
+        _say(f"replay clearml task: {replay.replayed_task(plan)}")
+    _say(f"test accuracy {metrics['test']['accuracy']:.4f} (recorded "
+         f"{_metric(record, 'test', 'accuracy')})  macro-F1 {metrics['test']['macro_f1']:.4f}")
+    if verify:
+        verdict = replay.compare_metrics(record.metrics, metrics, tolerance)
+        for line in verdict.lines():
+            _say(line)
+        if not verdict.ok:
+            raise typer.Exit(1)
+
+
 FlavourOpt = Annotated[str, typer.Option("--flavour", "-f", help="cpu | cuda")]
 BaseOpt = Annotated[str | None, typer.Option("--base", help="base image (default: the flavour's pinned one)")]
 ImageOpt = Annotated[str | None, typer.Option("--image", help="image reference (default: this checkout's reprozoo:<flavour>-<hash12>)")]

@@ -21,7 +21,7 @@ from typing import Any
 # The container layer (docker/, `reprozoo image run`) hands the image identity to the run
 # through these; outside a container they are unset and the record says "none".
 IMAGE_ENV = "REPROZOO_IMAGE"  # e.g. ghcr.io/org/reprozoo:cuda-0123456789ab (may already hold @sha256:…)
-IMAGE_DIGEST_ENV = "REPROZOO_IMAGE_DIGEST"  # the repo digest, sha256:<64 hex>, known once pushed
+IMAGE_DIGEST_ENV = "REPROZOO_IMAGE_DIGEST"  # repo@sha256:<64 hex> as `image push` printed it (or bare sha256:…)
 LOCK_ENV = "REPROZOO_LOCK"  # the lock file the environment was installed from (default envs/cpu.txt)
 NONE = "none"
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -151,6 +151,16 @@ def image_identity() -> tuple[str, str]:
     if "@sha256:" in image:
         image = image.split("@", 1)[0]
     return image, digest or NONE
+
+
+def pinned_reference(image: str, digest: str) -> str | None:
+    """`repo@sha256:…` a registry serves, from what a record holds: `reprozoo image run` hands in the
+    full reference `image push` printed; a bare `sha256:…` is joined to the image's repository."""
+    if "@sha256:" in digest:
+        return digest
+    if DIGEST_RE.match(digest) and image != NONE:
+        return f"{image.split('@')[0]}@{digest}"  # repo:tag@sha256:… pulls by digest; the tag is a label
+    return None
 
 
 def lock_file(root: str | None) -> tuple[str, str]:

@@ -47,13 +47,6 @@ TOKENS_PER_EXAMPLE = {"sentences": 25.0, "phrases": 10.5}
 EFFECTIVE_FLOPS = 2.0e13  # assumed: one current GPU in bf16 on ~25-token batches (far below its peak)
 OVERHEAD_HOURS = 2 / 60  # start-up, weights, tokenisation, checkpoints, export: ~2 minutes per run
 
-# A ClearML agent in docker mode runs the task inside the image with the Python environment the image
-# was built with (ClearML agent docs: SKIP_PYTHON_ENV_INSTALL=1 installs nothing; SKIP_PIP_VENV_INSTALL
-# names the existing venv's python). Our image's ENTRYPOINT is `reprozoo`; the agent starts the
-# container with its own `bash -c …` command, so the entrypoint is reset.
-IMAGE_PYTHON = "/opt/venv/bin/python"
-AGENT_DOCKER_ARGUMENTS = ("--ipc=host --entrypoint= -e CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL=1"
-                          f" -e CLEARML_AGENT_SKIP_PIP_VENV_INSTALL={IMAGE_PYTHON}")
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
@@ -386,6 +379,7 @@ def pipeline_steps(plan: SweepPlan, template_id: str | None) -> list[dict[str, A
     config object and as its hyperparameter sections (tracking.remote_config merges both on the agent
     against the template's `RunConfig (as recorded)`, and they agree), its queue, and its image."""
     from reprozoo import provenance
+    from reprozoo.containers import AGENT_DOCKER_ARGUMENTS  # the image's venv as is, its entrypoint cleared
     from reprozoo.tracking import CONFIG_OBJECT, config_sections
 
     steps = []

@@ -312,12 +312,13 @@ class Tracker:
         lock = Path(git.root or ".") / env["lock_file"]  # an absolute $REPROZOO_LOCK stays as it is
         if env["lock_file"] != provenance.NONE and lock.is_file():
             task.set_packages(str(lock))  # an agent without the image installs exactly the lock
-        if provenance.DIGEST_RE.match(env["image_digest"]):
+        pinned = provenance.pinned_reference(env["image"], env["image_digest"])
+        if pinned:
+            from reprozoo.containers import AGENT_DOCKER_ARGUMENTS
+
             # A ClearML agent in docker mode re-runs the task in exactly this image, without
             # reinstalling Python packages over the ones the image was built with.
-            task.set_base_docker(docker_image=f"{env['image']}@{env['image_digest']}",
-                                 docker_arguments="--ipc=host -e CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL=1"
-                                                  " -e CLEARML_AGENT_SKIP_PIP_VENV_INSTALL=1")
+            task.set_base_docker(docker_image=pinned, docker_arguments=AGENT_DOCKER_ARGUMENTS)
         task.set_configuration_object(PROVENANCE_OBJECT, config_text=yaml.safe_dump(self.provenance, sort_keys=False),
                                       config_type="yaml", description="code, environment fingerprint, data and model versions")
         resolved = {

@@ -1,0 +1,357 @@
+"""Replay a recorded run: the same image (by digest) or code (commit + diff), the same data, the same RunConfig.
+
+    record ──► ReproPlan ──► run in the image  (the record names an image: pull it by digest, mount the data)
+                         └─► run from the code  (no image: a git worktree at the commit, the diff applied)
+           ──► new metrics.json ──► Verdict (bit-identical | within tolerance | differs)
+
+`--enqueue QUEUE` hands the same replay to a ClearML agent instead: a clone of the task, pinned to
+the image digest, with the agent told not to reinstall Python packages over the image.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from reprozoo.config import ConfigError, RunConfig
+from reprozoo.records import Record
+
+# Library versions that can change a result; a replay outside the recorded image compares them.
+_ENV_KEYS = ("python", "torch", "cuda", "transformers", "lightning")
+
+
+class ReproError(ConfigError):
+    """A replay that cannot run as recorded (image, commit or data missing); the message says what to do."""
+
+
+# --- verdict --------------------------------------------------------------------------------------
+@dataclass
+class Verdict:
+    status: str  # bit-identical | within tolerance | differs | no metrics
+    differences: list[tuple[str, Any, Any]] = field(default_factory=list)  # (field, recorded, replayed)
+    max_abs_diff: float = 0.0
+    tolerance: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("bit-identical", "within tolerance")
+
+    def lines(self, limit: int = 20) -> list[str]:
+        head = {"bit-identical": "verdict: bit-identical (metrics.json equal, every float to the last bit)",
+                "within tolerance": f"verdict: within tolerance (largest difference {self.max_abs_diff:.3g} ≤ {self.tolerance:g})",
+                "differs": f"verdict: differs ({len(self.differences)} field(s); tolerance {self.tolerance:g})",
+                "no metrics": "verdict: nothing to compare (the record holds no metrics: the run did not finish)"}[self.status]
+        rows = [f"  {name}: recorded {a!r}, replayed {b!r}" for name, a, b in self.differences[:limit]]
+        more = [f"  … {len(self.differences) - limit} more"] if len(self.differences) > limit else []
+        return [head, *rows, *more]
+
+
+def _leaves(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(data, dict):
+        for key in sorted(data):
+            yield from _leaves(data[key], f"{prefix}{key}.")
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield from _leaves(value, f"{prefix}{i}.")
+    else:
+        yield prefix.rstrip("."), data
+
+
+def compare_metrics(recorded: dict[str, Any] | None, replayed: dict[str, Any], tolerance: float = 1e-6) -> Verdict:
+    """Bit-identical when every leaf is equal (floats by value, so 0.1 == 0.1 exactly); within tolerance
+    when every numeric leaf is within `tolerance` (absolute) and every other leaf is equal."""
+    if recorded is None:
+        return Verdict("no metrics", tolerance=tolerance)
+    a, b = dict(_leaves(recorded)), dict(_leaves(replayed))
+    exact: list[tuple[str, Any, Any]] = []
+    worst = 0.0
+    beyond = False
+    for name in sorted(set(a) | set(b)):
+        va, vb = a.get(name, "—"), b.get(name, "—")
+        if va == vb and type(va) is type(vb):
+            continue
+        exact.append((name, va, vb))
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (va, vb))
+        gap = abs(float(va) - float(vb)) if numbers else math.inf
+        worst = max(worst, gap)
+        beyond = beyond or not gap <= tolerance
+    if not exact:
+        return Verdict("bit-identical", tolerance=tolerance)
+    return Verdict("differs" if beyond else "within tolerance", exact, worst, tolerance)
+
+
+# --- plan -----------------------------------------------------------------------------------------
+@dataclass
+class ReproPlan:
+    record: Record
+    config: RunConfig  # what the replay trains (its out_dir as seen by the process that trains)
+    executor: str  # image | checkout
+    image: str | None  # repo@sha256:… (or a local tag when the record was never pushed)
+    run_dir: Path  # on this machine
+    data_dir: Path  # on this machine, sha256-verified against the record
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> list[str]:
+        r = self.record
+        where = f"image {self.image}" if self.executor == "image" else \
+            f"code at {r.commit[:12] or '?'}{' + recorded diff' if r.dirty else ''} (git worktree)"
+        return [f"replaying {r.task_id or r.source} ({r.config.model.name}, seed {r.config.seed})",
+                f"  in      {where}",
+                f"  data    {self.data_dir} (sha256 matches the record)",
+                f"  run dir {self.run_dir}", *[f"  note    {n}" for n in self.notes]]
+
+
+def pinned_image(record: Record) -> str | None:
+    """The image a replay pulls: repo@sha256:… when the run's image was pushed, else its local tag."""
+    from reprozoo.provenance import pinned_reference
+
+    return pinned_reference(record.image, record.image_digest) or (record.image if record.image != "none" else None)
+
+
+def _replay_data(record: Record, data_dir: str | Path | None) -> Path:
+    """A folder on this machine holding exactly the recorded files (by sha256)."""
+    from reprozoo.data.sst5 import DataSourceError, data_fingerprint, resolve_data_dir
+
+    candidates: list[Path] = []
+    if data_dir is not None:
+        candidates.append(Path(data_dir))
+    if record.dataset_id and data_dir is None:
+        from reprozoo.data import versions
+
+        # Not on this machine: the trees in $REPROZOO_DATA_DIR may still be the very same files.
+        with suppress(DataSourceError):
+            candidates.append(Path(versions.resolve(record.dataset_id).path))
+    if data_dir is None:
+        with suppress(DataSourceError):
+            candidates.append(resolve_data_dir(None))
+    if not record.data_sha256:
+        raise ReproError(f"{record.task_id}: the record holds no data sha256; it cannot be replayed on verified data")
+    for path in candidates:
+        try:
+            actual = data_fingerprint(path)
+        except (OSError, DataSourceError):
+            continue
+        if actual == record.data_sha256:
+            return path
+    tried = ", ".join(str(p) for p in candidates) or "nothing (no --data-dir, no $REPROZOO_DATA_DIR)"
+    raise ReproError(f"no SST-5 trees here match the record's sha256 (tried {tried}); pass --data-dir with the"
+                     f" original trees{' or restore dataset ' + record.dataset_id if record.dataset_id else ''}")
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=False)
+
+
+def source_checkout() -> Path | None:
+    """The git checkout holding the reprozoo that runs (where a recorded commit is looked up)."""
+    here = Path(__file__).resolve().parent
+    top = _git(here, "rev-parse", "--show-toplevel")
+    return Path(top.stdout.strip()) if top.returncode == 0 else None
+
+
+def plan_repro(record: Record, *, data_dir: str | Path | None = None, runs_dir: Path = Path("runs"),
+               out: str | None = None, use_image: bool | None = None) -> ReproPlan:
+    """Decide everything cheap: executor, image, data, run directory. Fails before anything runs."""
+    if record.config is None:
+        raise ReproError(f"{record.task_id}: no RunConfig in the record")
+    image = pinned_image(record)
+    if use_image is True and image is None:
+        raise ReproError(f"{record.task_id} ran without an image (lock {record.lock_file}); it replays from the code at"
+                         f" commit {record.commit[:12]}: drop --image")
+    executor = "image" if image and use_image is not False else "checkout"
+    notes = []
+    if executor == "image" and "@sha256:" not in image:
+        notes.append(f"the run's image {image} was never pushed, so it is not pinned by digest: the local tag is used")
+    if executor == "checkout":
+        notes.extend(_checkout_checks(record, image))
+    path = _replay_data(record, data_dir)
+    name = out or f"repro-{(record.task_id or 'run').removeprefix('offline-')[:12]}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    run_dir = Path(name) if out and Path(out).is_absolute() else runs_dir / Path(name).name
+    if (run_dir / "metrics.json").exists():
+        raise ReproError(f"{run_dir} already holds a finished run; choose another --out")
+    config = record.replay_config()
+    # The data is pinned by sha256 above; the replay re-registers the same content (same version offline).
+    config.data.dataset_id = None
+    if executor == "image":
+        from reprozoo.containers import CONTAINER_WORK
+
+        config.data.data_dir = None  # mounted at the image's data path ($REPROZOO_DATA_DIR inside)
+        config.out_dir = f"{CONTAINER_WORK}/runs/{run_dir.name}"
+    else:
+        config.data.data_dir = str(path.resolve())
+        config.out_dir = str(run_dir.resolve())
+    return ReproPlan(record, config, executor, image if executor == "image" else None, run_dir, path, notes)
+
+
+def _checkout_checks(record: Record, image: str | None) -> list[str]:
+    notes = []
+    if image:
+        notes.append(f"--no-image: the run's image {image} is not used; the code runs in this environment")
+    root = source_checkout()
+    if root is None:
+        raise ReproError(f"{record.task_id} ran without an image and this reprozoo is not a git checkout; clone"
+                         f" {record.repository or 'the repository'} and run `reprozoo repro` from there")
+    if not record.commit:
+        raise ReproError(f"{record.task_id}: the record names no commit; it cannot be replayed from code")
+    if _git(root, "cat-file", "-e", f"{record.commit}^{{commit}}").returncode != 0:
+        raise ReproError(f"commit {record.commit[:12]} of {record.task_id} is not in {root}; `git fetch"
+                         f" {record.repository or 'origin'}` (or the branch {record.branch or 'it was on'}) and retry")
+    import reprozoo.provenance as provenance
+
+    env_here = _env_here()
+    for key in _ENV_KEYS:
+        recorded, here = record.environment.get(key), env_here.get(key)
+        if recorded and here and recorded != here:
+            notes.append(f"{key} differs: recorded {recorded}, here {here} (the metrics may differ)")
+    lock_name, lock_sha = provenance.lock_file(str(root))
+    if record.lock_sha256 not in ("none", lock_sha) and lock_name == record.lock_file:
+        notes.append(f"{lock_name} here differs from the recorded lock (sha256 {record.lock_sha256[:12]})")
+    return notes
+
+
+def _env_here() -> dict[str, str]:
+    import platform
+    from importlib import metadata
+
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda or "none",
+            "transformers": metadata.version("transformers"), "lightning": metadata.version("lightning")}
+
+
+# --- execute --------------------------------------------------------------------------------------
+@contextmanager
+def code_at(record: Record) -> Iterator[Path]:
+    """A temporary git worktree at the recorded commit with the recorded diff applied."""
+    root = source_checkout()
+    assert root is not None  # plan_repro checked
+    folder = Path(tempfile.mkdtemp(prefix="reprozoo-repro-"))
+    tree = folder / "src-tree"
+    added = _git(root, "worktree", "add", "--detach", "--force", str(tree), record.commit)
+    if added.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise ReproError(f"git worktree add {record.commit[:12]} failed: {added.stderr.strip()[:200]}")
+    try:
+        if record.diff.strip():
+            patch = folder / "recorded.diff"
+            patch.write_text(record.diff if record.diff.endswith("\n") else record.diff + "\n")
+            applied = _git(tree, "apply", "--whitespace=nowarn", str(patch))
+            if applied.returncode != 0:
+                raise ReproError(f"the recorded diff does not apply to {record.commit[:12]}: {applied.stderr.strip()[:200]}"
+                                 " (was it redacted? see `reprozoo tasks show --json`)")
+        yield tree
+    finally:
+        _git(root, "worktree", "remove", "--force", str(tree))
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_from_code(plan: ReproPlan, out: Callable[[str], None] | None = None) -> int:
+    """`python -m reprozoo train --config …` with the recorded code first on the import path."""
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = plan.run_dir.parent / f"{plan.run_dir.name}.replay.yaml"
+    plan.config.save(config_file)
+    with code_at(plan.record) as tree:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree / "src"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        process = subprocess.Popen([sys.executable, "-m", "reprozoo", "train", "--config", str(config_file)],
+                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert process.stdout is not None
+        for line in process.stdout:
+            (out or sys.stdout.write)(line)
+        return process.wait()
+
+
+def run_in_image(plan: ReproPlan, *, gpus: str = "auto", network: str = "bridge", log: Callable[[str], None] = print,
+                 out: Callable[[str], None] | None = None) -> int:
+    """The replay inside the recorded image: pulled by digest when not on this engine."""
+    from reprozoo import containers
+    from reprozoo.records import offline_root
+
+    assert plan.image is not None
+    engine = containers.client()
+    found = containers.find_image(engine, plan.image)
+    if found is None:
+        if "@sha256:" not in plan.image:
+            raise ReproError(f"image {plan.image} is not on this engine and was never pushed (no digest); rebuild it from"
+                             f" commit {plan.record.commit[:12]} with `reprozoo image build` or replay with --no-image")
+        log(f"pulling {plan.image}")
+        try:
+            found = containers.pull_by_digest(engine, plan.image)
+        except containers.ContainerError as err:
+            raise ReproError(f"the recorded image cannot be pulled ({err}); log in to its registry (`docker login"
+                             f" {plan.image.split('/')[0]}`) or push it again, or replay with --no-image") from None
+    revision = (found.attrs.get("Config", {}).get("Labels") or {}).get("org.opencontainers.image.revision", "")
+    if plan.record.commit and revision and not revision.startswith(plan.record.commit):
+        log(f"warning: image revision {revision} is not the recorded commit {plan.record.commit}")
+    use_gpu, notes = containers.decide_gpus(gpus, *containers.gpu_available(engine))
+    for note in notes:
+        log(note)
+    runs_dir = plan.run_dir.parent
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    config_file = runs_dir / f"{plan.run_dir.name}.replay.yaml"
+    plan.config.save(config_file)
+    # Offline sessions land beside this machine's own, so the replay is a record `tasks` can read.
+    clearml_cache = offline_root().parent
+    digest = plan.image if "@sha256:" in plan.image else containers.repo_digest(found)
+    run_plan = containers.plan_run(plan.image, found.id, digest,
+                                   ["train", "--config", f"{containers.CONTAINER_WORK}/runs/{config_file.name}"],
+                                   data_dir=plan.data_dir, hf_cache=_hf_cache(), runs_dir=runs_dir, clearml_dir=None,
+                                   gpus=use_gpu, network=network)
+    run_plan.mounts[str(clearml_cache.resolve())] = {"bind": f"{containers.CONTAINER_HOME}/clearml-cache", "mode": "rw"}
+    run_plan.environment["CLEARML_CACHE_DIR"] = f"{containers.CONTAINER_HOME}/clearml-cache"
+    return containers.run_container(engine, run_plan, log=log, out=out)
+
+
+def _hf_cache() -> Path:
+    return Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+
+
+def replayed_metrics(plan: ReproPlan) -> dict[str, Any]:
+    path = plan.run_dir / "metrics.json"
+    if not path.is_file():
+        raise ReproError(f"the replay finished without {path}; see its output above")
+    return json.loads(path.read_text())
+
+
+def replayed_task(plan: ReproPlan) -> str | None:
+    path = plan.run_dir / "task.json"
+    return json.loads(path.read_text()).get("task_id") if path.is_file() else None
+
+
+# --- enqueue (a ClearML agent replays it) -----------------------------------------------------------
+def enqueue_spec(record: Record, queue: str) -> dict[str, Any]:
+    """What the clone for an agent looks like, as data: checked in tests, fed to ClearML by `enqueue`."""
+    from reprozoo.containers import AGENT_DOCKER_ARGUMENTS
+
+    if not record.task_id or record.task_id.startswith("offline-"):
+        raise ReproError(f"{record.task_id or record.source} is an offline record; upload it first with `reprozoo tasks import"
+                         f" {record.offline_zip or 'ZIP'}`, then enqueue the server's task id")
+    image = pinned_image(record)
+    if image and "@sha256:" not in image:
+        raise ReproError(f"{record.task_id}'s image {image} was never pushed; an agent can only pull an image by digest:"
+                         " push it (`reprozoo image push`) and re-run the task in it")
+    return {"source_task": record.task_id, "name": f"repro of {record.name or record.task_id}", "queue": queue,
+            "docker_image": image, "docker_arguments": AGENT_DOCKER_ARGUMENTS if image else None,
+            "tags": ["repro", f"repro-of:{record.task_id}"]}
+
+
+def enqueue(spec: dict[str, Any], task_api: Any = None) -> str:
+    """Clone the task, pin its image, enqueue it. Exercised against a real server: no (none can run here)."""
+    if task_api is None:
+        from clearml import Task as task_api
+    clone = task_api.clone(source_task=spec["source_task"], name=spec["name"])
+    if spec["docker_image"]:
+        clone.set_base_docker(docker_image=spec["docker_image"], docker_arguments=spec["docker_arguments"])
+    clone.add_tags(spec["tags"])
+    task_api.enqueue(clone, queue_name=spec["queue"])
+    return str(clone.id)

@@ -1,0 +1,201 @@
+"""`reprozoo repro`: verdicts, plans and their errors, the clone for an agent, and a real replay of a
+tracked MiniLM run from its recorded commit + diff (the replay in the image is in test_docker.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reprozoo import repro
+from reprozoo.config import RunConfig
+from reprozoo.provenance import pinned_reference
+from reprozoo.records import Record
+
+REPO = Path(__file__).resolve().parents[1]
+HEAD = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+DIGEST = "sha256:" + "ab" * 32
+
+
+def record(data_dir: Path, **changes: Any) -> Record:
+    from reprozoo.data.sst5 import data_fingerprint
+
+    base = Record(task_id="0123456789abcdef0123456789abcdef", config=RunConfig(), metrics={"test": {"accuracy": 0.5}},
+                  image="none", image_digest="none", lock_sha256="none", commit=HEAD, diff="", dirty=False,
+                  dataset_id=None, data_sha256=data_fingerprint(data_dir), model_revision="", status="completed",
+                  offline_zip=None, name="minilm", repository="https://example.org/reprozoo.git")
+    return replace(base, **changes)
+
+
+# --- verdicts -------------------------------------------------------------------------------------
+def test_verdicts() -> None:
+    recorded = {"dev": {"accuracy": 0.5, "confusion_matrix": [[1, 2], [3, 4]]}, "best_checkpoint": "best.ckpt"}
+    assert repro.compare_metrics(recorded, json.loads(json.dumps(recorded))).status == "bit-identical"
+    close = {"dev": {"accuracy": 0.5 + 1e-9, "confusion_matrix": [[1, 2], [3, 4]]}, "best_checkpoint": "best.ckpt"}
+    verdict = repro.compare_metrics(recorded, close, tolerance=1e-6)
+    assert verdict.status == "within tolerance" and verdict.ok and verdict.differences == [("dev.accuracy", 0.5, 0.5 + 1e-9)]
+    far = {"dev": {"accuracy": 0.5, "confusion_matrix": [[1, 2], [4, 3]]}, "best_checkpoint": "other.ckpt"}
+    verdict = repro.compare_metrics(recorded, far, tolerance=1e-6)
+    assert verdict.status == "differs" and not verdict.ok
+    assert [d[0] for d in verdict.differences] == ["best_checkpoint", "dev.confusion_matrix.1.0", "dev.confusion_matrix.1.1"]
+    assert "recorded 3, replayed 4" in "\n".join(verdict.lines())
+    assert repro.compare_metrics(None, recorded).status == "no metrics"
+
+
+def test_pinned_references() -> None:
+    assert pinned_reference("reprozoo:cpu-0123", "127.0.0.1:5000/reprozoo@" + DIGEST) == "127.0.0.1:5000/reprozoo@" + DIGEST
+    assert pinned_reference("ghcr.io/o/reprozoo:cuda-0123", DIGEST) == "ghcr.io/o/reprozoo:cuda-0123@" + DIGEST
+    assert pinned_reference("none", "none") is None and pinned_reference("reprozoo:cpu-0123", "none") is None
+
+
+# --- plans and their errors -----------------------------------------------------------------------
+def test_plan_for_a_record_with_an_image(data_dir: Path, tmp_path: Path) -> None:
+    pinned = "127.0.0.1:5000/reprozoo@" + DIGEST
+    rec = record(data_dir, image="reprozoo:cpu-0123", image_digest=pinned, dataset_id="offline-gone")
+    plan = repro.plan_repro(rec, data_dir=data_dir, runs_dir=tmp_path / "runs", out="again")
+    assert plan.executor == "image" and plan.image == pinned and plan.run_dir == tmp_path / "runs" / "again"
+    # Inside the image: data mounted at $REPROZOO_DATA_DIR, the run under the mounted runs/.
+    assert plan.config.data.data_dir is None and plan.config.out_dir == "/work/runs/again"
+    assert plan.config.data.dataset_id is None and plan.config.model == rec.config.model
+    # --no-image: the recorded commit here, saying the image is not used.
+    plan = repro.plan_repro(rec, data_dir=data_dir, runs_dir=tmp_path / "runs", out="again", use_image=False)
+    assert plan.executor == "checkout" and plan.config.data.data_dir == str(data_dir.resolve())
+    assert any("is not used" in note for note in plan.notes)
+
+
+def test_plan_errors_name_the_fix(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(repro.ReproError, match=r"commit deadbeefdead of .* is not in .*; `git fetch https://example.org/reprozoo.git`"):
+        repro.plan_repro(record(data_dir, commit="deadbeef" * 5), data_dir=data_dir, runs_dir=tmp_path)
+    with pytest.raises(repro.ReproError, match="ran without an image .*drop --image"):
+        repro.plan_repro(record(data_dir), data_dir=data_dir, runs_dir=tmp_path, use_image=True)
+    changed = tmp_path / "trees"
+    shutil.copytree(data_dir, changed)
+    with (changed / "dev.txt").open("a") as f:
+        f.write("(2 (2 x))\n")
+    with pytest.raises(repro.ReproError, match=r"no SST-5 trees here match the record's sha256 \(tried .*trees\); pass --data-dir"):
+        repro.plan_repro(record(data_dir), data_dir=changed, runs_dir=tmp_path)
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "metrics.json").write_text("{}")
+    with pytest.raises(repro.ReproError, match="already holds a finished run"):
+        repro.plan_repro(record(data_dir), data_dir=data_dir, runs_dir=tmp_path, out="done")
+
+
+def test_an_image_that_cannot_be_pulled_says_so(data_dir: Path, tmp_path: Path) -> None:
+    from reprozoo import containers
+
+    try:
+        containers.client()
+    except containers.ContainerError as err:
+        pytest.skip(f"needs a Docker engine: {err}")
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed once the block ends: nothing listens there
+    rec = record(data_dir, image="reprozoo:cpu-0123", image_digest=f"127.0.0.1:{port}/reprozoo@{DIGEST}")
+    plan = repro.plan_repro(rec, data_dir=data_dir, runs_dir=tmp_path)
+    with pytest.raises(repro.ReproError, match=r"the recorded image cannot be pulled .*docker login 127\.0\.0\.1"):
+        repro.run_in_image(plan, log=lambda line: None)
+
+
+def test_code_at_applies_the_recorded_diff(data_dir: Path) -> None:
+    diff = subprocess.run(["git", "-C", str(REPO), "diff", "HEAD", "--", "README.md"], capture_output=True, text=True).stdout
+    if not diff:  # a clean checkout: record a change of our own
+        readme = (REPO / "README.md").read_text().splitlines(keepends=True)
+        diff = "--- a/README.md\n+++ b/README.md\n@@ -1,2 +1,3 @@\n " + readme[0] + "+a recorded change\n " + readme[1]
+    def changed_lines(patch: str) -> list[str]:
+        return [line for line in patch.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+
+    with repro.code_at(record(data_dir, diff=diff, dirty=True)) as tree:
+        assert subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() == HEAD
+        applied = subprocess.run(["git", "-C", str(tree), "diff", "HEAD", "--", "README.md"], capture_output=True, text=True).stdout
+        assert changed_lines(applied) == changed_lines(diff) != []
+    assert not tree.exists()
+    with pytest.raises(repro.ReproError, match="the recorded diff does not apply"), \
+            repro.code_at(record(data_dir, diff="--- a/nope.txt\n+++ b/nope.txt\n@@ -1 +1 @@\n-x\n+y\n", dirty=True)):
+        pass
+
+
+# --- the clone for an agent -----------------------------------------------------------------------
+class RecordingTask:
+    """Stands in for clearml.Task on a server (none can run here): records the calls `enqueue` makes."""
+
+    calls: list[tuple[str, Any]] = []
+
+    def __init__(self, task_id: str) -> None:
+        self.id = task_id
+
+    @classmethod
+    def clone(cls, source_task: str, name: str) -> RecordingTask:
+        cls.calls.append(("clone", (source_task, name)))
+        return cls("clone-of-" + source_task)
+
+    def set_base_docker(self, docker_image: str, docker_arguments: str) -> None:
+        self.calls.append(("set_base_docker", (docker_image, docker_arguments)))
+
+    def add_tags(self, tags: list[str]) -> None:
+        self.calls.append(("add_tags", tags))
+
+    @classmethod
+    def enqueue(cls, task: RecordingTask, queue_name: str) -> None:
+        cls.calls.append(("enqueue", (task.id, queue_name)))
+
+
+def test_enqueue_pins_the_image_and_skips_installs(data_dir: Path) -> None:
+    pinned = "ghcr.io/o/reprozoo@" + DIGEST
+    spec = repro.enqueue_spec(record(data_dir, image="ghcr.io/o/reprozoo:cuda-0123", image_digest=pinned), "gpu")
+    assert spec["docker_image"] == pinned and spec["queue"] == "gpu"
+    args = spec["docker_arguments"].split()
+    assert "CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL=1" in args and "CLEARML_AGENT_SKIP_PIP_VENV_INSTALL=/opt/venv/bin/python" in args
+    assert "--entrypoint=" in args  # the image's `reprozoo` entrypoint would swallow the agent's command
+    RecordingTask.calls = []
+    assert repro.enqueue(spec, RecordingTask) == "clone-of-0123456789abcdef0123456789abcdef"
+    assert [c[0] for c in RecordingTask.calls] == ["clone", "set_base_docker", "add_tags", "enqueue"]
+    assert RecordingTask.calls[1][1][0] == pinned and RecordingTask.calls[3][1][1] == "gpu"
+    with pytest.raises(repro.ReproError, match="offline record; upload it first with `reprozoo tasks import"):
+        repro.enqueue_spec(record(data_dir, task_id="offline-0123"), "gpu")
+    with pytest.raises(repro.ReproError, match="never pushed"):
+        repro.enqueue_spec(record(data_dir, image="reprozoo:cpu-0123", image_digest="none"), "gpu")
+
+
+# --- a real replay --------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_repro_from_code_is_bit_identical(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tracked MiniLM run, replayed through the CLI from its recorded commit + diff in a git worktree."""
+    from reprozoo.records import load_record
+    from reprozoo.train import train
+
+    monkeypatch.setenv("CLEARML_CACHE_DIR", str(tmp_path / "clearml"))
+    monkeypatch.setenv("REPROZOO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CLEARML_CONFIG_FILE", str(tmp_path / "absent-clearml.conf"))
+    for name in ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = RunConfig().override([f"data.data_dir={data_dir}", "data.limit_train_samples=192", "data.limit_eval_samples=96",
+                                "trainer.max_epochs=1", "tracking.mode=offline", f"out_dir={tmp_path / 'first'}",
+                                "tracking.project=reprozoo-tests", "data.batch_size=16"])
+    first = train(cfg)
+    result = subprocess.run([sys.executable, "-m", "reprozoo", "repro", first["task_id"], "--verify", "--out", "again",
+                             "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "in      code at " in result.stdout and "verdict: bit-identical" in result.stdout
+    again = load_record(tmp_path / "runs" / "again")
+    assert again.task_id != first["task_id"] and again.metrics == first["metrics"]
+    original = load_record(first["task_id"])
+    assert (again.commit, again.diff, again.data_sha256) == (original.commit, original.diff, original.data_sha256)
+    # The same RunConfig; only where it reads the (sha256-verified) data and writes the run differ.
+    same_place = [f"out_dir={original.config.out_dir}", f"data.data_dir={original.config.data.data_dir}"]
+    assert again.config.override(same_place) == original.config
+    # A replay that differs says so and exits 1: the same record replayed with another seed.
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tmp_path / "first", tampered)
+    (tampered / "task.json").unlink()  # read from the run directory itself
+    (tampered / "config.yaml").write_text(RunConfig.load(tampered / "config.yaml").override(["seed=7"]).to_yaml())
+    result = subprocess.run([sys.executable, "-m", "reprozoo", "repro", str(tampered), "--verify", "--out", "seven",
+                             "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 1 and "verdict: differs" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
