@@ -546,8 +546,15 @@ def sweep(
     import os
 
     data_dir = plan.steps[0].config.data.data_dir or os.environ.get("REPROZOO_DATA_DIR")
-    report = sweeps.run_local(plan, runs_dir=out or Path("runs"), data_dir=Path(data_dir) if data_dir else None,
-                              gpus=gpus, log=_say)
+    from reprozoo.resume import Preempted
+
+    try:
+        report = sweeps.run_local(plan, runs_dir=out or Path("runs"), data_dir=Path(data_dir) if data_dir else None,
+                                  gpus=gpus, log=_say)
+    except Preempted as stop:
+        print(f"sweep stopped by {stop}; the current model saved a checkpoint (`reprozoo train --resume RUN_DIR` finishes"
+              " it); re-running the sweep skips the models already completed", file=sys.stderr, flush=True)
+        raise typer.Exit(128 + stop.signum) from None
     _say(f"sweep: {len(report.results)} model(s): "
          + ", ".join(f"{n} {s}" for s in ("done", "skipped", "failed")
                      if (n := sum(r.status == s for r in report.results))))

@@ -283,7 +283,8 @@ def run_local(plan: SweepPlan, *, records: list[Any] | None = None, runs_dir: Pa
             found = done.get(step_identity(step, shas[key]))
             if found is not None:
                 log(f"{where}: skipped, already completed as {found.task_id} (same config, data and image)")
-                report.results.append(StepResult(step.name, "skipped", found.task_id, found.source,
+                report.results.append(StepResult(step.name, "skipped", found.task_id,
+                                                 found.provenance.get("run_dir") or found.source,
                                                  found.metrics["test"]["accuracy"]))
                 continue
             log(f"{where}: training {cfg.model.name}" + (f" in {plan.image}" if plan.image else ""))
