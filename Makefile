@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= all-minilm-l6-v2
+# make sweep: all | family:<f> | name,name,…
+MODELS ?= all
 # The real SST-5 trees live beside the checkout; override with DATA_DIR=... or REPROZOO_DATA_DIR.
 DATA_DIR ?= $(or $(REPROZOO_DATA_DIR),$(abspath ../shared/data/sst5/trees))
 ARGS ?=
@@ -14,7 +16,7 @@ STAMP := $(VENV)/.installed
 
 export REPROZOO_DATA_DIR := $(DATA_DIR)
 
-.PHONY: help setup train repro test test-fast lint models data-stats bench bench-quick bench-accuracy bench-gpu lock wheelhouse image push run engine clean
+.PHONY: help setup train repro sweep leaderboard test test-fast lint models data-stats bench bench-quick bench-accuracy bench-gpu lock wheelhouse image push run engine clean
 
 # Containers (docker/Dockerfile): FLAVOUR cpu|cuda, BASE another base image, REGISTRY for push.
 FLAVOUR ?= cpu
@@ -43,6 +45,12 @@ train: setup ## train MODEL on SST-5 (ClearML offline unless a server is configu
 repro: setup ## re-run a recorded task exactly (its image by digest, or commit + diff): make repro TASK=<id> [ARGS=--verify]
 	@test -n "$(TASK)" || { echo "usage: make repro TASK=<task id | run dir | session zip> [ARGS='--verify --no-image']"; exit 2; }
 	$(VENV)/bin/reprozoo repro $(TASK) $(ARGS)
+
+sweep: setup ## train MODELS (all | family:<f> | a,b,c) here, one after another; ARGS='--dry-run', '--queue Q --image REF@sha256:…', '--set k=v'
+	$(VENV)/bin/reprozoo sweep --models $(MODELS) $(ARGS)
+
+leaderboard: setup ## every finished run, best test accuracy first → leaderboard/ (md, csv, html, png); ARGS='--server --project P'
+	$(VENV)/bin/reprozoo leaderboard $(ARGS)
 
 test: setup ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

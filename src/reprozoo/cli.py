@@ -536,6 +536,139 @@ def image_identity() -> None:
     typer.echo(json.dumps(containers.runtime_identity(), indent=2))
 
 
+# --- sweep / leaderboard ---------------------------------------------------------------------------
+@app.command()
+def sweep(
+    models: Annotated[str, typer.Option("--models", help="all | family:<f> | name,name,… (zoo names, hub ids, local directories)")],
+    queue: Annotated[str | None, typer.Option(help="enqueue one ClearML pipeline step per model on this queue")] = None,
+    local: Annotated[bool, typer.Option("--local", help="train here, one model after another (the default)")] = False,
+    image: Annotated[str | None, typer.Option(help="REF@sha256:…: every model runs in this image (here or on the agents)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="section.key=value for every model, after the zoo's defaults")] = None,
+    config: Annotated[Path | None, typer.Option(help="base config.yaml for every model")] = None,
+    out: Annotated[Path | None, typer.Option(help="local: run directories go to DIR/<model> (default: runs/<model>-<time>)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan and the estimated GPU-hours; run nothing")] = False,
+    controller_queue: Annotated[str, typer.Option(help="--queue: where the pipeline controller runs; `local` = this process, waiting")] = "services",
+    gpus: Annotated[str, typer.Option(help="--image --local: auto | all | none")] = "auto",
+) -> None:
+    """Fine-tune several zoo models with one plan: here (--local) or on ClearML agents (--queue)."""
+    from reprozoo import sweep as sweeps
+
+    if queue and local:
+        _fail("--queue and --local exclude each other: enqueue for agents, or train here")
+    base = _run(lambda: RunConfig.load(config)) if config else None
+    plan = _run(lambda: sweeps.build_plan(models, set_ or [], base=base, queue=queue, image=image,
+                                          out_root=None if queue else out))
+    if dry_run:
+        status = None if queue else _run(lambda: _sweep_status(plan))
+        _say(sweeps.format_rows(sweeps.plan_table(plan, status)))
+        _say(f"estimated GPU-hours: {plan.gpu_hours:.3f} (6·params·tokens FLOPs at {sweeps.EFFECTIVE_FLOPS:.0e} FLOP/s"
+             f" + {sweeps.OVERHEAD_HOURS * 60:.0f} min per run; an upper bound: early stopping ends runs sooner)")
+        return
+    if queue:
+        _sweep_queue(plan, controller_queue)
+        return
+    import os
+
+    data_dir = plan.steps[0].config.data.data_dir or os.environ.get("REPROZOO_DATA_DIR")
+    from reprozoo.resume import Preempted
+
+    try:
+        report = sweeps.run_local(plan, runs_dir=out or Path("runs"), data_dir=Path(data_dir) if data_dir else None,
+                                  gpus=gpus, log=_say)
+    except Preempted as stop:
+        print(f"sweep stopped by {stop}; the current model saved a checkpoint (`reprozoo train --resume RUN_DIR` finishes"
+              " it); re-running the sweep skips the models already completed", file=sys.stderr, flush=True)
+        raise typer.Exit(128 + stop.signum) from None
+    _say(f"sweep: {len(report.results)} model(s): "
+         + ", ".join(f"{n} {s}" for s in ("done", "skipped", "failed")
+                     if (n := sum(r.status == s for r in report.results))))
+    for r in report.results:
+        accuracy = "—" if r.test_accuracy is None else f"{r.test_accuracy:.4f}"
+        _say(f"  {r.name:<28} {r.status:<8} test acc {accuracy:<7} {r.task_id or ''} {r.run_dir or r.error}")
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _sweep_status(plan: Any) -> dict[str, str]:
+    """For --dry-run: which steps a local sweep would skip (a completed record with the same identity)."""
+    from reprozoo import sweep as sweeps
+    from reprozoo.tracking import resolve_mode
+
+    first = plan.steps[0].config
+    done = sweeps.done_index(sweeps.existing_records(resolve_mode(first.tracking.mode), first.tracking.project))
+    status = {}
+    for step in plan.steps:
+        found = done.get(sweeps.step_identity(step))
+        status[step.name] = f"skip (done: {found.task_id})" if found else "run"
+    return status
+
+
+def _sweep_queue(plan: Any, controller_queue: str) -> None:
+    from reprozoo import sweep as sweeps
+    from reprozoo.data import versions
+    from reprozoo.data.sst5 import resolve_data_dir
+    from reprozoo.tracking import api_server, configure_clearml, server_configured, server_reachable
+
+    if not server_configured():
+        _fail("--queue needs a ClearML server: set CLEARML_API_HOST, CLEARML_API_ACCESS_KEY, CLEARML_API_SECRET_KEY"
+              " (or run clearml-init); --local trains here")
+    if not server_reachable(api_server()):
+        _fail(f"the ClearML server {api_server()} is unreachable; nothing was enqueued")
+    configure_clearml()
+    first = plan.steps[0].config
+    if first.data.dataset_id:  # --set data.dataset_id=…: exactly that version
+        version = _run(lambda: versions.resolve(str(first.data.dataset_id)))
+    else:  # agents have no local trees: register (or find) this data version on the server
+        version = _run(lambda: versions.register(resolve_data_dir(first.data.data_dir), "server"))
+    _say(f"data version: {version.dataset_id} (content sha256 {version.content_hash[:12]})")
+    sweeps.pin_data_version(plan, version.dataset_id)
+    sha = version.sha256
+    done = sweeps.done_index(sweeps.existing_records("server", first.tracking.project))
+    remaining = []
+    for step in plan.steps:
+        found = done.get(sweeps.run_identity(step.config, sha, step.image))
+        if found:
+            _say(f"{step.name}: skipped, already completed as {found.task_id}")
+        else:
+            remaining.append(step)
+    if not remaining:
+        _say("sweep: every model already has a completed task for this config, data version and image")
+        return
+    plan.steps = remaining
+    sweeps.launch_pipeline(plan, project=first.tracking.project, controller_queue=controller_queue, log=_say)
+
+
+@app.command()
+def leaderboard(
+    project: Annotated[str | None, typer.Option(help="only this ClearML project (default: every project)")] = None,
+    server: Annotated[bool, typer.Option("--server", help="the server's tasks (and a summary task there), not the offline records")] = False,
+    format_: Annotated[str, typer.Option("--format", help="what to print: table | markdown | csv | html (all four are written)")] = "table",
+    out: Annotated[Path, typer.Option(help="where leaderboard.{md,csv,html,png} go")] = Path("leaderboard"),
+    references: Annotated[Path | None, typer.Option(help="published results (default: $REPROZOO_DATA_DIR/../PUBLISHED_RESULTS.md)")] = None,
+) -> None:
+    """Every finished run, best test accuracy first: table, Markdown, CSV, HTML and a bar chart PNG."""
+    from reprozoo import leaderboard as board
+    from reprozoo.tracking import server_configured
+
+    formats = {"table": board.to_text, "markdown": board.to_markdown, "csv": board.to_csv, "html": board.to_html}
+    if format_ not in formats:
+        _fail(f"--format {format_!r}: use one of {', '.join(formats)}")
+    if server and not server_configured():
+        _fail("no ClearML server is configured; set CLEARML_API_HOST, CLEARML_API_ACCESS_KEY, CLEARML_API_SECRET_KEY (or run clearml-init)")
+    if references is not None and not references.is_file():
+        _fail(f"--references {references}: no such file")
+    rows = _run(lambda: board.gather(server, project))
+    if not rows:
+        _say("no finished runs" + (f" in project {project}" if project else "") + (" on the server" if server else " offline"))
+        return
+    paths, note = board.write_all(rows, out, references or board.default_references_path())
+    _say(formats[format_](rows).rstrip())
+    _say(f"{len(rows)} run(s); wrote {', '.join(str(p) for p in paths.values())}; {note}")
+    if server:
+        task_id = board.report_to_clearml(rows, paths, project or "reprozoo")
+        _say(f"reported to ClearML task {task_id}")
+
+
 def main() -> None:
     try:
         app()

@@ -54,6 +54,9 @@ class Record:
     lock_file: str = "none"
     environment: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    # ClearML "single values" the run reported (dev/test accuracy and macro-F1, train_seconds);
+    # the leaderboard reads the train time from here.
+    single_values: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -132,11 +135,27 @@ def _from_session(read: Reader, source: str, zip_path: str | None) -> Record:
     status = "completed" if metrics else ("failed" if zip_path else "incomplete")
     script = task.get("script") or {}
     return _record(task.get("id"), config, metrics, prov, script, status, zip_path, source,
-                   name=task.get("name", ""), project=task.get("project_name", ""))
+                   name=task.get("name", ""), project=task.get("project_name", ""),
+                   single_values=_session_single_values(read))
+
+
+def _session_single_values(read: Reader) -> dict[str, float]:
+    """`Logger.report_single_value` is a scalar titled "Summary" (see clearml.Logger); offline it
+    sits in metrics.jsonl among every other scalar, one JSON list of events per line."""
+    raw = read("metrics.jsonl")
+    values: dict[str, float] = {}
+    for line in (raw or b"").splitlines():
+        if b'"Summary"' not in line:  # most lines are per-step scalars: skip them unparsed
+            continue
+        for event in json.loads(line):
+            if event.get("metric") == "Summary" and "value" in event:
+                values[event["variant"]] = float(event["value"])
+    return values
 
 
 def _record(task_id: str | None, config: RunConfig, metrics: dict[str, Any] | None, prov: dict[str, Any],
-            script: dict[str, Any], status: str, zip_path: str | None, source: str, name: str = "", project: str = "") -> Record:
+            script: dict[str, Any], status: str, zip_path: str | None, source: str, name: str = "", project: str = "",
+            single_values: dict[str, float] | None = None) -> Record:
     env, code, data, model = (prov.get(k) or {} for k in ("environment", "code", "data", "model"))
     diff = script.get("diff") or ""
     return Record(
@@ -148,6 +167,7 @@ def _record(task_id: str | None, config: RunConfig, metrics: dict[str, Any] | No
         status=status, offline_zip=zip_path, name=name, project=project, source=source,
         repository=script.get("repository") or code.get("repository", ""), branch=script.get("branch") or code.get("branch", ""),
         untracked=code.get("untracked") or [], lock_file=env.get("lock_file", "none"), environment=env, provenance=prov,
+        single_values=dict(single_values or {}),
     )
 
 
@@ -165,8 +185,10 @@ def _from_run_dir(run_dir: Path) -> Record:
     diff = (run_dir / "git.diff").read_text() if (run_dir / "git.diff").is_file() else ""
     code = prov.get("code") or {}
     script = {"diff": diff, "version_num": code.get("commit", "")}
+    timing = json.loads((run_dir / "timing.json").read_text()) if (run_dir / "timing.json").is_file() else {}
+    single_values = {"train_seconds": float(timing["train_seconds"])} if "train_seconds" in timing else {}
     return _record(info.get("task_id"), RunConfig.load(run_dir / "config.yaml"), metrics, prov, script,
-                   "completed" if metrics else "incomplete", info.get("offline_zip"), str(run_dir))
+                   "completed" if metrics else "incomplete", info.get("offline_zip"), str(run_dir), single_values=single_values)
 
 
 def _from_server(task_id: str) -> Record:
@@ -193,9 +215,11 @@ def _record_from_task(task: Any) -> Record:
     script = task.data.script
     script_dict = {"repository": script.repository, "branch": script.branch, "version_num": script.version_num,
                    "diff": script.diff or ""}
+    single = getattr(task, "get_reported_single_values", None)  # clearml >= 1.x Task API
     return _record(task.id, RunConfig.from_dict(_parse_config_text(text)), metrics,
                    _parse_config_text(prov_text) if prov_text else {}, script_dict, str(task.get_status()), None,
-                   "server", name=task.name, project=task.get_project_name() or "")
+                   "server", name=task.name, project=task.get_project_name() or "",
+                   single_values={k: float(v) for k, v in (single() or {}).items()} if single else {})
 
 
 def load_record(ref: str | Path) -> Record:

@@ -1,0 +1,467 @@
+"""Sweeps over the zoo: one plan, two executors (here, one model after another; or a ClearML queue).
+
+    --models all | family:<f> | a,b,c  →  plan = [SweepStep(RunConfig, name, queue, image, GPU-hours), …]
+        --local   each step through reprozoo.train.train (in-process) or containers.run_config_in_image
+        --queue   the same steps as a ClearML PipelineController: one step per model, cloned from a
+                  template task, pinned to the image digest and the data version, enqueued for agents
+
+A step is skipped when a completed record has the same run identity (`run_identity`): the RunConfig
+without where/how-tracked settings, the data version (content sha256) and the image digest.
+Planning is pure Python (no torch, no clearml): `--dry-run` answers at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reprozoo import zoo
+from reprozoo.config import ConfigError, RunConfig, _suggest
+
+# RunConfig fields the zoo fills when left None (train.plan_run does the same), and where a
+# record's provenance keeps the value the run actually used.
+ZOO_DEFAULTS = {"optim.lr": "lr", "data.batch_size": "batch_size", "data.max_length": "max_length",
+                "model.pooling": "pooling"}
+# Where a run was written, how it was tracked, and where its data was read from: not part of what
+# it computed. The data itself is compared by content (sha256), so a path or dataset id on another
+# machine still matches the same bytes.
+NOT_IDENTITY = ("out_dir", "tracking.mode", "tracking.project", "tracking.task_name", "data.data_dir", "data.dataset_id")
+COMPLETED = ("completed", "published")
+
+# --- GPU-hour estimate --------------------------------------------------------------------------
+# FLOPs = 6·N·(training tokens) + 2·N·(evaluation tokens), N = params_m·1e6 (Kaplan et al. 2020's
+# rule for a forward+backward pass), divided by an assumed sustained rate, plus a fixed per-run cost.
+TRAIN_EXAMPLES = {"sentences": 8544, "phrases": 159_274}  # SST-5 train roots / unique labelled spans
+DEV_EXAMPLES, TEST_EXAMPLES = 1101, 2210
+# Real tokens per example with a WordPiece tokenizer: sentences 24.4 (measured on 300 train sentences),
+# phrases 10.5 (159,274 unique spans hold 1.68 M tokens, bench/RESULTS.md).
+TOKENS_PER_EXAMPLE = {"sentences": 25.0, "phrases": 10.5}
+EFFECTIVE_FLOPS = 2.0e13  # assumed: one current GPU in bf16 on ~25-token batches (far below its peak)
+OVERHEAD_HOURS = 2 / 60  # start-up, weights, tokenisation, checkpoints, export: ~2 minutes per run
+
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+@dataclass
+class SweepStep:
+    name: str  # unique within the sweep; the pipeline step name
+    config: RunConfig
+    hub_id: str
+    params_m: float
+    gpu_hours: float
+    queue: str | None = None
+    image: str | None = None  # REF@sha256:… or None (in-process here, or the agent's default)
+
+
+@dataclass
+class SweepPlan:
+    steps: list[SweepStep]
+    queue: str | None = None
+    image: str | None = None
+
+    @property
+    def gpu_hours(self) -> float:
+        return sum(step.gpu_hours for step in self.steps)
+
+
+# --- model selection ------------------------------------------------------------------------------
+def select_models(spec: str) -> list[str]:
+    """Comma-separated `all`, `family:<f>` and names (zoo names, hub ids, local directories), in order."""
+    names: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        if part == "all":
+            names += zoo.names()
+        elif part.startswith("family:"):
+            family = part.removeprefix("family:").strip()
+            if family not in zoo.families():
+                raise ConfigError(f"--models {part}: unknown family {family!r}; {_suggest(family, sorted(zoo.families()))}")
+            names += [e.name for e in zoo.entries() if e.family == family]
+        else:
+            zoo.get(part)  # UnknownModelError with the closest names
+            names.append(part)
+    if not names:
+        raise ConfigError("--models: name at least one model (all, family:<f>, or a,b,c)")
+    return list(dict.fromkeys(names))
+
+
+# --- the plan -------------------------------------------------------------------------------------
+def apply_zoo_defaults(cfg: RunConfig, entry: zoo.ZooEntry) -> RunConfig:
+    """Fill what the zoo decides per model, as train.plan_run would, so the plan states every value."""
+    data = cfg.to_dict()
+    for key, attr in ZOO_DEFAULTS.items():
+        section, leaf = key.split(".")
+        if data[section][leaf] is None:
+            data[section][leaf] = getattr(entry, attr)
+    return RunConfig.from_dict(data)
+
+
+def step_name(model: str, taken: Iterable[str] = ()) -> str:
+    """A pipeline-safe name: ClearML refers to steps as ${name.…}, so only [A-Za-z0-9_-]."""
+    base = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(model).name if "/" in model and Path(model).is_dir() else model).strip("_")
+    name, n, taken = base or "model", 1, set(taken)
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def build_plan(models: str, overrides: list[str] | None = None, *, base: RunConfig | None = None, queue: str | None = None,
+               image: str | None = None, out_root: str | Path | None = None) -> SweepPlan:
+    """One RunConfig per model: base config, model.name, the zoo's per-model defaults, then --set."""
+    overrides = list(overrides or [])
+    if any(o.split("=", 1)[0].strip() == "model.name" for o in overrides):
+        raise ConfigError("--set model.name: a sweep names its models with --models")
+    if image is not None and not DIGEST_RE.search(image.partition("@")[2]):
+        raise ConfigError(f"--image {image}: pin it by digest (REF@sha256:…); `reprozoo image push` prints one")
+    steps: list[SweepStep] = []
+    for model in select_models(models):
+        entry = zoo.get(model)
+        data = (base or RunConfig()).to_dict()
+        data["model"]["name"] = model
+        cfg = apply_zoo_defaults(RunConfig.from_dict(data), entry).override(overrides)
+        name = step_name(model, (s.name for s in steps))
+        if out_root is not None:
+            cfg.out_dir = str(Path(out_root) / name)
+        cfg.validate()
+        steps.append(SweepStep(name=name, config=cfg, hub_id=entry.hub_id, params_m=entry.params_m,
+                               gpu_hours=estimate_gpu_hours(cfg, entry.params_m), queue=queue, image=image))
+    return SweepPlan(steps=steps, queue=queue, image=image)
+
+
+def estimate_gpu_hours(cfg: RunConfig, params_m: float) -> float:
+    """An upper bound for one run (early stopping can end it sooner); see the constants above."""
+    d, t = cfg.data, cfg.trainer
+    tokens = TOKENS_PER_EXAMPLE[d.granularity]
+    examples = min(d.limit_train_samples or TRAIN_EXAMPLES[d.granularity], TRAIN_EXAMPLES[d.granularity])
+    epochs = max(t.max_epochs, 1)
+    train_examples = examples * epochs
+    if t.max_steps > 0:
+        train_examples = min(train_examples, t.max_steps * (d.batch_size or 32) * t.accumulate_grad_batches)
+    dev = min(d.limit_eval_samples or DEV_EXAMPLES, DEV_EXAMPLES)
+    test = min(d.limit_eval_samples or TEST_EXAMPLES, TEST_EXAMPLES)
+    evaluations = epochs / t.val_check_interval + 1  # during training, then the best checkpoint once more
+    n = params_m * 1e6
+    flops = 6 * n * train_examples * tokens + 2 * n * (dev * evaluations + test) * tokens
+    return flops / EFFECTIVE_FLOPS / 3600 + OVERHEAD_HOURS
+
+
+# --- run identity (the skip rule) ------------------------------------------------------------------
+def normalise_digest(digest: str | None) -> str:
+    """`repo@sha256:…`, `sha256:…` → `sha256:…`; anything else (no image) → `none`."""
+    found = DIGEST_RE.search(digest or "")
+    return found.group(0) if found else "none"
+
+
+def run_identity(cfg: RunConfig, data_sha256: dict[str, str], image_digest: str | None,
+                 resolved: dict[str, Any] | None = None) -> str:
+    """What decides a run's result, hashed: the RunConfig minus NOT_IDENTITY (zoo defaults filled
+    from `resolved` when given, else from the zoo), the data content, and the image digest."""
+    flat = _flat(cfg.to_dict())
+    for key, attr in ZOO_DEFAULTS.items():
+        if flat.get(key) is None:
+            if resolved and resolved.get(attr) is not None:
+                flat[key] = resolved[attr]
+            else:
+                # A local directory that is gone: compare the value as recorded (None).
+                with contextlib.suppress(zoo.UnknownModelError):
+                    flat[key] = getattr(zoo.get(cfg.model.name), attr)
+    for key in NOT_IDENTITY:
+        flat.pop(key, None)
+    from reprozoo.data.versions import content_hash
+
+    payload = {"config": flat, "data": content_hash(data_sha256) if data_sha256 else "unknown",
+               "image": normalise_digest(image_digest)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def record_identity(record: Any) -> str | None:
+    """A completed record's identity; None for records that are not finished."""
+    if record.status not in COMPLETED or not record.metrics:
+        return None
+    return run_identity(record.config, record.data_sha256, record.image_digest, record.provenance.get("resolved"))
+
+
+def done_index(records: Iterable[Any]) -> dict[str, Any]:
+    """identity → the newest completed record with it (records come newest first)."""
+    index: dict[str, Any] = {}
+    for record in records:
+        key = record_identity(record)
+        if key is not None:
+            index.setdefault(key, record)
+    return index
+
+
+def data_sha256(cfg: RunConfig) -> dict[str, str]:
+    """The content of the data a step trains on: the dataset version's files, or the trees' sha256."""
+    if cfg.data.dataset_id:
+        from reprozoo.data import versions
+
+        return versions.resolve(cfg.data.dataset_id).sha256
+    from reprozoo.data.sst5 import data_fingerprint, resolve_data_dir
+
+    return data_fingerprint(resolve_data_dir(cfg.data.data_dir))
+
+
+def step_identity(step: SweepStep, sha: dict[str, str] | None = None) -> str:
+    from reprozoo.provenance import image_identity
+
+    # In-process steps record the image this process runs in (none outside a container).
+    digest = step.image or image_identity()[1]
+    return run_identity(step.config, sha if sha is not None else data_sha256(step.config), digest)
+
+
+def existing_records(mode: str, project: str | None) -> list[Any]:
+    """Records to compare against: the server's (mode server) or this machine's offline sessions."""
+    from reprozoo import records
+
+    if mode == "server":
+        return records.list_server(project, limit=500)
+    if mode == "offline":
+        return records.list_offline()
+    return []
+
+
+# --- local executor -------------------------------------------------------------------------------
+@dataclass
+class StepResult:
+    name: str
+    status: str  # done | skipped | failed
+    task_id: str | None = None
+    run_dir: str | None = None
+    test_accuracy: float | None = None
+    error: str = ""
+
+
+@dataclass
+class SweepReport:
+    results: list[StepResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[StepResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+
+def run_local(plan: SweepPlan, *, records: list[Any] | None = None, runs_dir: Path = Path("runs"),
+              data_dir: Path | None = None, gpus: str = "auto", log: Callable[[str], None] = print,
+              train_fn: Callable[[RunConfig], dict[str, Any]] | None = None,
+              image_fn: Callable[..., tuple[int, Path]] | None = None) -> SweepReport:
+    """Each step here, one after another; a failure is reported and the sweep goes on.
+
+    `records`: completed runs to skip against (default: per the first step's tracking mode).
+    With `plan.image`, each step runs in that image (containers.run_config_in_image), else in-process.
+    """
+    from reprozoo.resume import Preempted
+
+    if records is None and plan.steps:
+        from reprozoo.tracking import resolve_mode
+
+        first = plan.steps[0].config
+        mode = resolve_mode(first.tracking.mode)
+        if mode == "off":
+            log("sweep: tracking is off: no records to compare with, every model runs")
+        records = existing_records(mode, first.tracking.project)
+    done = done_index(records or [])
+    report = SweepReport()
+    shas: dict[tuple[str | None, str | None], dict[str, str]] = {}
+    for i, step in enumerate(plan.steps, 1):
+        cfg = step.config
+        where = f"[{i}/{len(plan.steps)}] {step.name}"
+        try:
+            key = (cfg.data.data_dir, cfg.data.dataset_id)
+            if key not in shas:
+                shas[key] = data_sha256(cfg)
+            found = done.get(step_identity(step, shas[key]))
+            if found is not None:
+                log(f"{where}: skipped, already completed as {found.task_id} (same config, data and image)")
+                report.results.append(StepResult(step.name, "skipped", found.task_id,
+                                                 found.provenance.get("run_dir") or found.source,
+                                                 found.metrics["test"]["accuracy"]))
+                continue
+            log(f"{where}: training {cfg.model.name}" + (f" in {plan.image}" if plan.image else ""))
+            if plan.image:
+                result = _run_in_image(cfg, plan.image, runs_dir, data_dir, gpus, log, image_fn)
+            else:
+                result = _run_in_process(cfg, train_fn)
+        except (KeyboardInterrupt, Preempted):
+            raise  # the user (or the scheduler) stops the whole sweep
+        except Exception as err:
+            message = f"{type(err).__name__}: {err}".strip()
+            if not isinstance(err, _user_errors()):
+                message += "\n" + "".join(traceback.format_exc().splitlines(keepends=True)[-6:])
+            log(f"{where}: FAILED: {message}")
+            report.results.append(StepResult(step.name, "failed", error=message.splitlines()[0]))
+            continue
+        log(f"{where}: done, test accuracy {result['metrics']['test']['accuracy']:.4f} ({result['run_dir']})")
+        report.results.append(StepResult(step.name, "done", result.get("task_id"), result["run_dir"],
+                                         result["metrics"]["test"]["accuracy"]))
+    return report
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from reprozoo.data.sst5 import DataSourceError
+    from reprozoo.data.trees import TreeFormatError
+
+    return (ConfigError, zoo.UnknownModelError, zoo.WeightsUnavailableError, DataSourceError, TreeFormatError)
+
+
+def _run_in_process(cfg: RunConfig, train_fn: Callable[[RunConfig], dict[str, Any]] | None) -> dict[str, Any]:
+    # train() closes its ClearML task on any failure, so the next model's Task.init starts clean.
+    if train_fn is None:
+        from reprozoo.train import train as train_fn
+    return train_fn(cfg)
+
+
+def _run_in_image(cfg: RunConfig, image: str, runs_dir: Path, data_dir: Path | None, gpus: str,
+                  log: Callable[[str], None], image_fn: Callable[..., tuple[int, Path]] | None) -> dict[str, Any]:
+    if image_fn is None:
+        from reprozoo.containers import run_config_in_image as image_fn
+    code, run_dir = image_fn(cfg, image, runs_dir=runs_dir, data_dir=data_dir, gpus=gpus, log=log)
+    metrics_file = Path(run_dir) / "metrics.json"
+    if code != 0 or not metrics_file.is_file():
+        raise RuntimeError(f"the container exited with {code}" + ("" if metrics_file.is_file() else f"; no {metrics_file}"))
+    task = json.loads((Path(run_dir) / "task.json").read_text()) if (Path(run_dir) / "task.json").is_file() else {}
+    return {"run_dir": str(run_dir), "metrics": json.loads(metrics_file.read_text()), "task_id": task.get("task_id")}
+
+
+# --- queue executor (ClearML PipelineController) ---------------------------------------------------
+def pin_data_version(plan: SweepPlan, dataset_id: str) -> SweepPlan:
+    """Agents have no local trees: every step trains on exactly that ClearML dataset version."""
+    for step in plan.steps:
+        step.config.data.dataset_id = dataset_id
+        step.config.data.data_dir = None
+        step.config.out_dir = None  # the agent's own runs/<model>-<time>
+    return plan
+
+
+def pipeline_steps(plan: SweepPlan, template_id: str | None) -> list[dict[str, Any]]:
+    """The keyword arguments of PipelineController.add_step, one dict per step (pure data).
+
+    The template task holds a RunConfig; each step's clone gets the step's whole RunConfig as its
+    config object and as its hyperparameter sections (tracking.remote_config merges both on the agent
+    against the template's `RunConfig (as recorded)`, and they agree), its queue, and its image."""
+    from reprozoo import provenance
+    from reprozoo.containers import AGENT_DOCKER_ARGUMENTS  # the image's venv as is, its entrypoint cleared
+    from reprozoo.tracking import CONFIG_OBJECT, config_sections
+
+    steps = []
+    for step in plan.steps:
+        if not step.queue:
+            raise ConfigError(f"step {step.name}: no queue; pass --queue")
+        sections = provenance.redact_obj(config_sections(step.config))
+        kwargs: dict[str, Any] = {
+            "name": step.name,
+            "base_task_id": template_id,
+            "execution_queue": step.queue,
+            "parameter_override": {f"{section}/{key}": value for section, values in sections.items()
+                                   for key, value in values.items()},
+            "configuration_overrides": {CONFIG_OBJECT: provenance.redact(step.config.to_yaml())},
+            "task_overrides": {"name": f"{step.config.model.name} {step.config.data.granularity} seed{step.config.seed}"},
+            # One failed (or aborted) model leaves the others running; steps have no children.
+            "continue_behaviour": {"continue_on_fail": True, "continue_on_abort": True},
+        }
+        if step.image:
+            kwargs["task_overrides"].update({"container.image": step.image, "container.arguments": AGENT_DOCKER_ARGUMENTS})
+        steps.append(kwargs)
+    return steps
+
+
+def create_template(task_cls: Any, cfg: RunConfig, project: str, log: Callable[[str], None] = print) -> Any:
+    """A draft training task that runs `python -m reprozoo train` at this checkout's commit (+ diff);
+    the pipeline clones it once per step. Exercised against a real server: no."""
+    from reprozoo import provenance
+    from reprozoo.tracking import BASELINE_OBJECT, CONFIG_OBJECT, ENTRY_POINT, config_sections
+
+    git = provenance.git_state()
+    if not git.repository or not git.commit:
+        raise ConfigError("a queued sweep needs a git checkout with a commit (agents clone it); commit and push first")
+    if git.repository.startswith("file://"):
+        log(f"sweep: warning: the repository has no remote ({git.repository}); only an agent on this machine can clone it")
+    lock_name, _ = provenance.lock_file(git.root)
+    lock = Path(git.root or ".") / lock_name  # an absolute $REPROZOO_LOCK stays as it is
+    template = task_cls.create(
+        project_name=project, task_name=f"reprozoo sweep template {git.commit[:8]}", task_type="training",
+        repo=git.repository, branch=git.branch, commit=git.commit, module=ENTRY_POINT.removeprefix("-m ").strip(),
+        working_directory=".", add_task_init_call=False, detect_repository=False,
+        # Without an image the agent installs exactly the lock (as a recorded run's task does).
+        requirements_file=str(lock) if lock_name != provenance.NONE and lock.is_file() else None)
+    recorded = provenance.redact(cfg.to_yaml())
+    template.set_configuration_object(CONFIG_OBJECT, config_text=recorded, config_type="yaml",
+                                      description="the sweep step's RunConfig (each step overrides it)")
+    template.set_configuration_object(BASELINE_OBJECT, config_text=recorded, config_type="yaml",
+                                      description="read-only: edits are merged against this")
+    template.set_parameters_as_dict(provenance.redact_obj(config_sections(cfg)))
+    template.set_script(diff=git.diff, entry_point=ENTRY_POINT, working_dir=".")
+    template.add_tags(["reprozoo-sweep-template"])
+    return template
+
+
+def launch_pipeline(plan: SweepPlan, *, project: str, controller_queue: str = "services",
+                    pipeline_cls: Any = None, task_cls: Any = None, log: Callable[[str], None] = print) -> Any:
+    """Feed the steps to a PipelineController and start it. Exercised against a real server: no;
+    tests drive it with recording stand-ins. `controller_queue="local"` runs the controller in this
+    process (it waits for every step); otherwise ClearML enqueues the controller and exits this process."""
+    if pipeline_cls is None or task_cls is None:
+        from clearml import Task
+        from clearml.automation import PipelineController
+
+        pipeline_cls, task_cls = pipeline_cls or PipelineController, task_cls or Task
+    template = create_template(task_cls, plan.steps[0].config, project, log)
+    # target_project: the steps' tasks land in the sweep's project, where list_server (the skip rule,
+    # the leaderboard) finds them, not in the pipeline's hidden .pipelines sub-project.
+    pipe = pipeline_cls(name="reprozoo sweep", project=project, version="1.0.0", add_pipeline_tags=False,
+                        abort_on_failure=False, target_project=project)
+    for kwargs in pipeline_steps(plan, template.id):
+        pipe.add_step(**kwargs)
+    log(f"pipeline: {len(plan.steps)} step(s) from template {template.id}, queue {plan.queue},"
+        f" image {plan.image or 'the agent default'}")
+    if controller_queue == "local":
+        pipe.start_locally(run_pipeline_steps_locally=False)
+    else:
+        pipe.start(queue=controller_queue)
+    return pipe
+
+
+# --- dry run -------------------------------------------------------------------------------------
+def plan_table(plan: SweepPlan, status: dict[str, str] | None = None) -> list[list[str]]:
+    """Rows for `--dry-run`: header first, totals last."""
+    header = ["model", "hub id", "params (M)", "lr", "batch", "max len", "granularity", "epochs", "image", "queue",
+              "GPU-h (est.)"]
+    if status is not None:
+        header.append("status")
+    rows = [header]
+    for s in plan.steps:
+        c = s.config
+        image = s.image or ("agent default" if s.queue else "none (in-process)")
+        row = [c.model.name, s.hub_id, f"{s.params_m:g}", f"{c.optim.lr:g}", str(c.data.batch_size), str(c.data.max_length),
+               c.data.granularity, str(c.trainer.max_epochs), image, s.queue or "local", f"{s.gpu_hours:.3f}"]
+        if status is not None:
+            row.append(status.get(s.name, ""))
+        rows.append(row)
+    total = ["total", f"{len(plan.steps)} model(s)", f"{sum(s.params_m for s in plan.steps):g}", "", "", "", "", "", "", "",
+             f"{plan.gpu_hours:.3f}"]
+    rows.append(total + ([""] if status is not None else []))
+    return rows
+
+
+def format_rows(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
