@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import pytest
 import yaml
 
-from reprozoo import hpo, tracking
+from reprozoo import agent, hpo, tracking
 from reprozoo.config import ConfigError, RunConfig
 
 SPACE = "lr=1e-5:1e-4:log,batch_size=16|32,warmup=0:0.2,dropout=0:0.3"
@@ -450,7 +450,7 @@ def test_server_search_through_recording_stand_ins(tmp_path: Path) -> None:
     assert sections["optim"]["lr"] == "null" and sections["trainer"]["max_epochs"] == "2"
     assert template["template-1.set_script"]["entry_point"] == "-m reprozoo train"
     docker = template["template-1.set_base_docker"]
-    assert docker["docker_image"].endswith("@sha256:" + "a" * 64) and "CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL=1" in docker["docker_arguments"]
+    assert docker["docker_image"].endswith("@sha256:" + "a" * 64) and docker["docker_arguments"] == agent.docker_arguments()
     init = dict(RecordingTask.calls)["init"]
     assert init["task_type"] == "optimizer" and init["project_name"] == "sst"
 

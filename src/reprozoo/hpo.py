@@ -440,8 +440,9 @@ def create_template_task(base: RunConfig, task_cls: Any, image: str | None = Non
     ref, digest = provenance.image_identity()
     image = image or (f"{ref}@{digest}" if provenance.DIGEST_RE.match(digest) else None)
     if image:
-        task.set_base_docker(docker_image=image, docker_arguments="--ipc=host -e CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL=1"
-                                                                  " -e CLEARML_AGENT_SKIP_PIP_VENV_INSTALL=1")
+        from reprozoo.agent import docker_arguments
+
+        task.set_base_docker(docker_image=image, docker_arguments=docker_arguments())
     return task
 
 

@@ -314,10 +314,10 @@ class Tracker:
             task.set_packages(str(lock))  # an agent without the image installs exactly the lock
         if provenance.DIGEST_RE.match(env["image_digest"]):
             # A ClearML agent in docker mode re-runs the task in exactly this image, without
-            # reinstalling Python packages over the ones the image was built with.
-            task.set_base_docker(docker_image=f"{env['image']}@{env['image_digest']}",
-                                 docker_arguments="--ipc=host -e CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL=1"
-                                                  " -e CLEARML_AGENT_SKIP_PIP_VENV_INSTALL=1")
+            # reinstalling Python packages over the ones the image was built with (reprozoo.agent).
+            from reprozoo.agent import docker_arguments
+
+            task.set_base_docker(docker_image=f"{env['image']}@{env['image_digest']}", docker_arguments=docker_arguments())
         task.set_configuration_object(PROVENANCE_OBJECT, config_text=yaml.safe_dump(self.provenance, sort_keys=False),
                                       config_type="yaml", description="code, environment fingerprint, data and model versions")
         resolved = {
