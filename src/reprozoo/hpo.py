@@ -297,7 +297,7 @@ def search_local(base: RunConfig, space: list[Dimension], n_trials: int, out: Pa
         record = Trial(trial.number, "failed", params)
         trials.append(record)
         shown = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-        log(f"trial {trial.number}/{n_trials - 1}: {shown}")
+        log(f"trial {trial.number} ({trial.number + 1}/{n_trials}): {shown}")
         started = time.monotonic()
         try:
             cfg = apply(base, params)
