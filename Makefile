@@ -16,7 +16,8 @@ STAMP := $(VENV)/.installed
 
 export REPROZOO_DATA_DIR := $(DATA_DIR)
 
-.PHONY: help setup train repro sweep leaderboard test test-fast lint models data-stats bench bench-quick bench-accuracy bench-gpu lock wheelhouse image push run engine clean
+.PHONY: help setup train repro sweep leaderboard test test-fast lint models data-stats bench bench-quick bench-accuracy bench-gpu lock wheelhouse image push run engine clean \
+	hpo agent clearml-server pin-clearml
 
 # Containers (docker/Dockerfile): FLAVOUR cpu|cuda, BASE another base image, REGISTRY for push.
 FLAVOUR ?= cpu
@@ -97,6 +98,41 @@ push: setup ## push the FLAVOUR image to REGISTRY and print repo@sha256:...
 
 run: setup ## train MODEL inside the FLAVOUR image (data, HF cache, runs/ mounted); ARGS='--max-epochs 1 ...'
 	$(VENV)/bin/reprozoo image run --flavour $(FLAVOUR) -- train --model $(MODEL) $(ARGS)
+
+# Hyperparameter search and the ClearML engine (docker/clearml/). QUEUE: the queue an agent serves,
+# and, given on the command line, the queue `make hpo` sends its trials to (else they run here).
+SPACE ?= lr=1e-5:1e-4:log,batch_size=16|32,warmup=0:0.2,dropout=0:0.3
+TRIALS ?= 10
+QUEUE ?= gpu
+IMAGE ?= $(REPROZOO_IMAGE)
+GPUS ?= all
+AGENT ?=
+AGENT_VENV ?= .agent-venv
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+CLEARML_DIR := docker/clearml
+
+hpo: setup ## search MODEL's hyperparameters by dev macro-F1: SPACE='lr=1e-5:1e-4:log,…' TRIALS=10 [QUEUE=gpu: on agents] ARGS='…'
+	$(VENV)/bin/reprozoo hpo --model $(MODEL) --space '$(SPACE)' --trials $(TRIALS) \
+	    $(if $(filter command line environment,$(origin QUEUE)),--queue $(QUEUE),--local) $(ARGS)
+
+agent: ## serve QUEUE (default gpu) from this GPU host: clearml-agent (envs/colab-agent.lock) in docker mode, IMAGE=repo@sha256:…
+	@test -n "$(IMAGE)" || { echo "make agent: set IMAGE=<registry>/reprozoo@sha256:... (what make push prints) or REPROZOO_IMAGE" >&2; exit 2; }
+	@test -n "$$CLEARML_API_HOST" && test -n "$$CLEARML_API_ACCESS_KEY" && test -n "$$CLEARML_API_SECRET_KEY" || \
+	    { echo "make agent: set CLEARML_API_HOST, CLEARML_API_ACCESS_KEY and CLEARML_API_SECRET_KEY in the environment" >&2; exit 2; }
+	test -x $(AGENT_VENV)/bin/clearml-agent || { $(PYTHON) -m venv $(AGENT_VENV) && \
+	    $(AGENT_VENV)/bin/pip install --quiet --require-hashes --no-deps -r envs/colab-agent.lock; }
+	CLEARML_CONFIG_FILE=$(abspath $(CLEARML_DIR)/agent.conf) $(AGENT_VENV)/bin/clearml-agent daemon --queue $(QUEUE) \
+	    --create-queue --docker $(IMAGE) --gpus $(GPUS) --force-current-version --foreground
+
+clearml-server: ## self-hosted ClearML server (docker/clearml/docker-compose.yml, settings in docker/clearml/.env); AGENT=1 adds a GPU agent
+	@test -f $(CLEARML_DIR)/.env || { echo "make clearml-server: copy $(CLEARML_DIR)/env.example to $(CLEARML_DIR)/.env and fill it in" >&2; exit 2; }
+	@set -a; . $(CLEARML_DIR)/.env; set +a; test -z "$(AGENT)" || { test -n "$$REPROZOO_IMAGE" && test -n "$$CLEARML_HOST_IP" && \
+	    test -n "$$CLEARML_AGENT_ACCESS_KEY" && test -n "$$CLEARML_AGENT_SECRET_KEY"; } || \
+	    { echo "make clearml-server AGENT=1: set REPROZOO_IMAGE, CLEARML_HOST_IP, CLEARML_AGENT_ACCESS_KEY, CLEARML_AGENT_SECRET_KEY in $(CLEARML_DIR)/.env" >&2; exit 2; }
+	$(if $(AGENT),COMPOSE_PROFILES=agent) $(COMPOSE) -f $(CLEARML_DIR)/docker-compose.yml up -d $(if $(AGENT),--build)
+
+pin-clearml: ## pin every image of docker/clearml/ by digest (docker buildx imagetools inspect; needs registry access)
+	$(PYTHON) $(CLEARML_DIR)/pin_images.py
 
 engine: ## start a Docker engine (dockerd) when none answers (root; used by .ci/run)
 	docker/engine.sh start

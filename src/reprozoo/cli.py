@@ -669,6 +669,95 @@ def leaderboard(
         _say(f"reported to ClearML task {task_id}")
 
 
+# --- hpo: hyperparameter search (reprozoo.hpo) ----------------------------------------------------
+@app.command()
+def hpo(
+    space: Annotated[list[str], typer.Option("--space", help="lr=1e-5:1e-4:log,batch_size=16|32,warmup=0:0.2,dropout=0:0.3"
+                                                            " (lo:hi[:log] ranges, a|b|c choices; any section.key)")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="zoo name, hub id or local directory")] = None,
+    trials: Annotated[int, typer.Option(help="number of trials")] = 10,
+    local: Annotated[bool, typer.Option("--local", help="Optuna in this process (the default without --queue)")] = False,
+    queue: Annotated[str | None, typer.Option(help="ClearML queue: trials run as cloned tasks on its agents")] = None,
+    base_task: Annotated[str | None, typer.Option(help="--queue: template task id (default: one created from the RunConfig)")] = None,
+    concurrency: Annotated[int, typer.Option(help="--queue: trials running at once")] = 1,
+    time_limit_per_trial: Annotated[float | None, typer.Option(help="--queue: abort a trial after this many minutes")] = None,
+    image: Annotated[str | None, typer.Option(help="--queue: docker image for the template, repo@sha256:… (default: this one's)")] = None,
+    config: Annotated[Path | None, typer.Option(help="base RunConfig (e.g. a run's config.yaml)")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="folder with the SST-5 trees (default: $REPROZOO_DATA_DIR)")] = None,
+    max_epochs: Annotated[int | None, typer.Option()] = None,
+    limit_train_samples: Annotated[int | None, typer.Option()] = None,
+    limit_eval_samples: Annotated[int | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option(help="every trial's seed, and the sampler's")] = None,
+    tracking: Annotated[str | None, typer.Option(help="trials' tracking: auto | offline | server | off")] = None,
+    out: Annotated[Path | None, typer.Option(help="where best.yaml and trials.{json,csv} go (default: hpo/<model>-<time>)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the parsed space (and the server plan) and stop")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="base setting as section.key=value")] = None,
+) -> None:
+    """Search hyperparameters by dev macro-F1 (test is never used); write best.yaml for `train --config`."""
+    from reprozoo import hpo as search
+
+    def build() -> tuple[RunConfig, list[Any]]:
+        if local and queue:
+            raise ConfigError("--local and --queue exclude each other: search here, or on a ClearML queue")
+        cfg = RunConfig.load(config) if config else RunConfig()
+        flags = {"model.name": model, "data.data_dir": data_dir, "trainer.max_epochs": max_epochs,
+                 "data.limit_train_samples": limit_train_samples, "data.limit_eval_samples": limit_eval_samples,
+                 "seed": seed, "tracking.mode": tracking}
+        cfg = search.apply(cfg, {k: v for k, v in flags.items() if v is not None}, validate=False).override(set_ or []).validate()
+        cfg.out_dir = None
+        if trials < 1:
+            raise ConfigError(f"--trials {trials}: run at least one trial")
+        zoo.get(cfg.model.name)  # a misspelt model fails here, not in every trial
+        return cfg, search.parse_space(space, cfg)
+
+    from reprozoo import zoo
+
+    try:  # pure Python: a bad space or setting fails before torch, Lightning or ClearML is imported
+        base, dims = build()
+    except (ConfigError, zoo.UnknownModelError) as err:
+        _fail(str(err).strip("'\""))
+    target = out or search.default_out(base)
+    _say(f"search space ({'queue ' + queue if queue else 'local'}, {trials} trials, objective dev macro-F1):")
+    for dim in dims:
+        _say(f"  {dim.describe()}")
+    if dry_run:
+        if queue:
+            plan = _run(lambda: search.server_plan(dims, base, queue, trials, base_task or "<template from the RunConfig>",
+                                                   concurrency, time_limit_per_trial))
+            _say(json.dumps(search.describe_plan(plan, base.seed), indent=2))
+        return
+    if queue:
+        from reprozoo.tracking import api_server, server_configured, server_reachable
+
+        if not server_configured():
+            _fail("--queue needs a ClearML server: set CLEARML_API_HOST, CLEARML_API_ACCESS_KEY, CLEARML_API_SECRET_KEY"
+                  " (or run clearml-init); or search here with --local")
+        if not server_reachable(api_server()):
+            _fail(f"the ClearML server {api_server()} is unreachable; retry when it is up, or search here with --local")
+        run = lambda: search.search_server(base, dims, trials, queue, target, base_task, concurrency,  # noqa: E731
+                                           time_limit_per_trial, image)
+    else:
+        from reprozoo.train import plan_run
+
+        _run(lambda: plan_run(base))  # data, weights' limits, precision: checked once, before the first trial
+        run = lambda: search.search_local(base, dims, trials, target)  # noqa: E731
+    from reprozoo.resume import Preempted
+
+    try:
+        result = _run(run)
+    except search.SearchFailed as err:
+        _fail(str(err))
+    except Preempted as stop:
+        print(f"search stopped by {stop}; finished trials are in {target}/trials.json", file=sys.stderr, flush=True)
+        raise typer.Exit(128 + stop.signum) from None
+    best = result["best"]
+    done = sum(t.state == "complete" for t in result["trials"])
+    _say(f"{done}/{len(result['trials'])} trials finished; best: trial {best.number}, dev macro-F1 {best.dev_macro_f1:.4f}"
+         f" accuracy {best.dev_accuracy:.4f}")
+    _say(f"best config: {result['best_yaml']}  (reprozoo train --config {result['best_yaml']})")
+    _say(f"all trials: {Path(result['out']) / 'trials.csv'}")
+
+
 def main() -> None:
     try:
         app()

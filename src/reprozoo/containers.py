@@ -37,6 +37,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from reprozoo.agent import docker_arguments as agent_docker_arguments
+
 FLAVOURS = ("cpu", "cuda")
 IMAGE_REPO = "reprozoo"
 IMAGE_USER = "10001:10001"
@@ -55,13 +57,8 @@ CREDENTIAL_ENV = (
     "CLEARML_FILES_HOST", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
 )
 PASSTHROUGH_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "CLEARML_OFFLINE_MODE")
-# How a ClearML agent in docker mode runs a task in our image, as it is: the image's venv is the
-# task's environment (SKIP_PIP_VENV_INSTALL names its python, SKIP_PYTHON_ENV_INSTALL stops any
-# install over it, per clearml-agent's documented environment variables), the `reprozoo`
-# entrypoint is cleared because the agent starts its own shell command, and dataloader workers
-# get the host's IPC. Exercised against a real agent: no (no server can run on this machine).
-AGENT_DOCKER_ARGUMENTS = ("--ipc=host --entrypoint= -e CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL=1"
-                          " -e CLEARML_AGENT_SKIP_PIP_VENV_INSTALL=/opt/venv/bin/python")
+# How a ClearML agent in docker mode runs a task in our image as it is (why each argument: reprozoo.agent).
+AGENT_DOCKER_ARGUMENTS = agent_docker_arguments()
 TAG_RE = re.compile(r"^(?P<flavour>[a-z]+)-(?P<hash>[0-9a-f]{12})$")
 
 

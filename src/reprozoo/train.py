@@ -54,6 +54,12 @@ def plan_run(cfg: RunConfig, overwrite: bool = False, resuming: bool = False) ->
     if limit and max_length > limit:
         raise ConfigError(f"data.max_length={max_length} exceeds {entry.name}'s limit of {limit} positions; use --max-length {limit} or less")
     accelerator = _choose_accelerator(cfg)
+    if accelerator == "cpu" and str(cfg.trainer.devices) not in ("auto", "1"):
+        # Several devices means Lightning DDP over GPUs (one process per GPU). Not on the CPU: a
+        # 2-process gloo run here wrote two run directories and a dev F1 that differs from its own
+        # in-training evaluation (see README, "From one GPU to many").
+        print(f"reprozoo: trainer.devices={cfg.trainer.devices} ignored on the CPU: one process trains"
+              " (several devices means Lightning DDP over GPUs)", file=sys.stderr)
     precision = _choose_precision(cfg, entry, accelerator)
     dataset = None
     if cfg.data.dataset_id:
