@@ -307,7 +307,7 @@ def main() -> int:
     parser.add_argument("--sentences", type=int, help="training examples per system, sentences (quick 512, full 2048)")
     parser.add_argument("--batch-size", type=int, default=None, help="nominal batch size for all (default: the zoo's)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate for all (default: the zoo's)")
-    parser.add_argument("--max-tokens", type=int, default=1024, help="ours: token budget per batch (0: fixed batch size)")
+    parser.add_argument("--max-tokens", type=int, default=2048, help="ours: token budget per batch (0: fixed batch size)")
     parser.add_argument("--full-epoch", action=argparse.BooleanOptionalAction, default=None,
                         help="run ours over one whole phrase epoch (default: on unless --quick)")
     parser.add_argument("--systems", default="A,B,ours,ours-fixed",

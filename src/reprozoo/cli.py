@@ -142,6 +142,8 @@ def train(
         print(f"stopped by {stop}; checkpoint saved, resume with: reprozoo train --resume {cfg.out_dir}", file=sys.stderr,
               flush=True)
         raise typer.Exit(128 + stop.signum) from None
+    if result.get("ddp_worker"):
+        return  # rank 0 reports
     m = result["metrics"]
     _say(f"run directory: {result['run_dir']}")
     if result["task_id"]:

@@ -67,9 +67,7 @@ class SentimentClassifier(L.LightningModule):
             return
         preds = torch.cat([p for p, _ in outputs])
         labels = torch.cat([y for _, y in outputs])
-        if self.trainer.world_size > 1:  # every rank scores the full split
-            preds = self.all_gather(preds).reshape(-1).cpu()
-            labels = self.all_gather(labels).reshape(-1).cpu()
+        # Under DDP every rank scored the whole split (unsharded eval loaders): no gather needed.
         summary = summarize(confusion_matrix(labels.tolist(), preds.tolist()))
         self.last_eval[stage] = summary
         self.log(f"{stage}/accuracy", summary["accuracy"], prog_bar=True, sync_dist=False)

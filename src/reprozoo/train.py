@@ -54,12 +54,6 @@ def plan_run(cfg: RunConfig, overwrite: bool = False, resuming: bool = False) ->
     if limit and max_length > limit:
         raise ConfigError(f"data.max_length={max_length} exceeds {entry.name}'s limit of {limit} positions; use --max-length {limit} or less")
     accelerator = _choose_accelerator(cfg)
-    if accelerator == "cpu" and str(cfg.trainer.devices) not in ("auto", "1"):
-        # Several devices means Lightning DDP over GPUs (one process per GPU). Not on the CPU: a
-        # 2-process gloo run here wrote two run directories and a dev F1 that differs from its own
-        # in-training evaluation (see README, "From one GPU to many").
-        print(f"reprozoo: trainer.devices={cfg.trainer.devices} ignored on the CPU: one process trains"
-              " (several devices means Lightning DDP over GPUs)", file=sys.stderr)
     precision = _choose_precision(cfg, entry, accelerator)
     dataset = None
     if cfg.data.dataset_id:
@@ -122,9 +116,28 @@ def _choose_precision(cfg: RunConfig, entry: zoo.ZooEntry, accelerator: str) -> 
     return "16-mixed" if entry.fp16 else "32-true"
 
 
+# Lightning's DDP launcher starts one process per further device by re-running this command line;
+# rank 0 names its run directory here so those processes train into it (and only train).
+DDP_RUN_DIR_ENV = "REPROZOO_DDP_RUN_DIR"
+
+
+def ddp_worker() -> bool:
+    """Whether this process is a DDP rank other than 0, started by Lightning's launcher."""
+    return any(int(os.environ.get(name) or 0) > 0 for name in ("LOCAL_RANK", "NODE_RANK"))
+
+
 def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
-    """Run `cfg`; with `resume`, continue the run in `cfg.out_dir` from its last checkpoint."""
-    plan = plan_run(cfg, overwrite=overwrite, resuming=resume)
+    """Run `cfg`; with `resume`, continue the run in `cfg.out_dir` from its last checkpoint.
+
+    Several devices (DDP): rank 0 records and writes everything; the other ranks train their share
+    of the batches and score the splits, and write nothing (result["ddp_worker"] is True)."""
+    worker = ddp_worker()
+    if worker:
+        cfg = RunConfig.from_dict(cfg.to_dict())
+        cfg.out_dir = os.environ.get(DDP_RUN_DIR_ENV) or cfg.out_dir
+        cfg.tracking.mode = "off"  # one task per run: rank 0's
+        overwrite = False
+    plan = plan_run(cfg, overwrite=overwrite, resuming=resume or worker)
     started = time.time()
     _quiet_libraries()
 
@@ -166,12 +179,14 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict
         if overwrite and plan.run_dir.exists() and not resume:
             shutil.rmtree(plan.run_dir)
         run_dir = plan.run_dir = _claim_run_dir(plan.run_dir, exclusive=cfg.out_dir is None)
-        cfg.save(run_dir / "config.yaml")
+        if not worker:
+            cfg.save(run_dir / "config.yaml")
 
         # Before the record, so the fingerprint states the determinism flags this run trains with;
         # seeding stays after it so nothing the tracker does can move an RNG.
         torch.use_deterministic_algorithms(True, warn_only=plan.accelerator == "gpu")
-        tracker.record(cfg, plan, weights)
+        if not worker:
+            tracker.record(cfg, plan, weights)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
 
         class_weights = None
@@ -186,13 +201,18 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict
 
         trainer = L.Trainer(**_trainer_kwargs(cfg, plan, tracker))
         fit_started = time.time()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        os.environ[DDP_RUN_DIR_ENV] = str(run_dir.resolve())
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        finally:
+            if not worker:
+                os.environ.pop(DDP_RUN_DIR_ENV, None)
         train_seconds = time.time() - fit_started
+        steps = list(module.step_losses)  # before scoring: loading the best checkpoint restores its own list
 
         best = _best_checkpoint(trainer)
         dev = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False) and module.last_eval["val"]
         test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False) and module.last_eval["test"]
-        steps = module.step_losses
         tenth = max(1, len(steps) // 10)
         metrics = {
             "dev": dev,
@@ -207,6 +227,8 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict
             },
             "best_checkpoint": Path(best).name if best else None,
         }
+        if worker:
+            return {"run_dir": str(run_dir), "metrics": metrics, "ddp_worker": True}
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         timing = {"train_seconds": train_seconds, "total_seconds": time.time() - started,
                   "tokenization_cache_hit": datamodule.cache_hit, "accelerator": plan.accelerator,
@@ -299,7 +321,14 @@ def _trainer_kwargs(cfg: RunConfig, plan: Plan, tracker: Any) -> dict[str, Any]:
         "max_steps": t.max_steps,
         "max_time": t.max_time,
         "accelerator": plan.accelerator,
-        "devices": t.devices if plan.accelerator != "cpu" else 1,
+        # Several devices: DDP, one process per device (on the CPU: gloo processes, a test of the
+        # wiring more than a speed-up). Our sampler shards the training batches by rank and the
+        # evaluation loaders stay whole, so Lightning must not add DistributedSamplers.
+        "devices": t.devices,
+        "use_distributed_sampler": False,
+        # DDP checks that every parameter got a gradient; the backbones' own poolers (and a few
+        # family-specific embeddings) never do, since our head pools the hidden states itself.
+        "strategy": "ddp_find_unused_parameters_true" if _device_count(t.devices, plan.accelerator) > 1 else "auto",
         "precision": plan.precision,
         "deterministic": True,
         "gradient_clip_val": cfg.optim.grad_clip or None,
@@ -316,6 +345,20 @@ def _trainer_kwargs(cfg: RunConfig, plan: Plan, tracker: Any) -> dict[str, Any]:
         "num_sanity_val_steps": 0,
         "plugins": [AtomicCheckpointIO()],
     }
+
+
+def _device_count(devices: str, accelerator: str) -> int:
+    """How many devices Lightning will use for `devices` (\"auto\", a count, or a list like 0,1)."""
+    text = str(devices).strip()
+    if text == "auto":
+        if accelerator != "gpu":
+            return 1
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    if "," in text or text.startswith("["):
+        return len([d for d in text.strip("[]").split(",") if d.strip()])
+    return int(text) if text.lstrip("-").isdigit() and int(text) > 0 else 1
 
 
 def _best_checkpoint(trainer: Any) -> str | None:

@@ -118,8 +118,13 @@ class LengthGroupedSampler(Sampler[int]):
     """
 
     def __init__(self, lengths: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int,
-                 class_balanced: bool = False, mega_batches: int = 50, max_tokens: int | None = None) -> None:
+                 class_balanced: bool = False, mega_batches: int = 50, max_tokens: int | None = None,
+                 num_replicas: int = 1, rank: int = 0) -> None:
         self.lengths, self.labels = lengths, labels
+        # DDP: every rank draws the same epoch (same seed) and trains on every num_replicas-th batch,
+        # all ranks the same number of batches (a DistributedSampler would re-cut our length-grouped
+        # batches into per-example shards).
+        self.num_replicas, self.rank = num_replicas, rank
         self.batch_size, self.seed, self.class_balanced = batch_size, seed, class_balanced
         self.mega = batch_size * mega_batches
         self.max_tokens = max_tokens
@@ -146,10 +151,18 @@ class LengthGroupedSampler(Sampler[int]):
             epoch, done = self._resume
             self._resume = None
             skip = done if epoch == self.epoch else 0
-        return self.batches()[skip:]
+        return self.rank_batches()[skip:]
+
+    def rank_batches(self) -> list[list[int]]:
+        """This rank's share of the epoch's batches (all of them on one device)."""
+        batches = self.batches()
+        if self.num_replicas == 1:
+            return batches
+        per_rank = len(batches) // self.num_replicas  # equal step counts: DDP ranks must not wait on each other
+        return batches[self.rank :: self.num_replicas][:per_rank]
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return len(self.lengths) if self.num_replicas == 1 else sum(len(b) for b in self.rank_batches())
 
     def batches(self) -> list[list[int]]:
         if self._cached is not None and self._cached[0] == self.epoch:
@@ -203,7 +216,7 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         self.sampler = sampler  # Lightning calls sampler.set_epoch through this attribute
 
     def __len__(self) -> int:
-        return len(self.sampler.batches())
+        return len(self.sampler.rank_batches())
 
     def __iter__(self) -> Iterator[list[int]]:
         yield from self.sampler.epoch_batches()
@@ -297,13 +310,15 @@ class SST5DataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         split = self.splits["train"]
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = LengthGroupedSampler(split.lengths, split.labels, self.batch_size, self.seed,
                                        class_balanced=self.cfg.imbalance == "balanced-sampler",
-                                       max_tokens=self.cfg.max_tokens)
+                                       max_tokens=self.cfg.max_tokens, num_replicas=world, rank=rank)
         workers = {"collate_fn": self._collator(), "num_workers": self.cfg.num_workers,
                    "persistent_workers": self.cfg.num_workers > 0}
         if self.cfg.max_tokens is not None:
-            if self.trainer is not None and self.trainer.world_size > 1:
+            if world > 1:
                 raise ConfigError("data.max_tokens (token-budget batches) is single-device only; use data.batch_size with several devices")
             return ResumableDataLoader(TokenizedDataset(split), batch_sampler=TokenBudgetBatchSampler(sampler),
                                        position=sampler, progress=self._batches_done, **workers)
@@ -316,6 +331,8 @@ class SST5DataModule(L.LightningDataModule):
         return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
 
     def _eval_loader(self, name: str) -> DataLoader:
+        # Not sharded under DDP (the trainer adds no DistributedSampler): every rank scores the whole
+        # split, so the metrics are exact (a DistributedSampler pads shards with repeated examples).
         split = self.splits[name]
         order = torch.argsort(split.lengths, descending=True, stable=True).tolist()  # least padding
         return DataLoader(TokenizedDataset(split), batch_size=self.cfg.eval_batch_size, sampler=order,
