@@ -68,7 +68,7 @@ models: setup ## list the model zoo
 data-stats: setup ## class distribution table + bar chart (class_distribution.png)
 	$(VENV)/bin/reprozoo data stats
 
-bench: setup ## throughput vs HF Trainer (A: pad 128, B: group_by_length) + a real phrase epoch of ours; not yet timed (est. 30-40 min)
+bench: setup ## throughput vs HF Trainer (A: pad 128, B: group_by_length) + a real phrase epoch of ours (run 3 in bench/RESULTS.md, with --no-full-epoch: 16 min idle)
 	$(PY) bench/throughput.py $(ARGS)
 
 bench-quick: setup ## the same on 1,024 phrases + 512 sentences, projected epoch (545 s on a busy machine)
