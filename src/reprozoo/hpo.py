@@ -425,12 +425,7 @@ def create_template_task(base: RunConfig, task_cls: Any, image: str | None = Non
     cfg = RunConfig.from_dict({**base.to_dict(), "out_dir": None})  # each clone picks its own run directory
     task = task_cls.create(project_name=cfg.tracking.project, task_name=f"{cfg.model.name} hpo template",
                            task_type="training", add_task_init_call=False, detect_repository=False)
-    recorded = provenance.redact(cfg.to_yaml())
-    task.set_configuration_object(tracking.CONFIG_OBJECT, config_text=recorded, config_type="yaml",
-                                  description="the whole RunConfig (HPO template; the optimizer overrides its sections)")
-    task.set_configuration_object(tracking.BASELINE_OBJECT, config_text=recorded, config_type="yaml",
-                                  description="read-only: section edits are merged against this")
-    task.set_parameters_as_dict(provenance.redact_obj(tracking.config_sections(cfg)))
+    tracking.write_config(task, cfg, "the whole RunConfig (HPO template; the optimizer overrides its sections)")
     task.set_script(repository=git.repository, branch=git.branch, commit=git.commit, diff=git.diff,
                     working_dir=".", entry_point=tracking.ENTRY_POINT)
     lock, _ = provenance.lock_file(git.root)

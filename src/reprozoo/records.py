@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from reprozoo.config import ConfigError, RunConfig
+from reprozoo.config import ConfigError, RunConfig, flatten
 from reprozoo.tracking import CONFIG_OBJECT, PROVENANCE_OBJECT
 
 
@@ -285,13 +285,6 @@ def list_server(project: str | None, limit: int = 50) -> list[Record]:
 
 
 # --- diff -----------------------------------------------------------------------------------------
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(data, dict):
-        return {prefix.rstrip("."): data}
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        flat.update(_flat(value, f"{prefix}{key}."))
-    return flat
 
 
 # Settings that say where a run was written and how it was tracked, not how it trained.
@@ -308,7 +301,7 @@ def diff_records(a: Record, b: Record) -> list[tuple[str, str, Any, Any]]:
             if key not in skip and left.get(key) != right.get(key):
                 rows.append((group, key, left.get(key, "—"), right.get(key, "—")))
 
-    compare("config", _flat(a.config.to_dict()), _flat(b.config.to_dict()), _NOT_RESULT_SETTINGS)
+    compare("config", flatten(a.config.to_dict()), flatten(b.config.to_dict()), _NOT_RESULT_SETTINGS)
     compare("code", {"repository": a.repository, "branch": a.branch, "commit": a.commit, "dirty": a.dirty},
             {"repository": b.repository, "branch": b.branch, "commit": b.commit, "dirty": b.dirty})
     if a.diff != b.diff:
@@ -318,9 +311,9 @@ def diff_records(a: Record, b: Record) -> list[tuple[str, str, Any, Any]]:
     compare("data", {"dataset_id": a.dataset_id, **{f"sha256.{k}": v for k, v in a.data_sha256.items()}},
             {"dataset_id": b.dataset_id, **{f"sha256.{k}": v for k, v in b.data_sha256.items()}})
     compare("model", {"revision": a.model_revision}, {"revision": b.model_revision})
-    compare("environment", _flat(a.environment), _flat(b.environment),
+    compare("environment", flatten(a.environment), flatten(b.environment),
             ("image", "image_digest", "lock_file", "lock_sha256", "python_executable"))
-    ma, mb = _flat(a.metrics or {}), _flat(b.metrics or {})
+    ma, mb = flatten(a.metrics or {}), flatten(b.metrics or {})
     compare("metrics", {k: ma.get(k) for k in _METRICS}, {k: mb.get(k) for k in _METRICS})
     if a.metrics != b.metrics and not any(r[0] == "metrics" for r in rows):
         rows.append(("metrics", "metrics.json", "differs beyond the headline figures", ""))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from reprozoo import zoo
-from reprozoo.config import ConfigError, RunConfig, _suggest
+from reprozoo.config import ConfigError, RunConfig, _suggest, flatten
 
 # RunConfig fields the zoo fills when left None (train.plan_run does the same), and where a
 # record's provenance keeps the value the run actually used.
@@ -165,7 +165,7 @@ def run_identity(cfg: RunConfig, data_sha256: dict[str, str], image_digest: str 
                  resolved: dict[str, Any] | None = None) -> str:
     """What decides a run's result, hashed: the RunConfig minus NOT_IDENTITY (zoo defaults filled
     from `resolved` when given, else from the zoo), the data content, and the image digest."""
-    flat = _flat(cfg.to_dict())
+    flat = flatten(cfg.to_dict())
     for key, attr in ZOO_DEFAULTS.items():
         if flat.get(key) is None:
             if resolved and resolved.get(attr) is not None:
@@ -378,7 +378,7 @@ def create_template(task_cls: Any, cfg: RunConfig, project: str, log: Callable[[
     """A draft training task that runs `python -m reprozoo train` at this checkout's commit (+ diff);
     the pipeline clones it once per step. Exercised against a real server: no."""
     from reprozoo import provenance
-    from reprozoo.tracking import BASELINE_OBJECT, CONFIG_OBJECT, ENTRY_POINT, config_sections
+    from reprozoo.tracking import ENTRY_POINT, write_config
 
     git = provenance.git_state()
     if not git.repository or not git.commit:
@@ -393,12 +393,7 @@ def create_template(task_cls: Any, cfg: RunConfig, project: str, log: Callable[[
         working_directory=".", add_task_init_call=False, detect_repository=False,
         # Without an image the agent installs exactly the lock (as a recorded run's task does).
         requirements_file=str(lock) if lock_name != provenance.NONE and lock.is_file() else None)
-    recorded = provenance.redact(cfg.to_yaml())
-    template.set_configuration_object(CONFIG_OBJECT, config_text=recorded, config_type="yaml",
-                                      description="the sweep step's RunConfig (each step overrides it)")
-    template.set_configuration_object(BASELINE_OBJECT, config_text=recorded, config_type="yaml",
-                                      description="read-only: edits are merged against this")
-    template.set_parameters_as_dict(provenance.redact_obj(config_sections(cfg)))
+    write_config(template, cfg, "the sweep step's RunConfig (each step overrides it)")
     template.set_script(diff=git.diff, entry_point=ENTRY_POINT, working_dir=".")
     template.add_tags(["reprozoo-sweep-template"])
     return template
@@ -457,11 +452,3 @@ def format_rows(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from reprozoo import provenance
-from reprozoo.config import _SECTIONS, ConfigError, RunConfig, _annotation, _parse_value
+from reprozoo.config import _SECTIONS, ConfigError, RunConfig, _annotation, _parse_value, flatten
 
 CONFIG_OBJECT = "RunConfig"  # editable in the UI; what an agent run of a clone trains with
 BASELINE_OBJECT = "RunConfig (as recorded)"  # do not edit: the base that UI edits are merged against
@@ -144,14 +144,6 @@ def _parsed(values: dict[str, Any], fields: set[str], parents: list[str]) -> dic
     return out
 
 
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _unflat(flat: dict[str, Any]) -> dict[str, Any]:
@@ -168,9 +160,9 @@ def _unflat(flat: dict[str, Any]) -> dict[str, Any]:
 def merge_edits(baseline: RunConfig | None, edited_object: RunConfig, edited_sections: dict[str, Any]) -> RunConfig:
     """The RunConfig an agent should run: edits to the config object and to the hyperparameter
     sections, each taken where it differs from the recorded baseline (sections win a conflict)."""
-    base = _flat((baseline or edited_object).to_dict())
-    obj = _flat(edited_object.to_dict())
-    params = _flat(RunConfig.from_dict(_deep_update(edited_object.to_dict(), edited_sections)).to_dict())
+    base = flatten((baseline or edited_object).to_dict())
+    obj = flatten(edited_object.to_dict())
+    params = flatten(RunConfig.from_dict(_deep_update(edited_object.to_dict(), edited_sections)).to_dict())
     merged = dict(base)
     for key in base:
         if obj[key] != base[key]:
@@ -201,6 +193,16 @@ def remote_config(task: Any, local: RunConfig) -> RunConfig:
 
 
 # --- lightning logger -----------------------------------------------------------------------------
+def write_config(task: Any, cfg: RunConfig, description: str) -> None:
+    """A RunConfig into a task, as every reprozoo task holds it: the editable object, its read-only
+    baseline (what `remote_config` merges edits against) and the hyperparameter sections; redacted."""
+    recorded = provenance.redact(cfg.to_yaml())
+    task.set_configuration_object(CONFIG_OBJECT, config_text=recorded, config_type="yaml", description=description)
+    task.set_configuration_object(BASELINE_OBJECT, config_text=recorded, config_type="yaml",
+                                  description="read-only: UI edits of RunConfig and of the sections are merged against this")
+    task.set_parameters_as_dict(provenance.redact_obj(config_sections(cfg)))
+
+
 def clearml_logger(task: Any) -> Any:
     """A Lightning logger that mirrors every logged scalar into the ClearML task.
 
@@ -301,12 +303,7 @@ class Tracker:
         task = self.task
         if not self.remote:
             # On an agent the task already holds the (edited) config: writing ours would undo the edit.
-            recorded = provenance.redact(cfg.to_yaml())
-            task.set_configuration_object(CONFIG_OBJECT, config_text=recorded, config_type="yaml",
-                                          description="the whole RunConfig; edit a clone's copy to change the re-run")
-            task.set_configuration_object(BASELINE_OBJECT, config_text=recorded, config_type="yaml",
-                                          description="read-only: UI edits of RunConfig and of the sections are merged against this")
-            task.set_parameters_as_dict(provenance.redact_obj(config_sections(cfg)))
+            write_config(task, cfg, "the whole RunConfig; edit a clone's copy to change the re-run")
             # ClearML detects the repo in a background thread from sys.argv[0]; let it finish, then
             # replace what it found with the repository of the reprozoo source that actually runs.
             task._wait_for_repo_detection(timeout=30)
