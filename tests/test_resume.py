@@ -79,6 +79,48 @@ def test_interrupted_run_resumes_bit_identical(how: str, uninterrupted: bytes, d
     assert (out / "metrics.json").read_bytes() == uninterrupted
 
 
+def test_sigterm_during_an_evaluation_still_checkpoints(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning's own SIGTERM handler ends a run that is evaluating with SystemExit(0): no checkpoint,
+    and the process "succeeds". Ours owns SIGTERM during training: the evaluation finishes, the next
+    training batch ends with last.ckpt, and Preempted (exit 128+15 in the CLI) follows."""
+    from lightning.pytorch.callbacks import Callback
+
+    import reprozoo.train as train_module
+    from reprozoo.config import RunConfig
+    from reprozoo.resume import Preempted
+
+    class SigtermDuringValidation(Callback):
+        sent = False
+
+        def on_validation_batch_start(self, trainer: object, *args: object) -> None:
+            if not self.sent:
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    build = train_module._trainer_kwargs
+
+    def with_the_signal(*args: object, **kwargs: object) -> dict:
+        built = build(*args, **kwargs)
+        built["callbacks"].append(SigtermDuringValidation())
+        return built
+
+    monkeypatch.setattr(train_module, "_trainer_kwargs", with_the_signal)
+    out = tmp_path / "run"
+    cfg = RunConfig().override([f"data.data_dir={data_dir}", "data.limit_train_samples=96", "data.limit_eval_samples=32",
+                                "data.batch_size=16", "trainer.max_epochs=1", "trainer.val_check_interval=0.5",
+                                "tracking.mode=off", f"out_dir={out}"])
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with pytest.raises(Preempted):
+            train_module.train(cfg)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert not (out / "metrics.json").exists()
+    # 6 batches, dev after the 3rd; the signal came during that evaluation: checkpoint after the 4th.
+    assert batches_done(out / "checkpoints" / LAST) == (4, 4)
+
+
 def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     checkpoints = tmp_path / "checkpoints"
     io = AtomicCheckpointIO()

@@ -146,14 +146,26 @@ class PreemptionCheckpoint(Callback):
         self._previous: dict[int, Any] = {}
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self.trainer = trainer
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
                 self._previous[sig] = signal.signal(sig, self._handle)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # Lightning registers its own SIGTERM handler after on_fit_start (composed with ours). Its
+        # handler makes the loops raise SIGTERMException, a SystemExit with status 0, when the signal
+        # lands during an evaluation: the run would stop without a checkpoint and "succeed". Ours alone
+        # from here: the evaluation finishes, the next training batch ends with a checkpoint.
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received is not None:  # a second signal: stop now
             raise KeyboardInterrupt
         self.received = signum
+        launcher = getattr(getattr(self, "trainer", None), "strategy", None) and self.trainer.strategy.launcher
+        if launcher is not None and hasattr(launcher, "kill"):
+            launcher.kill(signum)  # DDP: the other ranks get the signal too (what Lightning's handler did)
         print(f"reprozoo: received {signal.Signals(signum).name}; checkpointing after this batch", file=sys.stderr, flush=True)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -167,7 +179,11 @@ class PreemptionCheckpoint(Callback):
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            with contextlib.suppress(ValueError):
+                signal.signal(sig, handler)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self.on_fit_end(trainer, pl_module)  # Preempted (or a failure) ends fit without on_fit_end
 
 
 class Preempted(Exception):
