@@ -71,7 +71,7 @@ data-stats: setup ## class distribution table + bar chart (class_distribution.pn
 bench: setup ## throughput vs HF Trainer (A: pad 128, B: group_by_length) + a real phrase epoch of ours (run 3 in bench/RESULTS.md, with --no-full-epoch: 16 min idle)
 	$(PY) bench/throughput.py $(ARGS)
 
-bench-quick: setup ## the same on 1,024 phrases + 512 sentences, projected epoch (545 s on a busy machine)
+bench-quick: setup ## the same on 1,024 phrases + 512 sentences, projected epoch (234 s on the idle machine)
 	$(PY) bench/throughput.py --quick $(ARGS)
 
 bench-gpu: setup ## GPU throughput of base-size BERT/RoBERTa/DeBERTa-v3/ELECTRA, bf16 ± torch.compile (needs a GPU)
