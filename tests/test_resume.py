@@ -6,12 +6,14 @@ as an uninterrupted run with the same seed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -136,40 +138,38 @@ def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path: Path, capsys: 
         find_resume_checkpoint(tmp_path)
 
 
-def _small_tmpfs(path: Path, size: str) -> bool:
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str, what: str) -> Iterator[Path]:
+    """A real tmpfs of `size` at `path` for the test (skipped, saying so, without root or tmpfs)."""
     path.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    return result.returncode == 0
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                                   capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip(f"needs root and tmpfs to make a real {what}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
 
 
 def test_disk_full_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
-    mount = tmp_path / "small"
-    if os.geteuid() != 0 or not _small_tmpfs(mount, "3m"):
-        pytest.skip("needs root and tmpfs to make a real full disk")
-    try:
+    with small_tmpfs(tmp_path / "small", "3m", "full disk") as mount:
         io = AtomicCheckpointIO()
         io.save_checkpoint({"w": torch.zeros(250_000)}, mount / LAST)  # ~1 MB
         with pytest.raises(CheckpointWriteError, match="No space left on device.*previous checkpoint is intact"):
             io.save_checkpoint({"w": torch.ones(750_000)}, mount / LAST)  # ~3 MB: does not fit
         assert torch.load(mount / LAST, weights_only=True)["w"].sum() == 0
         assert not list(mount.glob(".*tmp"))
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_read_only_run_directory(tmp_path: Path) -> None:
-    mount = tmp_path / "ro"
-    if os.geteuid() != 0 or not _small_tmpfs(mount, "4m"):
-        pytest.skip("needs root and tmpfs to make a real read-only file system")
-    try:
+    with small_tmpfs(tmp_path / "ro", "4m", "read-only file system") as mount:
         io = AtomicCheckpointIO()
         io.save_checkpoint({"step": 1}, mount / LAST)
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
         with pytest.raises(CheckpointWriteError, match="Read-only file system"):
             io.save_checkpoint({"step": 2}, mount / LAST)
         assert torch.load(mount / LAST, weights_only=True)["step"] == 1
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_resumed_run_continues_its_clearml_task_and_replays(uninterrupted: bytes, data_dir: Path, tmp_path: Path,

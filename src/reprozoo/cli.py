@@ -407,8 +407,9 @@ def repro(
         _fail(f"the replay exited with code {code}; its run directory is {plan.run_dir}")
     metrics = _run(lambda: replay.replayed_metrics(plan))
     _say(f"replay run directory: {plan.run_dir}")
-    if replay.replayed_task(plan):
-        _say(f"replay clearml task: {replay.replayed_task(plan)}")
+    replay_task = replay.replayed_task(plan)
+    if replay_task:
+        _say(f"replay clearml task: {replay_task}")
     _say(f"test accuracy {metrics['test']['accuracy']:.4f} (recorded "
          f"{_metric(record, 'test', 'accuracy')})  macro-F1 {metrics['test']['macro_f1']:.4f}")
     if verify:
@@ -521,7 +522,7 @@ def image_run(
     env_data = data_dir or (Path(os.environ["REPROZOO_DATA_DIR"]) if os.environ.get("REPROZOO_DATA_DIR") else None)
     if env_data is not None and not (env_data / "train.txt").is_file():
         _fail(f"--data-dir {env_data} holds no train.txt; pass the folder with the SST-5 trees")
-    hf = hf_cache or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+    hf = hf_cache or containers.default_hf_cache()
     clearml = clearml_dir or Path.home() / ".clearml"
     plan = containers.plan_run(ref, found.id, digest, command, data_dir=env_data, hf_cache=hf, runs_dir=runs_dir,
                                clearml_dir=clearml, gpus=use_gpu, user=user, shm_size=shm_size, ipc_host=ipc_host,

@@ -589,6 +589,11 @@ def run_container(engine: Any, plan: RunPlan, log: Callable[[str], None] = print
     return int(status.get("StatusCode", 1))
 
 
+def default_hf_cache() -> Path:
+    """The host's Hugging Face cache a container gets mounted: $HF_HOME, else ~/.cache/huggingface."""
+    return Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+
+
 def ensure_image(engine: Any, reference: str, log: Callable[[str], None] = print) -> Any:
     """The image on this engine, pulled by digest when missing (a tag alone is never pulled)."""
     found = find_image(engine, reference)
@@ -632,7 +637,7 @@ def run_config_in_image(cfg: Any, image: str, *, runs_dir: Path, data_dir: Path 
     clearml_cache = offline_root().parent
     digest = image if "@sha256:" in image else repo_digest(found)
     plan = plan_run(image, found.id, digest, ["train", "--config", f"{CONTAINER_WORK}/runs/{config_file.name}"],
-                    data_dir=data, hf_cache=Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"),
+                    data_dir=data, hf_cache=default_hf_cache(),
                     runs_dir=runs_dir, clearml_dir=None, gpus=use_gpu, network=network)
     plan.mounts[str(clearml_cache.resolve())] = {"bind": f"{CONTAINER_HOME}/clearml-cache", "mode": "rw"}
     plan.environment["CLEARML_CACHE_DIR"] = f"{CONTAINER_HOME}/clearml-cache"

@@ -209,25 +209,17 @@ def _checkout_checks(record: Record, image: str | None) -> list[str]:
                          f" {record.repository or 'origin'}` (or the branch {record.branch or 'it was on'}) and retry")
     import reprozoo.provenance as provenance
 
-    env_here = _env_here()
+    env_here = provenance.environment(record.config.seed, str(root))  # what a record here would say
     for key in _ENV_KEYS:
         recorded, here = record.environment.get(key), env_here.get(key)
         if recorded and here and recorded != here:
             notes.append(f"{key} differs: recorded {recorded}, here {here} (the metrics may differ)")
-    lock_name, lock_sha = provenance.lock_file(str(root))
+    lock_name, lock_sha = env_here["lock_file"], env_here["lock_sha256"]
     if record.lock_sha256 not in ("none", lock_sha) and lock_name == record.lock_file:
         notes.append(f"{lock_name} here differs from the recorded lock (sha256 {record.lock_sha256[:12]})")
     return notes
 
 
-def _env_here() -> dict[str, str]:
-    import platform
-    from importlib import metadata
-
-    import torch
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda or "none",
-            "transformers": metadata.version("transformers"), "lightning": metadata.version("lightning")}
 
 
 # --- execute --------------------------------------------------------------------------------------
@@ -302,8 +294,9 @@ def replayed_metrics(plan: ReproPlan) -> dict[str, Any]:
 
 
 def replayed_task(plan: ReproPlan) -> str | None:
-    path = plan.run_dir / "task.json"
-    return json.loads(path.read_text()).get("task_id") if path.is_file() else None
+    from reprozoo.train import recorded_task_id
+
+    return recorded_task_id(plan.run_dir)
 
 
 # --- enqueue (a ClearML agent replays it) -----------------------------------------------------------

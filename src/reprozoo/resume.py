@@ -143,6 +143,7 @@ class PreemptionCheckpoint(Callback):
     def __init__(self, checkpoint_dir: Path) -> None:
         self.checkpoint_dir = checkpoint_dir
         self.received: int | None = None
+        self.trainer: Any = None
         self._previous: dict[int, Any] = {}
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
@@ -163,8 +164,8 @@ class PreemptionCheckpoint(Callback):
         if self.received is not None:  # a second signal: stop now
             raise KeyboardInterrupt
         self.received = signum
-        launcher = getattr(getattr(self, "trainer", None), "strategy", None) and self.trainer.strategy.launcher
-        if launcher is not None and hasattr(launcher, "kill"):
+        launcher = self.trainer.strategy.launcher if self.trainer is not None else None
+        if launcher is not None:
             launcher.kill(signum)  # DDP: the other ranks get the signal too (what Lightning's handler did)
         print(f"reprozoo: received {signal.Signals(signum).name}; checkpointing after this batch", file=sys.stderr, flush=True)
 

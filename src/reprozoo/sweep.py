@@ -328,8 +328,9 @@ def _run_in_image(cfg: RunConfig, image: str, runs_dir: Path, data_dir: Path | N
     metrics_file = Path(run_dir) / "metrics.json"
     if code != 0 or not metrics_file.is_file():
         raise RuntimeError(f"the container exited with {code}" + ("" if metrics_file.is_file() else f"; no {metrics_file}"))
-    task = json.loads((Path(run_dir) / "task.json").read_text()) if (Path(run_dir) / "task.json").is_file() else {}
-    return {"run_dir": str(run_dir), "metrics": json.loads(metrics_file.read_text()), "task_id": task.get("task_id")}
+    from reprozoo.train import recorded_task_id
+
+    return {"run_dir": str(run_dir), "metrics": json.loads(metrics_file.read_text()), "task_id": recorded_task_id(Path(run_dir))}
 
 
 # --- queue executor (ClearML PipelineController) ---------------------------------------------------
