@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from reprozoo.config import ConfigError, RunConfig
+from reprozoo.log import setup as log_setup
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Reproducible SST-5 fine-tuning of a zoo of BERT-like models.")
 data_app = typer.Typer(no_args_is_help=True, help="SST-5 data: statistics, versions.")
@@ -762,6 +763,7 @@ def hpo(
 
 
 def main() -> None:
+    log_setup()
     try:
         app()
     except KeyboardInterrupt:

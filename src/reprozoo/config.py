@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from reprozoo.errors import UserError
+
 GRANULARITIES = ("sentences", "phrases")
 IMBALANCE_MODES = ("none", "weighted-loss", "balanced-sampler")
 PHRASE_WEIGHTING = ("count", "uniform")
@@ -22,7 +24,7 @@ PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 TRACKING_MODES = ("auto", "offline", "server", "off")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A setting the user can fix; the message is one line and names the fix."""
 
 
@@ -124,22 +126,14 @@ class RunConfig:
         return cls.from_dict(data)
 
     def override(self, assignments: list[str]) -> RunConfig:
-        """Apply `section.key=value` strings (values parsed as YAML scalars)."""
-        data = self.to_dict()
+        """Apply `section.key=value` strings (values parsed as YAML scalars, typed by the field)."""
+        values: dict[str, Any] = {}
         for assignment in assignments:
             if "=" not in assignment:
                 raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. optim.lr=3e-5")
             key, value = assignment.split("=", 1)
-            node = data
-            *parents, leaf = key.strip().split(".")
-            for part in parents:
-                if not isinstance(node.get(part), dict):
-                    raise ConfigError(f"--set {key}: unknown section {part!r}; {_suggest(part, [k for k, v in node.items() if isinstance(v, dict)])}")
-                node = node[part]
-            if leaf not in node:
-                raise ConfigError(f"--set {key}: unknown setting {leaf!r}; {_suggest(leaf, list(node))}")
-            node[leaf] = _parse_value(value, _annotation(parents, leaf))
-        return RunConfig.from_dict(data)
+            values[key.strip()] = value
+        return apply(self, values, parse=True, origin="--set ")
 
     # --- validation (before anything heavy is loaded) ---------------------------------------
     def validate(self) -> RunConfig:
@@ -182,6 +176,28 @@ class RunConfig:
         if d.num_workers < 0:
             raise ConfigError("data.num_workers must be >= 0")
         return self
+
+
+def apply(cfg: RunConfig, values: dict[str, Any], *, parse: bool = False, origin: str = "") -> RunConfig:
+    """A new RunConfig with each `section.key` (or top-level key) set to its value.
+
+    The one dotted-key setter: the CLI's flags, `--set`, hpo trials and tracking edits all go
+    through it. `parse=True` reads string values as `--set` does (YAML scalars typed by the field).
+    Unknown sections or keys raise ConfigError naming the closest ones; `origin` prefixes the message.
+    """
+    data = cfg.to_dict()
+    for key, value in values.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                sections = [k for k, v in node.items() if isinstance(v, dict)]
+                raise ConfigError(f"{origin}{key}: unknown section {part!r}; {_suggest(part, sections)}")
+            node = node[part]
+        if leaf not in node or isinstance(node[leaf], dict):
+            raise ConfigError(f"{origin}{key}: unknown setting {leaf!r}; {_suggest(leaf, list(node))}")
+        node[leaf] = _parse_value(value, _annotation(parents, leaf)) if parse and isinstance(value, str) else value
+    return RunConfig.from_dict(data)
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

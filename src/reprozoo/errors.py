@@ -1,0 +1,16 @@
+"""The errors reprozoo raises on purpose (cog's `errors.py` shape).
+
+`UserError` is what a user can fix: the CLI prints its one line, naming the fix, and exits 2.
+Each concrete class also keeps a stdlib base (ValueError, RuntimeError, OSError, …) so callers that
+catch those keep working. Anything that is not a `ReprozooError` is a bug in reprozoo.
+"""
+
+from __future__ import annotations
+
+
+class ReprozooError(Exception):
+    """Base of every error reprozoo raises on purpose."""
+
+
+class UserError(ReprozooError):
+    """Bad input or a missing resource: one line that names the fix, exit 2."""
