@@ -37,6 +37,14 @@ def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _reprozoo_log() -> None:
+    # What `reprozoo` prints as `reprozoo: …` on stderr, in-process too (cli.main() does this for the command).
+    from reprozoo import log
+
+    log.setup()
+
+
 @pytest.fixture(autouse=True)
 def _offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     # The hub is unreachable here; fail fast instead of retrying.

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import pytest
 import yaml
 
-from reprozoo import agent, hpo, tracking
+from reprozoo import agent, hpo, session, tracking
 from reprozoo.config import ConfigError, RunConfig
 
 SPACE = "lr=1e-5:1e-4:log,batch_size=16|32,warmup=0:0.2,dropout=0:0.3"
@@ -444,7 +444,7 @@ def test_server_search_through_recording_stand_ins(tmp_path: Path) -> None:
     template = {name: kw for name, kw in RecordingTask.calls if name.startswith("template-1.")}
     recorded = [kw for name, kw in RecordingTask.calls if name == "template-1.set_configuration_object"]
     template_cfg = RunConfig.from_dict(yaml.safe_load(recorded[0]["config_text"]))
-    assert [r["args"][0] for r in recorded] == [tracking.CONFIG_OBJECT, tracking.BASELINE_OBJECT]
+    assert [r["args"][0] for r in recorded] == [session.CONFIG_OBJECT, session.BASELINE_OBJECT]
     assert template_cfg == RunConfig.from_dict({**base.to_dict(), "out_dir": None})  # clones pick their own run dir
     sections = template["template-1.set_parameters_as_dict"]["args"][0]
     assert sections["optim"]["lr"] == "null" and sections["trainer"]["max_epochs"] == "2"

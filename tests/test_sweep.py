@@ -322,13 +322,13 @@ def test_queue_cli_pins_the_data_version_skips_done_models_and_launches_the_rest
 
     from typer.testing import CliRunner
 
-    from reprozoo import cli, tracking
+    from reprozoo import cli, session
     from reprozoo.data import versions
 
-    monkeypatch.setattr(tracking, "server_configured", lambda: True)
-    monkeypatch.setattr(tracking, "server_reachable", lambda url, timeout=3.0: True)
-    monkeypatch.setattr(tracking, "api_server", lambda: "https://clearml.example")
-    monkeypatch.setattr(tracking, "configure_clearml", lambda: None)
+    monkeypatch.setattr(session, "server_configured", lambda: True)
+    monkeypatch.setattr(session, "server_reachable", lambda url, timeout=3.0: True)
+    monkeypatch.setattr(session, "api_server", lambda: "https://clearml.example")
+    monkeypatch.setattr(session, "configure_clearml", lambda: None)
     registered: list[Path] = []
 
     def register(path: Path, mode: str) -> versions.DataVersion:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from reprozoo import tracking
+from reprozoo import session, tracking
 from reprozoo.config import RunConfig
 
 
@@ -32,9 +32,9 @@ def isolated_clearml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_cach
 
 
 def test_auto_is_offline_without_credentials(isolated_clearml: Path) -> None:
-    assert not tracking.server_configured()
-    assert tracking.resolve_mode("auto") == "offline"
-    assert tracking.resolve_mode("off") == "off"
+    assert not session.server_configured()
+    assert session.resolve_mode("auto") == "offline"
+    assert session.resolve_mode("off") == "off"
 
 
 def test_unreachable_server_falls_back_to_offline_in_bounded_time(
@@ -43,10 +43,10 @@ def test_unreachable_server_falls_back_to_offline_in_bounded_time(
     monkeypatch.setenv("CLEARML_API_HOST", url)
     monkeypatch.setenv("CLEARML_API_ACCESS_KEY", "AKEYTHATDOESNOTEXIST")
     monkeypatch.setenv("CLEARML_API_SECRET_KEY", "asecretthatdoesnotexist")
-    assert tracking.server_configured()
+    assert session.server_configured()
     started = time.monotonic()
-    assert tracking.resolve_mode("auto") == "offline"
-    assert tracking.resolve_mode("server") == "offline"
+    assert session.resolve_mode("auto") == "offline"
+    assert session.resolve_mode("server") == "offline"
     assert time.monotonic() - started < 10
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and all(f"ClearML server {url} is unreachable; recording this run offline" in line for line in lines)
@@ -59,7 +59,7 @@ def test_close_cannot_hang(isolated_clearml: Path, tmp_path: Path) -> None:
     code = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(Path(__file__).resolve().parents[1] / "src")!r})
-        from reprozoo.tracking import configure_clearml
+        from reprozoo.session import configure_clearml
         configure_clearml()
         from clearml import Task
         Task.set_offline(True)
@@ -117,7 +117,7 @@ def test_agent_run_of_an_edited_clone_gets_the_edited_config(
     monkeypatch.setenv("REPROZOO_IMAGE", "ghcr.io/example/reprozoo:cpu-0123456789ab")
     monkeypatch.setenv("REPROZOO_IMAGE_DIGEST", digest)
     plan = plan_run(cfg)
-    env_before = tracking.clearml_env()
+    env_before = session.clearml_env()
     tracker = tracking.open_task(cfg, "clone-edit", plan)
     tracker.record(cfg, plan, resolve_weights(plan.entry))
     task = tracker.task
@@ -127,7 +127,7 @@ def test_agent_run_of_an_edited_clone_gets_the_edited_config(
     assert "CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL=1" in task.data.execution.docker_cmd
     assert tracker.provenance["environment"]["image_digest"] == digest
     # The UI edit: seed in the config object, lr in the "optim" hyperparameter section.
-    task.set_configuration_object(tracking.CONFIG_OBJECT, config_text=cfg.override(["seed=5"]).to_yaml(), config_type="yaml")
+    task.set_configuration_object(session.CONFIG_OBJECT, config_text=cfg.override(["seed=5"]).to_yaml(), config_type="yaml")
     task.set_parameter("optim/lr", "2e-05")
     monkeypatch.setattr(Task, "running_locally", staticmethod(lambda: False))
     edited = tracking.remote_config(task, RunConfig())
@@ -136,4 +136,4 @@ def test_agent_run_of_an_edited_clone_gets_the_edited_config(
     assert tracking.open_task(RunConfig(), "ignored", plan).config == edited
     monkeypatch.undo()
     task.close()
-    tracking.restore_clearml_env(env_before)  # later tests start `reprozoo` subprocesses
+    session.restore_clearml_env(env_before)  # later tests start `reprozoo` subprocesses

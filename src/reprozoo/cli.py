@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from reprozoo import session
 from reprozoo.config import ConfigError, RunConfig
 from reprozoo.log import setup as log_setup
 
@@ -225,7 +226,7 @@ def data_version(
     """Register the trees as a ClearML Dataset version (reprozoo/datasets, sst5), keyed by content."""
     from reprozoo.data import versions
     from reprozoo.data.sst5 import resolve_data_dir
-    from reprozoo.tracking import configure_clearml, resolve_mode
+    from reprozoo.session import configure_clearml, resolve_mode
 
     if tracking not in ("auto", "offline", "server"):
         _fail(f"--tracking {tracking!r}: a data version is recorded offline or on a server; use auto, offline or server")
@@ -264,13 +265,13 @@ def tasks_list(
 ) -> None:
     """Recorded runs, newest first: id, model, status, test accuracy / macro-F1, image digest, commit, dataset."""
     from reprozoo import records
-    from reprozoo.tracking import server_configured
+    from reprozoo.session import server_configured
 
     if server and not server_configured():
         _fail("no ClearML server is configured; set CLEARML_API_HOST, CLEARML_API_ACCESS_KEY, CLEARML_API_SECRET_KEY (or run clearml-init)")
     found = _run(lambda: records.list_server(project) if server else records.list_offline())
     if not found:
-        typer.echo(f"no records{' on the server' if server else f' under {records.offline_root()}'}")
+        typer.echo(f"no records{' on the server' if server else f' under {session.offline_root()}'}")
         return
     typer.echo(f"{'task id':<42} {'model':<20} {'status':<10} {'test acc':>8} {'test F1':>8}  {'image digest':<19} {'commit':<14} dataset")
     for r in found:
@@ -343,7 +344,7 @@ def tasks_diff(
 @tasks_app.command("import")
 def tasks_import(zip_path: Annotated[Path, typer.Argument(help="an offline session zip (see `reprozoo tasks show ID`)")]) -> None:
     """Upload an offline session to the configured ClearML server (Task.import_offline_session)."""
-    from reprozoo.tracking import api_server, configure_clearml, server_configured, server_reachable
+    from reprozoo.session import api_server, configure_clearml, server_configured, server_reachable
 
     if not zip_path.is_file():
         _fail(f"{zip_path} does not exist; `reprozoo tasks show ID` prints a session's zip")
@@ -385,7 +386,7 @@ def repro(
 
     record = _load(task)
     if enqueue:
-        from reprozoo.tracking import configure_clearml, server_configured
+        from reprozoo.session import configure_clearml, server_configured
 
         spec = _run(lambda: replay.enqueue_spec(record, enqueue))
         if not server_configured():
@@ -596,7 +597,7 @@ def sweep(
 def _sweep_status(plan: Any) -> dict[str, str]:
     """For --dry-run: which steps a local sweep would skip (a completed record with the same identity)."""
     from reprozoo import sweep as sweeps
-    from reprozoo.tracking import resolve_mode
+    from reprozoo.session import resolve_mode
 
     first = plan.steps[0].config
     done = sweeps.done_index(sweeps.existing_records(resolve_mode(first.tracking.mode), first.tracking.project))
@@ -611,7 +612,7 @@ def _sweep_queue(plan: Any, controller_queue: str) -> None:
     from reprozoo import sweep as sweeps
     from reprozoo.data import versions
     from reprozoo.data.sst5 import resolve_data_dir
-    from reprozoo.tracking import api_server, configure_clearml, server_configured, server_reachable
+    from reprozoo.session import api_server, configure_clearml, server_configured, server_reachable
 
     if not server_configured():
         _fail("--queue needs a ClearML server: set CLEARML_API_HOST, CLEARML_API_ACCESS_KEY, CLEARML_API_SECRET_KEY"
@@ -652,7 +653,7 @@ def leaderboard(
 ) -> None:
     """Every finished run, best test accuracy first: table, Markdown, CSV, HTML and a bar chart PNG."""
     from reprozoo import leaderboard as board
-    from reprozoo.tracking import server_configured
+    from reprozoo.session import server_configured
 
     formats = {"table": board.to_text, "markdown": board.to_markdown, "csv": board.to_csv, "html": board.to_html}
     if format_ not in formats:
@@ -731,7 +732,7 @@ def hpo(
             _say(json.dumps(search.describe_plan(plan, base.seed), indent=2))
         return
     if queue:
-        from reprozoo.tracking import api_server, server_configured, server_reachable
+        from reprozoo.session import api_server, server_configured, server_reachable
 
         if not server_configured():
             _fail("--queue needs a ClearML server: set CLEARML_API_HOST, CLEARML_API_ACCESS_KEY, CLEARML_API_SECRET_KEY"

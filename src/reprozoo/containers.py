@@ -615,7 +615,7 @@ def run_config_in_image(cfg: Any, image: str, *, runs_dir: Path, data_dir: Path 
     from datetime import datetime, timezone
 
     from reprozoo.config import RunConfig
-    from reprozoo.records import offline_root
+    from reprozoo.session import offline_root
 
     engine = engine or client()
     found = ensure_image(engine, image, log)

@@ -78,7 +78,7 @@ class Dimension:
     @property
     def clearml_name(self) -> str:
         """The task's hyperparameter as ClearML names it: `section/name` (tracking.config_sections)."""
-        from reprozoo.tracking import RUN_SECTION
+        from reprozoo.session import RUN_SECTION
 
         section, _, leaf = self.key.rpartition(".")
         return f"{section or RUN_SECTION}/{leaf}"
@@ -419,7 +419,7 @@ def describe_plan(plan: dict[str, Any], seed: int) -> dict[str, Any]:
 def create_template_task(base: RunConfig, task_cls: Any, image: str | None = None) -> Any:
     """A draft training task holding `base` (what a `reprozoo train` on an agent re-runs): RunConfig
     object + baseline + hyperparameter sections, code (repo/branch/commit/diff), lock, docker image."""
-    from reprozoo import provenance, tracking
+    from reprozoo import provenance, session, tracking
 
     git = provenance.git_state()
     cfg = RunConfig.from_dict({**base.to_dict(), "out_dir": None})  # each clone picks its own run directory
@@ -427,7 +427,7 @@ def create_template_task(base: RunConfig, task_cls: Any, image: str | None = Non
                            task_type="training", add_task_init_call=False, detect_repository=False)
     tracking.write_config(task, cfg, "the whole RunConfig (HPO template; the optimizer overrides its sections)")
     task.set_script(repository=git.repository, branch=git.branch, commit=git.commit, diff=git.diff,
-                    working_dir=".", entry_point=tracking.ENTRY_POINT)
+                    working_dir=".", entry_point=session.ENTRY_POINT)
     lock, _ = provenance.lock_file(git.root)
     lock_path = Path(git.root or ".") / lock
     if lock != provenance.NONE and lock_path.is_file():
@@ -470,7 +470,7 @@ def search_server(base: RunConfig, space: list[Dimension], n_trials: int, queue:
     base = base.validate()
     _claim_out(out)
     if api is None:
-        from reprozoo.tracking import configure_clearml
+        from reprozoo.session import configure_clearml
 
         configure_clearml()
         api = ClearMLApi.real()

@@ -240,12 +240,12 @@ def write_all(rows: list[Row], out_dir: Path, references_path: Path | None) -> t
 def report_to_clearml(rows: list[Row], paths: dict[str, Path], project: str, task_cls: Any = None) -> str:
     """A `custom` task named "leaderboard" holding the table, the chart and the CSV.
     Exercised against a real server: no; tests use a recording stand-in."""
-    from reprozoo.tracking import clearml_env, restore_clearml_env
+    from reprozoo.session import clearml_env, restore_clearml_env
 
     if task_cls is None:
         from clearml import Task
 
-        from reprozoo.tracking import configure_clearml
+        from reprozoo.session import configure_clearml
 
         configure_clearml()
         Task.set_offline(False)

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from reprozoo.config import ConfigError, RunConfig, flatten
-from reprozoo.tracking import CONFIG_OBJECT, PROVENANCE_OBJECT
+from reprozoo.session import CONFIG_OBJECT, PROVENANCE_OBJECT, offline_root, server_configured
 
 
 class RecordNotFound(ConfigError):
@@ -70,12 +70,6 @@ class Record:
             data["data"]["dataset_id"] = self.dataset_id
         data["out_dir"] = None  # the recorded directory holds the finished run
         return RunConfig.from_dict(data)
-
-
-def offline_root() -> Path:
-    from clearml.config import get_offline_dir
-
-    return Path(get_offline_dir())
 
 
 # --- readers --------------------------------------------------------------------------------------
@@ -241,8 +235,6 @@ def load_record(ref: str | Path) -> Record:
         if zipped.is_file():
             return _from_session(_zip_reader(zipped), str(zipped), str(zipped))
         raise RecordNotFound(f"no offline session {task_id} under {offline_root()}; `reprozoo tasks list` shows the known ids")
-    from reprozoo.tracking import server_configured
-
     if not server_configured():
         raise RecordNotFound(f"{ref!r} is not a run directory, a session zip, or an offline task id, and no ClearML server is"
                              " configured to look it up; `reprozoo tasks list` shows the known ids")

@@ -262,7 +262,7 @@ def run_local(plan: SweepPlan, *, records: list[Any] | None = None, runs_dir: Pa
     from reprozoo.resume import Preempted
 
     if records is None and plan.steps:
-        from reprozoo.tracking import resolve_mode
+        from reprozoo.session import resolve_mode
 
         first = plan.steps[0].config
         mode = resolve_mode(first.tracking.mode)
@@ -351,7 +351,8 @@ def pipeline_steps(plan: SweepPlan, template_id: str | None) -> list[dict[str, A
     against the template's `RunConfig (as recorded)`, and they agree), its queue, and its image."""
     from reprozoo import provenance
     from reprozoo.containers import AGENT_DOCKER_ARGUMENTS  # the image's venv as is, its entrypoint cleared
-    from reprozoo.tracking import CONFIG_OBJECT, config_sections
+    from reprozoo.session import CONFIG_OBJECT
+    from reprozoo.tracking import config_sections
 
     steps = []
     for step in plan.steps:
@@ -379,7 +380,8 @@ def create_template(task_cls: Any, cfg: RunConfig, project: str, log: Callable[[
     """A draft training task that runs `python -m reprozoo train` at this checkout's commit (+ diff);
     the pipeline clones it once per step. Exercised against a real server: no."""
     from reprozoo import provenance
-    from reprozoo.tracking import ENTRY_POINT, write_config
+    from reprozoo.session import ENTRY_POINT
+    from reprozoo.tracking import write_config
 
     git = provenance.git_state()
     if not git.repository or not git.commit:

@@ -16,7 +16,7 @@ from reprozoo.data.sst5 import DataSourceError, data_fingerprint
 def offline_clearml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_cache: Path) -> Path:
     root = tmp_path / "clearml"
     monkeypatch.setenv("CLEARML_CACHE_DIR", str(root))
-    from reprozoo.tracking import configure_clearml
+    from reprozoo.session import configure_clearml
 
     configure_clearml()
     return root / "offline"

@@ -123,7 +123,7 @@ def _tags(digest: str, parent: str | None) -> list[str]:
 def _create_offline_dataset(path: Path, digest: str, parent: str | None) -> tuple[str, str]:
     from clearml import Dataset, Task
 
-    from reprozoo.tracking import clearml_env, restore_clearml_env
+    from reprozoo.session import clearml_env, restore_clearml_env
 
     env_before = clearml_env()
     # Not restored afterwards: going back online needs a configured server (MissingConfigError),
@@ -186,7 +186,7 @@ def resolve(dataset_id: str) -> DataVersion:
                                       f" --data-dir DIR` on the original trees to restore them")
             _verify(path, entry["sha256"], dataset_id)
             return DataVersion(dataset_id, entry["content_hash"], entry["sha256"], entry["parent"], str(path), "offline")
-    from reprozoo.tracking import server_configured
+    from reprozoo.session import server_configured
 
     if dataset_id.startswith("offline-") or not server_configured():
         raise DataSourceError(f"dataset {dataset_id} is not in this machine's offline index ({store_root() / 'index.json'})"
