@@ -104,3 +104,15 @@ def test_colab_notebook_installs_the_colab_lock() -> None:
     assert "CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL" in text and "-r envs/colab-agent.lock" in text
     assert "userdata.get" in text and not re.search(r"(?i)(secret_key|access_key)\s*=\s*['\"]\w", text)
 
+
+def test_ci_meta_needs_only_the_standard_library() -> None:
+    """`python -m reprozoo.containers ci-meta` (.github/workflows/images.yml) runs with a bare Python: -S
+    leaves out site-packages, so an import of the Docker SDK, yaml or torch would fail here."""
+    result = subprocess.run([sys.executable, "-S", "-m", "reprozoo.containers", "ci-meta", "--flavour", "cpu",
+                             "--registry", "ghcr.io/o"], capture_output=True, text=True, check=False, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "src"), "SOURCE_DATE_EPOCH": "1700000000"})
+    assert result.returncode == 0, result.stderr
+    spec = image_spec(REPO, "cpu")
+    lines = result.stdout.splitlines()
+    assert lines[:3] == [f"tag={spec.tag}", f"ref={spec.ref}", f"image=ghcr.io/o/reprozoo:{spec.tag}"]
+    assert "SOURCE_DATE_EPOCH=1700000000" in lines and "CREATED=2023-11-14T22:13:20Z" in lines

@@ -9,7 +9,7 @@ import pytest
 
 from reprozoo.containers.engine import gpu_available
 from reprozoo.containers.identity import ContainerError
-from reprozoo.containers.run import decide_gpus, plan_container
+from reprozoo.containers.run import decide_gpus, plan_container, run_command_in_image
 
 SENTINEL = "rz-sentinel-7f3a9c1e5b"
 
@@ -58,3 +58,57 @@ def test_gpu_detection_and_decision(tmp_path: Path) -> None:
     with pytest.raises(ContainerError, match="use auto, all or none"):
         decide_gpus("some", True, why)
 
+
+class FakeContainer:
+    def __init__(self) -> None:
+        self.removed = False
+
+    def logs(self, stream: bool, follow: bool) -> list[bytes]:
+        return [b"inside\n"]
+
+    def wait(self) -> dict[str, int]:
+        return {"StatusCode": 3}
+
+    def remove(self, force: bool) -> None:
+        self.removed = True
+
+
+class RunningEngine(FakeEngine):
+    """Stands in for an engine that has the image and starts containers (no dockerd here)."""
+
+    def __init__(self, ref: str) -> None:
+        super().__init__({})
+        self.ref, self.started, self.container = ref, [], FakeContainer()
+        self.images, self.containers = self, self
+
+    def get(self, ref: str) -> object:
+        from docker.errors import ImageNotFound
+
+        if ref != self.ref:
+            raise ImageNotFound(ref)
+        return type("Image", (), {"id": "sha256:" + "b" * 64, "attrs": {"RepoDigests": []}, "tags": [ref]})()
+
+    def run(self, image: str, **kwargs: object) -> FakeContainer:
+        self.started.append((image, kwargs))
+        return self.container
+
+
+def test_image_run_chooses_data_and_digest(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pinned = "127.0.0.1:5000/reprozoo@sha256:" + "a" * 64
+    engine = RunningEngine(pinned)
+    dirs = {"hf_cache": tmp_path / "hf", "runs_dir": tmp_path / "runs", "clearml_dir": tmp_path / "clearml"}
+    monkeypatch.setenv("REPROZOO_DATA_DIR", str(tmp_path))  # no train.txt there
+    with pytest.raises(ContainerError, match=rf"^--data-dir {tmp_path} holds no train.txt; pass the folder"):
+        run_command_in_image(["train"], image=pinned, gpus="none", engine=engine, log=lambda line: None, **dirs)
+    said: list[str] = []
+    printed: list[str] = []
+    monkeypatch.setattr("sys.stdout.write", printed.append)
+    code = run_command_in_image(["train", "--max-epochs", "1"], image=pinned, gpus="none", data_dir=data_dir, engine=engine,
+                                log=said.append, **dirs)
+    assert code == 3 and engine.container.removed and printed[0] == "inside\n"
+    assert said[0] == f"image {pinned} = {pinned}" and said[-1].startswith("no GPU: running on CPU")
+    image, kwargs = engine.started[0]
+    assert image == pinned and kwargs["command"] == ["train", "--max-epochs", "1"] and "device_requests" not in kwargs
+    assert kwargs["environment"]["REPROZOO_IMAGE_DIGEST"] == pinned and kwargs["environment"]["REPROZOO_DATA_DIR"] == "/data/sst5"
+    assert kwargs["volumes"][str(data_dir.resolve())] == {"bind": "/data/sst5", "mode": "ro"}
+    assert all(path.is_dir() for path in dirs.values())  # the writable mounts exist before the run
