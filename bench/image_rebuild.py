@@ -18,7 +18,10 @@ import tarfile
 import time
 from typing import Any
 
-from reprozoo import containers
+from reprozoo.containers.build import build_image
+from reprozoo.containers.engine import client
+from reprozoo.containers.identity import project_root, source_state
+from reprozoo.containers.registry import push_image
 
 
 def layer_entries(engine: Any, image_id: str) -> tuple[list[dict[str, tuple[str, int, int]]], list[str]]:
@@ -45,16 +48,15 @@ def main() -> None:
     parser.add_argument("--base")
     parser.add_argument("--registry")
     args = parser.parse_args()
-    root = containers.project_root()
-    engine = containers.client()
-    state = containers.source_state(root)
+    root = project_root()
+    engine = client()
+    state = source_state(root)
     builds = []
     for attempt in (1, 2):
         started = time.time()
-        result = containers.build_image(root, args.flavour, args.base, no_cache=True, engine=engine, state=state,
-                                        log=lambda line: None)
+        result = build_image(root, args.flavour, args.base, no_cache=True, engine=engine, state=state, log=lambda line: None)
         image = engine.images.get(result.image_id)
-        digest = containers.push_image(engine, image, args.registry, log=lambda line: None) if args.registry else None
+        digest = push_image(engine, image, args.registry, log=lambda line: None) if args.registry else None
         layers = image.attrs["RootFS"]["Layers"]
         print(f"build {attempt}: {result.ref} id {result.image_id[:19]} {time.time() - started:.0f} s"
               f"{' digest ' + digest.split('@')[1][:19] if digest else ''}")

@@ -87,11 +87,12 @@ def test_plan_errors_name_the_fix(data_dir: Path, tmp_path: Path) -> None:
 
 
 def test_an_image_that_cannot_be_pulled_says_so(data_dir: Path, tmp_path: Path) -> None:
-    from reprozoo import containers
+    from reprozoo.containers.engine import client
+    from reprozoo.containers.identity import ContainerError
 
     try:
-        containers.client()
-    except containers.ContainerError as err:
+        client()
+    except ContainerError as err:
         pytest.skip(f"needs a Docker engine: {err}")
     import socket
 

@@ -35,7 +35,7 @@ def _fail(message: str) -> None:
 def _user_errors() -> tuple[type[BaseException], ...]:
     import zipfile
 
-    from reprozoo.containers import ContainerError
+    from reprozoo.containers.identity import ContainerError
     from reprozoo.data.sst5 import DataSourceError
     from reprozoo.data.trees import MissingSplitError, TreeFormatError
     from reprozoo.resume import CheckpointWriteError, ResumeError
@@ -430,19 +430,20 @@ ImageOpt = Annotated[str | None, typer.Option("--image", help="image reference (
 @image_app.command("tag")
 def image_tag(flavour: FlavourOpt = "cpu", base: BaseOpt = None) -> None:
     """Print the content-addressed tag this checkout builds (no engine needed)."""
-    from reprozoo import containers
+    from reprozoo.containers.identity import image_spec, project_root
 
-    spec = _run(lambda: containers.image_spec(containers.project_root(), flavour, base))
+    spec = _run(lambda: image_spec(project_root(), flavour, base))
     typer.echo(spec.ref)
 
 
 @image_app.command("wheelhouse")
 def image_wheelhouse(flavour: FlavourOpt = "cpu") -> None:
     """Download the lock's wheels (hash-checked) into docker/wheelhouse/<flavour> for an offline build."""
-    from reprozoo import containers
+    from reprozoo.containers.build import download_wheelhouse
+    from reprozoo.containers.identity import project_root
 
-    root = _run(containers.project_root)
-    dest = _run(lambda: containers.download_wheelhouse(root, flavour))
+    root = _run(project_root)
+    dest = _run(lambda: download_wheelhouse(root, flavour))
     wheels = list(dest.glob("*.whl"))
     typer.echo(f"{dest}: {len(wheels)} wheels, {sum(w.stat().st_size for w in wheels) / 2**20:.0f} MiB")
 
@@ -457,11 +458,12 @@ def image_build(
     source: Annotated[str | None, typer.Option(help="org.opencontainers.image.source label")] = None,
 ) -> None:
     """Build docker/Dockerfile for a flavour; tag reprozoo:<flavour>-<hash12>."""
-    from reprozoo import containers
+    from reprozoo.containers.build import build_image
+    from reprozoo.containers.identity import project_root
 
-    root = _run(containers.project_root)
-    result = _run(lambda: containers.build_image(root, flavour, base, use_wheelhouse=wheelhouse, no_cache=no_cache,
-                                                 source=source, log=lambda line: typer.echo(line, err=True)))
+    root = _run(project_root)
+    result = _run(lambda: build_image(root, flavour, base, use_wheelhouse=wheelhouse, no_cache=no_cache, source=source,
+                                      log=lambda line: typer.echo(line, err=True)))
     typer.echo(f"image {result.ref} id {result.image_id} ({result.seconds:.0f} s{', all steps cached' if result.cached else ''})")
 
 
@@ -475,14 +477,16 @@ def image_push(
     """Push the image and print its pinned reference, repo@sha256:…"""
     import os
 
-    from reprozoo import containers
+    from reprozoo.containers.engine import client
+    from reprozoo.containers.identity import project_root
+    from reprozoo.containers.registry import push_image, resolve_local_image
 
     registry = registry or os.environ.get("REPROZOO_REGISTRY")
     if not registry:
         _fail("no registry: pass --registry (e.g. ghcr.io/OWNER) or set REPROZOO_REGISTRY")
-    engine = _run(containers.client)
-    found = _run(lambda: containers.resolve_local_image(engine, containers.project_root(), flavour, base, image))
-    pinned = _run(lambda: containers.push_image(engine, found, str(registry), log=lambda line: typer.echo(line, err=True)))
+    engine = _run(client)
+    found = _run(lambda: resolve_local_image(engine, project_root(), flavour, base, image))
+    pinned = _run(lambda: push_image(engine, found, str(registry), log=lambda line: typer.echo(line, err=True)))
     typer.echo(pinned)
 
 
@@ -503,42 +507,24 @@ def image_run(
     user: Annotated[str | None, typer.Option(help="uid:gid inside (default: the image's non-root user)")] = None,
 ) -> None:
     """Run a reprozoo command inside the image, with data, HF cache and runs/ mounted."""
-    import os
-
-    from reprozoo import containers
+    from reprozoo.containers.run import run_command_in_image
 
     command = list(args or [])
     if not command:
         _fail("nothing to run: add the command after --, e.g. `reprozoo image run -- train --model all-minilm-l6-v2`")
-    engine = _run(containers.client)
-    ref = image or _run(lambda: containers.image_spec(containers.project_root(), flavour, base)).ref
-    found = _run(lambda: containers.resolve_local_image(engine, containers.project_root(), flavour, base, ref))
-    digest = image if image and "@sha256:" in image else containers.repo_digest(found)
-    if digest:
-        typer.echo(f"image {ref} = {digest}", err=True)
-    else:
-        typer.echo(f"image {ref} has no repo digest yet (not pushed); the run records its image id {found.id[:19]}", err=True)
-    use_gpu, notes = _run(lambda: containers.decide_gpus(gpus, *containers.gpu_available(engine)))
-    for note in notes:
-        typer.echo(note, err=True)
-    env_data = data_dir or (Path(os.environ["REPROZOO_DATA_DIR"]) if os.environ.get("REPROZOO_DATA_DIR") else None)
-    if env_data is not None and not (env_data / "train.txt").is_file():
-        _fail(f"--data-dir {env_data} holds no train.txt; pass the folder with the SST-5 trees")
-    hf = hf_cache or containers.default_hf_cache()
-    clearml = clearml_dir or Path.home() / ".clearml"
-    plan = containers.plan_run(ref, found.id, digest, command, data_dir=env_data, hf_cache=hf, runs_dir=runs_dir,
-                               clearml_dir=clearml, gpus=use_gpu, user=user, shm_size=shm_size, ipc_host=ipc_host,
-                               network=network)
-    code = _run(lambda: containers.run_container(engine, plan))
+    code = _run(lambda: run_command_in_image(
+        command, flavour=flavour, base=base, image=image, gpus=gpus, data_dir=data_dir, hf_cache=hf_cache,
+        runs_dir=runs_dir, clearml_dir=clearml_dir, network=network, shm_size=shm_size, ipc_host=ipc_host, user=user,
+        log=lambda line: typer.echo(line, err=True)))
     raise typer.Exit(code)
 
 
 @image_app.command("identity")
 def image_identity() -> None:
     """Print which image (or lock) this process runs in, as the record sees it (JSON)."""
-    from reprozoo import containers
+    from reprozoo.containers.identity import runtime_identity
 
-    typer.echo(json.dumps(containers.runtime_identity(), indent=2))
+    typer.echo(json.dumps(runtime_identity(), indent=2))
 
 
 # --- sweep / leaderboard ---------------------------------------------------------------------------

@@ -18,11 +18,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-# The container layer (docker/, `reprozoo image run`) hands the image identity to the run
-# through these; outside a container they are unset and the record says "none".
+# The container layer (docker/Dockerfile, `reprozoo image run`) hands the image identity to the run
+# through these; outside a container they are unset. `image_env()` is their one reader: None where
+# a variable says nothing; "none" (NONE) is only how a record spells that.
 IMAGE_ENV = "REPROZOO_IMAGE"  # e.g. ghcr.io/org/reprozoo:cuda-0123456789ab (may already hold @sha256:…)
 IMAGE_DIGEST_ENV = "REPROZOO_IMAGE_DIGEST"  # repo@sha256:<64 hex> as `image push` printed it (or bare sha256:…)
-LOCK_ENV = "REPROZOO_LOCK"  # the lock file the environment was installed from (default envs/cpu.txt)
+IMAGE_ID_ENV = "REPROZOO_IMAGE_ID"  # the engine's image id, handed in by `image run`
+LOCK_ENV = "REPROZOO_LOCK"  # the lock the environment was installed from: a file path, or in an image its flavour
+LOCK_SHA256_ENV = "REPROZOO_LOCK_SHA256"  # baked in at build time (Colab: set by the notebook)
 NONE = "none"
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -141,16 +144,35 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@dataclass(frozen=True)
+class ImageEnv:
+    """What the container layer told this process about its image and lock; None where it said nothing."""
+
+    image: str | None  # repo:tag, without a digest
+    digest: str | None  # repo@sha256:… as `image run` handed it in, else the one REPROZOO_IMAGE carried
+    image_id: str | None
+    lock: str | None
+    lock_sha256: str | None
+
+
+def image_env() -> ImageEnv:
+    """The one reader of REPROZOO_IMAGE, _IMAGE_DIGEST, _IMAGE_ID, _LOCK and _LOCK_SHA256."""
+
+    def read(name: str) -> str | None:
+        return os.environ.get(name, "").strip() or None
+
+    image, digest = read(IMAGE_ENV), read(IMAGE_DIGEST_ENV)
+    if image and "@sha256:" in image:
+        image, _, pinned = image.partition("@")
+        digest = digest or pinned
+    return ImageEnv(image=image, digest=digest, image_id=read(IMAGE_ID_ENV), lock=read(LOCK_ENV),
+                    lock_sha256=read(LOCK_SHA256_ENV))
+
+
 def image_identity() -> tuple[str, str]:
-    """(image reference, digest) from the container layer; ("none", "none") outside a container."""
-    image = os.environ.get(IMAGE_ENV, "").strip() or NONE
-    digest = os.environ.get(IMAGE_DIGEST_ENV, "").strip()
-    if not digest and "@sha256:" in image:
-        image, _, hexdigest = image.partition("@")
-        digest = hexdigest
-    if "@sha256:" in image:
-        image = image.split("@", 1)[0]
-    return image, digest or NONE
+    """(image reference, digest) as a record spells them; ("none", "none") outside a container."""
+    env = image_env()
+    return env.image or NONE, env.digest or NONE
 
 
 def pinned_reference(image: str, digest: str) -> str | None:
@@ -165,7 +187,7 @@ def pinned_reference(image: str, digest: str) -> str | None:
 
 def lock_file(root: str | None) -> tuple[str, str]:
     """(lock file name, sha256): $REPROZOO_LOCK, else the repo's envs/cpu.txt; "none" when absent."""
-    explicit = os.environ.get(LOCK_ENV)
+    explicit = image_env().lock
     candidates = [Path(explicit)] if explicit else ([Path(root) / "envs" / "cpu.txt"] if root else [])
     for path in candidates:
         if path.is_file():

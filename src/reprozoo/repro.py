@@ -184,7 +184,7 @@ def plan_repro(record: Record, *, data_dir: str | Path | None = None, runs_dir: 
     # The data is pinned by sha256 above; the replay re-registers the same content (same version offline).
     config.data.dataset_id = None
     if executor == "image":
-        from reprozoo.containers import CONTAINER_WORK
+        from reprozoo.containers.run import CONTAINER_WORK
 
         config.data.data_dir = None  # mounted at the image's data path ($REPROZOO_DATA_DIR inside)
         config.out_dir = f"{CONTAINER_WORK}/runs/{run_dir.name}"
@@ -266,13 +266,16 @@ def run_from_code(plan: ReproPlan, out: Callable[[str], None] | None = None) -> 
 def run_in_image(plan: ReproPlan, *, gpus: str = "auto", network: str = "bridge", log: Callable[[str], None] = print,
                  out: Callable[[str], None] | None = None) -> int:
     """The replay inside the recorded image: pulled by digest when not on this engine."""
-    from reprozoo import containers
+    from reprozoo.containers.engine import client
+    from reprozoo.containers.identity import ContainerError
+    from reprozoo.containers.registry import ensure_image
+    from reprozoo.containers.run import run_config_in_image
 
     assert plan.image is not None
-    engine = containers.client()
+    engine = client()
     try:
-        found = containers.ensure_image(engine, plan.image, log)
-    except containers.ContainerError as err:
+        found = ensure_image(engine, plan.image, log)
+    except ContainerError as err:
         if "@sha256:" not in plan.image:
             raise ReproError(f"image {plan.image} is not on this engine and was never pushed (no digest); rebuild it from"
                              f" commit {plan.record.commit[:12]} with `reprozoo image build` or replay with --no-image") from None
@@ -281,8 +284,8 @@ def run_in_image(plan: ReproPlan, *, gpus: str = "auto", network: str = "bridge"
     revision = (found.attrs.get("Config", {}).get("Labels") or {}).get("org.opencontainers.image.revision", "")
     if plan.record.commit and revision and not revision.startswith(plan.record.commit):
         log(f"warning: image revision {revision} is not the recorded commit {plan.record.commit}")
-    code, _ = containers.run_config_in_image(plan.config, plan.image, runs_dir=plan.run_dir.parent, data_dir=plan.data_dir,
-                                             gpus=gpus, network=network, log=log, out=out, engine=engine)
+    code, _ = run_config_in_image(plan.config, plan.image, runs_dir=plan.run_dir.parent, data_dir=plan.data_dir,
+                                  gpus=gpus, network=network, log=log, out=out, engine=engine)
     return code
 
 
@@ -302,7 +305,7 @@ def replayed_task(plan: ReproPlan) -> str | None:
 # --- enqueue (a ClearML agent replays it) -----------------------------------------------------------
 def enqueue_spec(record: Record, queue: str) -> dict[str, Any]:
     """What the clone for an agent looks like, as data: checked in tests, fed to ClearML by `enqueue`."""
-    from reprozoo.containers import AGENT_DOCKER_ARGUMENTS
+    from reprozoo.agent import docker_arguments
 
     if not record.task_id or record.task_id.startswith("offline-"):
         raise ReproError(f"{record.task_id or record.source} is an offline record; upload it first with `reprozoo tasks import"
@@ -312,7 +315,7 @@ def enqueue_spec(record: Record, queue: str) -> dict[str, Any]:
         raise ReproError(f"{record.task_id}'s image {image} was never pushed; an agent can only pull an image by digest:"
                          " push it (`reprozoo image push`) and re-run the task in it")
     return {"source_task": record.task_id, "name": f"repro of {record.name or record.task_id}", "queue": queue,
-            "docker_image": image, "docker_arguments": AGENT_DOCKER_ARGUMENTS if image else None,
+            "docker_image": image, "docker_arguments": docker_arguments() if image else None,
             "tags": ["repro", f"repro-of:{record.task_id}"]}
 
 

@@ -323,7 +323,7 @@ def _run_in_process(cfg: RunConfig, train_fn: Callable[[RunConfig], dict[str, An
 def _run_in_image(cfg: RunConfig, image: str, runs_dir: Path, data_dir: Path | None, gpus: str,
                   log: Callable[[str], None], image_fn: Callable[..., tuple[int, Path]] | None) -> dict[str, Any]:
     if image_fn is None:
-        from reprozoo.containers import run_config_in_image as image_fn
+        from reprozoo.containers.run import run_config_in_image as image_fn
     code, run_dir = image_fn(cfg, image, runs_dir=runs_dir, data_dir=data_dir, gpus=gpus, log=log)
     metrics_file = Path(run_dir) / "metrics.json"
     if code != 0 or not metrics_file.is_file():
@@ -350,7 +350,7 @@ def pipeline_steps(plan: SweepPlan, template_id: str | None) -> list[dict[str, A
     config object and as its hyperparameter sections (tracking.remote_config merges both on the agent
     against the template's `RunConfig (as recorded)`, and they agree), its queue, and its image."""
     from reprozoo import provenance
-    from reprozoo.containers import AGENT_DOCKER_ARGUMENTS  # the image's venv as is, its entrypoint cleared
+    from reprozoo.agent import docker_arguments  # the image's venv as is, its entrypoint cleared
     from reprozoo.session import CONFIG_OBJECT
     from reprozoo.tracking import config_sections
 
@@ -371,7 +371,7 @@ def pipeline_steps(plan: SweepPlan, template_id: str | None) -> list[dict[str, A
             "continue_behaviour": {"continue_on_fail": True, "continue_on_abort": True},
         }
         if step.image:
-            kwargs["task_overrides"].update({"container.image": step.image, "container.arguments": AGENT_DOCKER_ARGUMENTS})
+            kwargs["task_overrides"].update({"container.image": step.image, "container.arguments": docker_arguments()})
         steps.append(kwargs)
     return steps
 

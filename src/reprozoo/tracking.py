@@ -248,11 +248,11 @@ class Tracker:
             task.set_packages(str(lock))  # an agent without the image installs exactly the lock
         pinned = provenance.pinned_reference(env["image"], env["image_digest"])
         if pinned:
-            from reprozoo.containers import AGENT_DOCKER_ARGUMENTS
+            from reprozoo.agent import docker_arguments
 
             # A ClearML agent in docker mode re-runs the task in exactly this image, without
             # reinstalling Python packages over the ones the image was built with.
-            task.set_base_docker(docker_image=pinned, docker_arguments=AGENT_DOCKER_ARGUMENTS)
+            task.set_base_docker(docker_image=pinned, docker_arguments=docker_arguments())
         task.set_configuration_object(PROVENANCE_OBJECT, config_text=yaml.safe_dump(self.provenance, sort_keys=False),
                                       config_type="yaml", description="code, environment fingerprint, data and model versions")
         resolved = {

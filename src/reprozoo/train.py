@@ -235,7 +235,7 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict
                   "precision": plan.precision, "torch_threads": torch.get_num_threads(),
                   "throughput": next((c.summary() for c in trainer.callbacks if isinstance(c, ThroughputMonitor)), None)}
         (run_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
-        from reprozoo.containers import runtime_identity
+        from reprozoo.containers.identity import runtime_identity
 
         # Which image (repo digest, as `reprozoo image run` handed it in) or lock this run used.
         (run_dir / "image.json").write_text(json.dumps(runtime_identity(), indent=2) + "\n")

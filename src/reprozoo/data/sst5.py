@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reprozoo.data.trees import NUM_LABELS, Tree, detokenize, read_trees
+from reprozoo.provenance import file_sha256
 
 SPLITS = ("train", "dev", "test")
 OFFICIAL_URL = "https://nlp.stanford.edu/sentiment/trainDevTestTrees_PTB.zip"
@@ -93,10 +94,6 @@ def download_official(target: Path, url: str = OFFICIAL_URL) -> Path:
             tmp.write_bytes(content)
             tmp.replace(target / f"{split}.txt")
     return target
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def data_fingerprint(data_dir: Path) -> dict[str, str]:

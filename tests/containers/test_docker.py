@@ -23,11 +23,17 @@ from typing import Any
 
 import pytest
 
-from reprozoo import containers
+from reprozoo.containers.audit import find_secrets
+from reprozoo.containers.build import BuildResult, build_image, download_wheelhouse
+from reprozoo.containers.engine import client, find_image
+from reprozoo.containers.identity import ContainerError, build_args, image_spec, source_state, source_url
+from reprozoo.containers.registry import pull_by_digest
+from reprozoo.containers.run import CREDENTIAL_ENV
+from reprozoo.provenance import file_sha256
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEBOOTSTRAP_BASE = "reprozoo-base:bookworm-py311"
 # Where public images can be pulled (GitHub's runners), REPROZOO_TEST_BASE may name one instead,
 # e.g. the cpu flavour's pinned python:3.11-slim-bookworm; here the base is built with debootstrap.
@@ -37,13 +43,13 @@ SENTINEL = "rz-sentinel-42b7e0d9aa"
 
 def _engine_or_skip() -> Any:
     try:
-        return containers.client()
-    except containers.ContainerError:
+        return client()
+    except ContainerError:
         pass
     started = subprocess.run([str(REPO / "docker" / "engine.sh"), "start"], capture_output=True, text=True, check=False)
     try:
-        return containers.client()
-    except containers.ContainerError as err:
+        return client()
+    except ContainerError as err:
         reason = (started.stderr or started.stdout).strip().splitlines()[-1:] or [str(err)]
         pytest.skip(f"container tests need a Docker engine and none could start: {reason[0]}")
 
@@ -55,9 +61,9 @@ def engine() -> Any:
 
 @pytest.fixture(scope="session")
 def base_image(engine: Any) -> str:
-    if containers.find_image(engine, LOCAL_BASE) is None and LOCAL_BASE != DEBOOTSTRAP_BASE:
+    if find_image(engine, LOCAL_BASE) is None and LOCAL_BASE != DEBOOTSTRAP_BASE:
         engine.images.pull(LOCAL_BASE)
-    elif containers.find_image(engine, LOCAL_BASE) is None:
+    elif find_image(engine, LOCAL_BASE) is None:
         if not shutil.which("debootstrap"):
             pytest.fail("debootstrap is missing: `apt-get install debootstrap` (docker/engine.sh start installs it)")
         subprocess.run([str(REPO / "docker" / "base" / "bookworm-python.sh"), LOCAL_BASE], check=True,
@@ -87,16 +93,16 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def wheelhouse() -> Path:
-    return containers.download_wheelhouse(REPO, "cpu")  # hash-checked; a no-op when the wheels are there
+    return download_wheelhouse(REPO, "cpu")  # hash-checked; a no-op when the wheels are there
 
 
 @pytest.fixture(scope="session")
-def built(engine: Any, base_image: str, checkout: Path, wheelhouse: Path) -> containers.BuildResult:
-    saved = {k: os.environ.get(k) for k in containers.CREDENTIAL_ENV}
-    os.environ.update({k: SENTINEL for k in containers.CREDENTIAL_ENV})  # a build must not pick these up
+def built(engine: Any, base_image: str, checkout: Path, wheelhouse: Path) -> BuildResult:
+    saved = {k: os.environ.get(k) for k in CREDENTIAL_ENV}
+    os.environ.update({k: SENTINEL for k in CREDENTIAL_ENV})  # a build must not pick these up
     try:
-        return containers.build_image(checkout, "cpu", base_image, wheelhouse=wheelhouse, use_wheelhouse=True,
-                                      engine=engine, log=lambda line: None, state=containers.source_state(REPO))
+        return build_image(checkout, "cpu", base_image, wheelhouse=wheelhouse, use_wheelhouse=True,
+                           engine=engine, log=lambda line: None, state=source_state(REPO))
     finally:
         for key, value in saved.items():
             if value is None:
@@ -149,19 +155,19 @@ def reprozoo(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "reprozoo", *args], capture_output=True, text=True, check=False, cwd=cwd)
 
 
-def test_image_carries_its_identity(engine: Any, built: containers.BuildResult) -> None:
-    spec = containers.image_spec(REPO, "cpu", LOCAL_BASE)
+def test_image_carries_its_identity(engine: Any, built: BuildResult) -> None:
+    spec = image_spec(REPO, "cpu", LOCAL_BASE)
     assert built.ref == spec.ref and built.offline
     image = engine.images.get(built.ref)
     config = image.attrs["Config"]
     env = dict(entry.split("=", 1) for entry in config["Env"])
     assert env["REPROZOO_IMAGE"] == spec.ref and env["REPROZOO_LOCK"] == "cpu"
-    assert env["REPROZOO_LOCK_SHA256"] == containers.file_sha256(REPO / "envs" / "cpu.lock") and env["REPROZOO_IMAGE_DIGEST"] == ""
+    assert env["REPROZOO_LOCK_SHA256"] == file_sha256(REPO / "envs" / "cpu.lock") and env["REPROZOO_IMAGE_DIGEST"] == ""
     labels = config["Labels"]
     state = built.state
     assert labels["org.opencontainers.image.revision"] == state.revision + ("-dirty" if state.dirty else "")
-    assert labels["org.opencontainers.image.created"] == containers.build_args(spec, state)["CREATED"]
-    assert labels["org.opencontainers.image.source"] == containers.source_url(REPO) and labels["io.reprozoo.image"] == spec.ref
+    assert labels["org.opencontainers.image.created"] == build_args(spec, state)["CREATED"]
+    assert labels["org.opencontainers.image.source"] == source_url(REPO) and labels["io.reprozoo.image"] == spec.ref
     assert config["User"] == "10001:10001" and config["Entrypoint"] == ["reprozoo"]
     # The entrypoint answers, as the non-root user, with the locked torch and no network.
     out = engine.containers.run(built.ref, entrypoint=["sh", "-c"], network_mode="none", remove=True,
@@ -171,9 +177,9 @@ def test_image_carries_its_identity(engine: Any, built: containers.BuildResult) 
     assert uid == "10001" and versions == "2.13.0+cpu 0.1.0" and first_model and "No such file" in wheels
 
 
-def test_image_holds_no_secrets(engine: Any, built: containers.BuildResult) -> None:
+def test_image_holds_no_secrets(engine: Any, built: BuildResult) -> None:
     image = engine.images.get(built.ref)
-    findings = containers.find_secrets(engine, image, [SENTINEL])
+    findings = find_secrets(engine, image, [SENTINEL])
     assert findings == []
     # The scan itself finds a planted secret (it is not a test that cannot fail).
     container = engine.containers.create(built.ref, entrypoint=["true"])
@@ -181,7 +187,7 @@ def test_image_holds_no_secrets(engine: Any, built: containers.BuildResult) -> N
         container.put_archive("/home/reprozoo", _tar({"clearml.conf": SENTINEL}))
         leaked = container.commit(repository="reprozoo-leak-check", tag="x")
         try:
-            found = containers.find_secrets(engine, leaked, [SENTINEL])
+            found = find_secrets(engine, leaked, [SENTINEL])
             assert "file home/reprozoo/clearml.conf" in found and any("contains" in f for f in found)
         finally:
             engine.images.remove(leaked.id, force=True)
@@ -202,10 +208,10 @@ def _tar(files: dict[str, str]) -> bytes:
     return buffer.getvalue()
 
 
-def test_rebuild_gives_the_same_tag_and_image(engine: Any, built: containers.BuildResult, checkout: Path,
+def test_rebuild_gives_the_same_tag_and_image(engine: Any, built: BuildResult, checkout: Path,
                                              wheelhouse: Path) -> None:
-    again = containers.build_image(checkout, "cpu", LOCAL_BASE, wheelhouse=wheelhouse, use_wheelhouse=True, engine=engine,
-                                   log=lambda line: None, state=built.state)
+    again = build_image(checkout, "cpu", LOCAL_BASE, wheelhouse=wheelhouse, use_wheelhouse=True, engine=engine,
+                        log=lambda line: None, state=built.state)
     assert again.ref == built.ref
     # With the engine's layer cache every step is reused: the same image id (config digest).
     # Without it (--no-cache) the id differs: the classic builder stamps each layer's history with
@@ -214,7 +220,7 @@ def test_rebuild_gives_the_same_tag_and_image(engine: Any, built: containers.Bui
 
 
 @pytest.fixture(scope="session")
-def pinned(engine: Any, built: containers.BuildResult, registry: str) -> str:
+def pinned(engine: Any, built: BuildResult, registry: str) -> str:
     """`reprozoo image push` to the local registry: the `repo@sha256:…` it prints."""
     pushed = reprozoo("image", "push", "--flavour", "cpu", "--base", LOCAL_BASE, "--registry", registry)
     assert pushed.returncode == 0, pushed.stderr
@@ -223,18 +229,18 @@ def pinned(engine: Any, built: containers.BuildResult, registry: str) -> str:
     return reference
 
 
-def _forget_locally(engine: Any, built: containers.BuildResult) -> None:
+def _forget_locally(engine: Any, built: BuildResult) -> None:
     engine.images.remove(built.image_id, force=True, noprune=True)
-    assert containers.find_image(engine, built.ref) is None
+    assert find_image(engine, built.ref) is None
 
 
 @pytest.fixture(scope="session")
-def inside(engine: Any, built: containers.BuildResult, pinned: str, data_dir: Path,
+def inside(engine: Any, built: BuildResult, pinned: str, data_dir: Path,
            tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A short MiniLM training inside the image pulled back by digest, ClearML offline."""
     # Forget the image locally, then get it back from the registry by digest alone.
     _forget_locally(engine, built)
-    pulled = containers.pull_by_digest(engine, pinned)
+    pulled = pull_by_digest(engine, pinned)
     assert pulled.id == built.image_id  # the registry served the very image that was built
     pulled.tag("reprozoo", built.ref.split(":", 1)[1])  # keep the content tag for later use
 
@@ -253,7 +259,7 @@ def inside(engine: Any, built: containers.BuildResult, pinned: str, data_dir: Pa
     return {"result": result, "run": root / "runs" / "minilm", "env": env, "root": root}
 
 
-def test_push_pull_by_digest_and_train_inside(inside: dict[str, Any], built: containers.BuildResult, pinned: str) -> None:
+def test_push_pull_by_digest_and_train_inside(inside: dict[str, Any], built: BuildResult, pinned: str) -> None:
     result, run = inside["result"], inside["run"]
     assert "no GPU: running on CPU" in result.stderr and f"= {pinned}" in result.stderr
     metrics = json.loads((run / "metrics.json").read_text())
@@ -272,7 +278,7 @@ def test_push_pull_by_digest_and_train_inside(inside: dict[str, Any], built: con
     assert record["commit"].startswith(built.state.revision) and record["lock_file"] != "none"
 
 
-def test_repro_in_the_recorded_image_is_bit_identical(inside: dict[str, Any], engine: Any, built: containers.BuildResult,
+def test_repro_in_the_recorded_image_is_bit_identical(inside: dict[str, Any], engine: Any, built: BuildResult,
                                                       pinned: str) -> None:
     """`reprozoo repro <task> --verify`: the image pulled again by its recorded digest, the same data and
     RunConfig, and a verdict on the metrics."""
@@ -287,12 +293,12 @@ def test_repro_in_the_recorded_image_is_bit_identical(inside: dict[str, Any], en
     replay = inside["run"].parent / "replay"
     assert json.loads((replay / "image.json").read_text())["image_digest"] == pinned
     assert json.loads((replay / "metrics.json").read_text()) == json.loads((inside["run"] / "metrics.json").read_text())
-    containers.find_image(engine, pinned).tag("reprozoo", built.ref.split(":", 1)[1])
+    find_image(engine, pinned).tag("reprozoo", built.ref.split(":", 1)[1])
 
 
 def test_cuda_flavour_checks_the_base_python(engine: Any, base_image: str, checkout: Path) -> None:
     """No GPU and no CUDA base here: the cuda flavour is exercised up to its first guard. Its lock is
     compiled for the CUDA base's Python 3.12; on a 3.11 base the build stops before installing anything."""
-    with pytest.raises(containers.ContainerError, match=r"cuda.lock was compiled for Python 3\.12; the base image has 3\.11"):
-        containers.build_image(checkout, "cuda", base_image, use_wheelhouse=False, engine=engine, log=lambda line: None,
-                               state=containers.source_state(REPO))
+    with pytest.raises(ContainerError, match=r"cuda.lock was compiled for Python 3\.12; the base image has 3\.11"):
+        build_image(checkout, "cuda", base_image, use_wheelhouse=False, engine=engine, log=lambda line: None,
+                    state=source_state(REPO))
