@@ -111,8 +111,9 @@ def test_export_in_a_plain_pipeline_gives_the_same_probabilities(mpnet: dict) ->
     import torch
     from transformers import AutoTokenizer
 
-    from reprozoo.modeling_reprozoo import ReprozooForSequenceClassification
+    from reprozoo.modeling_reprozoo import ReprozooForSequenceClassification, register_auto_classes
 
+    register_auto_classes()  # the export's config names our classes: no remote-code prompt here
     tokenizer = AutoTokenizer.from_pretrained(export)
     model = ReprozooForSequenceClassification.from_pretrained(export).eval()
     labels = model.config.id2label
