@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reprozoo.data.trees import NUM_LABELS, Tree, detokenize, read_trees
+from reprozoo.errors import UserError
 
 SPLITS = ("train", "dev", "test")
 OFFICIAL_URL = "https://nlp.stanford.edu/sentiment/trainDevTestTrees_PTB.zip"
@@ -28,7 +29,7 @@ OFFICIAL_SHA256 = {
 }
 
 
-class DataSourceError(RuntimeError):
+class DataSourceError(UserError, RuntimeError):
     """No usable copy of the SST-5 trees; the message says where to put one."""
 
 
