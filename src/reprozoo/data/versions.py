@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from reprozoo import session
-from reprozoo.data.sst5 import SPLITS, DataSourceError, cache_root, data_fingerprint
+from reprozoo.cache import cache_root
+from reprozoo.data.sst5 import SPLITS, DataSourceError, data_fingerprint
 
 PROJECT = "reprozoo/datasets"
 NAME = "sst5"
