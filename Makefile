@@ -59,8 +59,9 @@ test: setup ## run the whole test suite (what CI runs)
 test-fast: setup ## the suite without slow tests
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-lint: setup ## ruff
+lint: setup ## ruff, and lint-imports: the layers and no import cycle (pyproject.toml [tool.importlinter])
 	$(VENV)/bin/ruff check src tests bench
+	PYTHONPATH=src $(VENV)/bin/lint-imports --no-cache
 
 models: setup ## list the model zoo
 	$(VENV)/bin/reprozoo models

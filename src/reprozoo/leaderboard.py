@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reprozoo import records, session, zoo
 from reprozoo.data.trees import LABEL_NAMES
 
 COMPLETED = ("completed", "published")
@@ -67,8 +68,6 @@ def gpus_used(record: Any) -> int:
 
 
 def row_from_record(record: Any) -> Row:
-    from reprozoo import zoo
-
     cfg, m = record.config, record.metrics
     resolved = record.provenance.get("resolved") or {}
     name = cfg.model.name
@@ -91,16 +90,14 @@ def row_from_record(record: Any) -> Row:
     )
 
 
-def rows_from_records(records: list[Any], project: str | None = None) -> list[Row]:
+def rows_from_records(found: list[Any], project: str | None = None) -> list[Row]:
     """Completed runs with metrics (of `project`, when given), best test accuracy first."""
-    rows = [row_from_record(r) for r in records
+    rows = [row_from_record(r) for r in found
             if r.status in COMPLETED and r.metrics and (project is None or r.project == project)]
     return sorted(rows, key=lambda r: (-r.test_accuracy, -r.test_macro_f1, r.model))
 
 
 def gather(server: bool, project: str | None) -> list[Row]:
-    from reprozoo import records
-
     found = records.list_server(project, limit=500) if server else records.list_offline()
     return rows_from_records(found, project)
 
@@ -240,17 +237,13 @@ def write_all(rows: list[Row], out_dir: Path, references_path: Path | None) -> t
 def report_to_clearml(rows: list[Row], paths: dict[str, Path], project: str, task_cls: Any = None) -> str:
     """A `custom` task named "leaderboard" holding the table, the chart and the CSV.
     Exercised against a real server: no; tests use a recording stand-in."""
-    from reprozoo.session import clearml_env, restore_clearml_env
-
     if task_cls is None:
         from clearml import Task
 
-        from reprozoo.session import configure_clearml
-
-        configure_clearml()
+        session.configure_clearml()
         Task.set_offline(False)
         task_cls = Task
-    env_before = clearml_env()
+    env_before = session.clearml_env()
     task = task_cls.init(project_name=project, task_name="leaderboard", task_type=task_cls.TaskTypes.custom,
                          reuse_last_task_id=False, auto_connect_arg_parser=False, auto_connect_frameworks=False,
                          auto_resource_monitoring=False)
@@ -260,5 +253,5 @@ def report_to_clearml(rows: list[Row], paths: dict[str, Path], project: str, tas
     task.upload_artifact("leaderboard.csv", artifact_object=str(paths["csv"]), wait_on_upload=True)
     task_id = task.id
     task.close()
-    restore_clearml_env(env_before)
+    session.restore_clearml_env(env_before)
     return task_id

@@ -1,12 +1,13 @@
-"""Plain-line progress for logs and CI (the Rich bar is used on a terminal)."""
+"""Plain-line progress for logs and CI (the Rich bar is used on a terminal), as `reprozoo: …` log lines."""
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
+
+from reprozoo.log import log
 
 
 class LineProgress(Callback):
@@ -27,16 +28,16 @@ class LineProgress(Callback):
             elapsed = time.time() - self._start
             total = trainer.estimated_stepping_batches
             loss = trainer.callback_metrics.get("train/loss")
-            print(f"step {step}/{total}  epoch {trainer.current_epoch}  loss {float(loss):.4f}  "
-                  f"{self._examples / max(elapsed, 1e-9):.1f} ex/s  {elapsed:.0f}s", file=sys.stderr, flush=True)
+            log.info(f"step {step}/{total}  epoch {trainer.current_epoch}  loss {float(loss):.4f}  "
+                     f"{self._examples / max(elapsed, 1e-9):.1f} ex/s  {elapsed:.0f}s")
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
             return
         m = trainer.callback_metrics
         if "val/accuracy" in m:
-            print(f"dev  epoch {trainer.current_epoch} step {trainer.global_step}: accuracy {float(m['val/accuracy']):.4f}"
-                  f"  macro-F1 {float(m['val/macro_f1']):.4f}", file=sys.stderr, flush=True)
+            log.info(f"dev  epoch {trainer.current_epoch} step {trainer.global_step}: accuracy {float(m['val/accuracy']):.4f}"
+                     f"  macro-F1 {float(m['val/macro_f1']):.4f}")
 
 
 class ThroughputMonitor(Callback):

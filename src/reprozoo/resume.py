@@ -15,7 +15,6 @@ import io
 import os
 import random
 import signal
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -27,11 +26,14 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
+from reprozoo.errors import UserError
+from reprozoo.log import log
+
 LAST = "last.ckpt"
 PREVIOUS = "last.prev.ckpt"
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(UserError, OSError):
     """A checkpoint could not be written; the previous one is intact."""
 
 
@@ -167,14 +169,13 @@ class PreemptionCheckpoint(Callback):
         launcher = self.trainer.strategy.launcher if self.trainer is not None else None
         if launcher is not None:
             launcher.kill(signum)  # DDP: the other ranks get the signal too (what Lightning's handler did)
-        print(f"reprozoo: received {signal.Signals(signum).name}; checkpointing after this batch", file=sys.stderr, flush=True)
+        log.warning(f"received {signal.Signals(signum).name}; checkpointing after this batch")
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.received is None:
             return
         trainer.save_checkpoint(self.checkpoint_dir / LAST)
-        print(f"reprozoo: saved {self.checkpoint_dir / LAST}; resume with `reprozoo train --resume"
-              f" {self.checkpoint_dir.parent}`", file=sys.stderr, flush=True)
+        log.warning(f"saved {self.checkpoint_dir / LAST}; resume with `reprozoo train --resume {self.checkpoint_dir.parent}`")
         trainer.should_stop = True
         raise Preempted(self.received)
 
@@ -206,12 +207,11 @@ def find_resume_checkpoint(run_dir: Path) -> Path:
             torch.load(path, map_location="cpu", weights_only=False, mmap=True)
         except Exception as err:
             problems.append(f"{name} unreadable ({type(err).__name__})")
-            print(f"reprozoo: {path} is corrupt or truncated ({type(err).__name__}); trying the previous checkpoint",
-                  file=sys.stderr)
+            log.warning(f"{path} is corrupt or truncated ({type(err).__name__}); trying the previous checkpoint")
             continue
         return path
     raise ResumeError(f"{run_dir}: no usable checkpoint to resume from ({'; '.join(problems)}); start a new run instead")
 
 
-class ResumeError(RuntimeError):
+class ResumeError(UserError, RuntimeError):
     """Nothing to resume from."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,8 +23,11 @@ from typing import Any
 
 import yaml
 
-from reprozoo import provenance
+from reprozoo import agent, provenance
 from reprozoo.config import _SECTIONS, ConfigError, RunConfig, _annotation, _parse_value, flatten
+from reprozoo.data import versions
+from reprozoo.data.trees import LABEL_NAMES
+from reprozoo.log import log
 from reprozoo.session import (
     BASELINE_OBJECT,
     CONFIG_OBJECT,
@@ -200,13 +202,11 @@ class Tracker:
     # -- before training ---------------------------------------------------------------------------
     def record(self, cfg: RunConfig, plan: Any, weights: Any) -> dict[str, Any]:
         """Everything known before training, into the task and into run_dir/provenance.json."""
-        from reprozoo.data import versions
-
         git = provenance.git_state()
         if git.untracked:
             shown = ", ".join(git.untracked[:8]) + (f" (+{len(git.untracked) - 8} more)" if len(git.untracked) > 8 else "")
-            print(f"reprozoo: warning: {len(git.untracked)} untracked file(s) are not in the record and would be lost"
-                  f" on replay (commit or .gitignore them): {shown}", file=sys.stderr)
+            log.warning(f"warning: {len(git.untracked)} untracked file(s) are not in the record and would be lost"
+                        f" on replay (commit or .gitignore them): {shown}")
         if plan.dataset is not None:
             self.dataset = plan.dataset  # --dataset-id: already resolved and verified by plan_run
         elif self.task is not None and (self.dataset is None or self.dataset.sha256 != plan.data_sha256):
@@ -248,11 +248,9 @@ class Tracker:
             task.set_packages(str(lock))  # an agent without the image installs exactly the lock
         pinned = provenance.pinned_reference(env["image"], env["image_digest"])
         if pinned:
-            from reprozoo.agent import docker_arguments
-
             # A ClearML agent in docker mode re-runs the task in exactly this image, without
             # reinstalling Python packages over the ones the image was built with.
-            task.set_base_docker(docker_image=pinned, docker_arguments=docker_arguments())
+            task.set_base_docker(docker_image=pinned, docker_arguments=agent.docker_arguments())
         task.set_configuration_object(PROVENANCE_OBJECT, config_text=yaml.safe_dump(self.provenance, sort_keys=False),
                                       config_type="yaml", description="code, environment fingerprint, data and model versions")
         resolved = {
@@ -267,8 +265,6 @@ class Tracker:
     # -- after training ----------------------------------------------------------------------------
     def finish(self, metrics: dict[str, Any], timing: dict[str, Any], run_dir: Path, export_dir: Path,
                class_counts: list[float] | None = None) -> None:
-        from reprozoo.data.trees import LABEL_NAMES
-
         record: dict[str, Any] = {"mode": self.mode, "task_id": self.task_id,
                                   "dataset_id": self.dataset.dataset_id if self.dataset else None}
         write_model_card(export_dir, self.task_id, self.provenance, metrics)
@@ -383,8 +379,6 @@ def open_task(cfg: RunConfig, task_name: str, plan: Any, continue_task: str | No
     configure_clearml()
     from clearml import Task
 
-    from reprozoo.data import versions
-
     Task.set_offline(mode == "offline")
     # Before Task.init: an offline Dataset.create is itself a Task.init, which ClearML refuses while
     # another task is the process's main task (UsageError "Current task already created").
@@ -392,8 +386,8 @@ def open_task(cfg: RunConfig, task_name: str, plan: Any, continue_task: str | No
     env_before = clearml_env()
     reopen = continuable(continue_task, mode)
     if continue_task and not reopen:
-        print(f"reprozoo: task {continue_task} cannot be reopened in {mode} mode here; the resumed run is recorded as a"
-              f" new task tagged resumes:{continue_task}", file=sys.stderr)
+        log.warning(f"task {continue_task} cannot be reopened in {mode} mode here; the resumed run is recorded as a"
+                    f" new task tagged resumes:{continue_task}")
     task = Task.init(
         project_name=cfg.tracking.project,
         task_name=provenance.redact(cfg.tracking.task_name or task_name),

@@ -29,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
-from reprozoo.data.sst5 import cache_root
+from reprozoo.cache import cache_root
 from reprozoo.errors import UserError
 
 TIMEOUT_ENV = "REPROZOO_NETWORK_TIMEOUT"

@@ -19,13 +19,14 @@ from typing import Any
 import yaml
 
 from reprozoo import weights
+from reprozoo.errors import UserError
 
 
-class UnknownModelError(LookupError):
+class UnknownModelError(UserError, LookupError):
     """A model name that is neither in the zoo, nor a hub id, nor a local directory."""
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserError, RuntimeError):
     """The weights cannot be had: hub unreachable and no local copy."""
 
 

@@ -16,7 +16,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from reprozoo.cache import cache_root
 from reprozoo.data.trees import NUM_LABELS, Tree, detokenize, read_trees
+from reprozoo.errors import UserError
 from reprozoo.provenance import file_sha256
 
 SPLITS = ("train", "dev", "test")
@@ -29,7 +31,7 @@ OFFICIAL_SHA256 = {
 }
 
 
-class DataSourceError(RuntimeError):
+class DataSourceError(UserError, RuntimeError):
     """No usable copy of the SST-5 trees; the message says where to put one."""
 
 
@@ -49,10 +51,6 @@ class Examples:
         for label, weight in zip(self.labels, self.weights, strict=True):
             counts[label] += weight if weighted else 1.0
         return counts
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("REPROZOO_CACHE_DIR", Path.home() / ".cache" / "reprozoo"))
 
 
 def resolve_data_dir(data_dir: str | None, download: bool = True) -> Path:

@@ -10,15 +10,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from reprozoo.errors import UserError
+
 NUM_LABELS = 5
 LABEL_NAMES = ("very negative", "negative", "neutral", "positive", "very positive")
 
 
-class TreeFormatError(ValueError):
+class TreeFormatError(UserError, ValueError):
     """A tree file that is not one well-formed, 5-class labelled tree per line."""
 
 
-class MissingSplitError(FileNotFoundError):
+class MissingSplitError(UserError, FileNotFoundError):
     """A split file that is not there."""
 
 

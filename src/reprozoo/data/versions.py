@@ -28,7 +28,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from reprozoo.data.sst5 import SPLITS, DataSourceError, cache_root, data_fingerprint
+from reprozoo import session
+from reprozoo.cache import cache_root
+from reprozoo.data.sst5 import SPLITS, DataSourceError, data_fingerprint
 
 PROJECT = "reprozoo/datasets"
 NAME = "sst5"
@@ -123,9 +125,7 @@ def _tags(digest: str, parent: str | None) -> list[str]:
 def _create_offline_dataset(path: Path, digest: str, parent: str | None) -> tuple[str, str]:
     from clearml import Dataset, Task
 
-    from reprozoo.session import clearml_env, restore_clearml_env
-
-    env_before = clearml_env()
+    env_before = session.clearml_env()
     # Not restored afterwards: going back online needs a configured server (MissingConfigError),
     # and an offline registration happens only in an offline run.
     Task.set_offline(True)
@@ -149,7 +149,7 @@ def _create_offline_dataset(path: Path, digest: str, parent: str | None) -> tupl
     dataset.upload(show_progress=False)
     folder = task.get_offline_mode_folder()
     task.close()
-    restore_clearml_env(env_before)
+    session.restore_clearml_env(env_before)
     return dataset.id, str(folder)
 
 
@@ -186,9 +186,7 @@ def resolve(dataset_id: str) -> DataVersion:
                                       f" --data-dir DIR` on the original trees to restore them")
             _verify(path, entry["sha256"], dataset_id)
             return DataVersion(dataset_id, entry["content_hash"], entry["sha256"], entry["parent"], str(path), "offline")
-    from reprozoo.session import server_configured
-
-    if dataset_id.startswith("offline-") or not server_configured():
+    if dataset_id.startswith("offline-") or not session.server_configured():
         raise DataSourceError(f"dataset {dataset_id} is not in this machine's offline index ({store_root() / 'index.json'})"
                               " and no ClearML server is configured; run `reprozoo data version` here or configure the server")
     from clearml import Dataset
