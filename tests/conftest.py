@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import isolate_clearml
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TREES = REPO.parent / "shared" / "data" / "sst5" / "trees"
 
@@ -35,6 +37,15 @@ def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("REPROZOO_CACHE_DIR", str(cache))
     return cache
+
+
+@pytest.fixture
+def isolated_clearml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> Path:
+    """ClearML offline with nothing of the user's (sessions in tmp_path/clearml/offline, reprozoo's cache in
+    tmp_path/cache, no clearml.conf, no server credentials) and the SST-5 trees as REPROZOO_DATA_DIR."""
+    isolate_clearml(monkeypatch, tmp_path)
+    monkeypatch.setenv("REPROZOO_DATA_DIR", str(data_dir))
+    return tmp_path
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -7,11 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import reprozoo
 from reprozoo.config import ConfigError, RunConfig
-
-
-def reprozoo(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reprozoo", *args], capture_output=True, text=True, check=False)
 
 
 def test_models_table_and_names() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import isolate_clearml
 from reprozoo.config import RunConfig
 
 
@@ -40,12 +41,8 @@ def test_two_process_ddp_on_the_cpu(tmp_path: Path, data_dir: Path, monkeypatch:
 
     from reprozoo.records import list_offline
 
-    monkeypatch.setenv("CLEARML_CACHE_DIR", str(tmp_path / "clearml"))
-    monkeypatch.setenv("REPROZOO_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("CLEARML_CONFIG_FILE", str(tmp_path / "absent-clearml.conf"))
+    isolate_clearml(monkeypatch, tmp_path)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two processes on two cores
-    for name in ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY"):
-        monkeypatch.delenv(name, raising=False)
     runs = tmp_path / "runs"
     result = subprocess.run([sys.executable, "-m", "reprozoo", "train", "--accelerator", "cpu", "--devices", "2",
                              "--data-dir", str(data_dir), "--limit-train-samples", "256", "--limit-eval-samples", "100",

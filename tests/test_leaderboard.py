@@ -10,12 +10,12 @@ import io
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
+from helpers import isolate_clearml, reprozoo
 from reprozoo import leaderboard as board
 from reprozoo.data.trees import LABEL_NAMES
 
@@ -29,13 +29,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, tiny_model_di
 
     root = tmp_path_factory.mktemp("leaderboard")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CLEARML_CACHE_DIR", str(root / "clearml"))
-        mp.setenv("REPROZOO_CACHE_DIR", str(root / "cache"))
-        mp.setenv("CLEARML_CONFIG_FILE", str(root / "absent-clearml.conf"))
+        isolate_clearml(mp, root)
         mp.setenv("REPROZOO_DATA_DIR", str(data_dir))
         mp.setenv("HF_HUB_OFFLINE", "1")
-        for name in ("CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY", "CLEARML_API_HOST"):
-            mp.delenv(name, raising=False)
         common = ["data.limit_train_samples=300", "trainer.max_epochs=1", "data.max_length=64", "optim.lr=1e-3",
                   "tracking.mode=offline", "tracking.project=reprozoo-tests"]
         # Different dev/test subsets, so the two runs score differently.
@@ -177,8 +173,7 @@ def test_summary_task_gets_the_table_and_the_chart(runs: dict, tmp_path: Path) -
 
 def test_leaderboard_cli(runs: dict, tmp_path: Path) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "reprozoo", "leaderboard", *args], capture_output=True, text=True,
-                              env=runs["env"], timeout=120, check=False)
+        return reprozoo("leaderboard", *args, env=runs["env"], timeout=120)
 
     shown = cli("--format", "markdown", "--out", str(tmp_path / "board"))
     assert shown.returncode == 0, shown.stderr

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import free_port, isolate_clearml, reprozoo
 from reprozoo.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,14 +28,6 @@ SECRETS = {
 }
 # A token passed in the config (task name) that is in no environment variable: caught by its shape.
 CONFIG_SECRET = "hf_PlantedOnlyInTheConfig0123456789abcdef"
-
-
-def closed_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def small_config(data_dir: Path, out: Path) -> RunConfig:
@@ -51,10 +44,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict:
 
     root = tmp_path_factory.mktemp("records")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CLEARML_CACHE_DIR", str(root / "clearml"))
-        mp.setenv("REPROZOO_CACHE_DIR", str(root / "cache"))
-        mp.setenv("CLEARML_CONFIG_FILE", str(root / "absent-clearml.conf"))
-        mp.setenv("CLEARML_API_HOST", f"http://127.0.0.1:{closed_port()}")  # configured, and down
+        isolate_clearml(mp, root)
+        mp.setenv("CLEARML_API_HOST", f"http://127.0.0.1:{free_port()}")  # configured, and down
         mp.setenv("HF_HUB_OFFLINE", "1")
         for name, value in SECRETS.items():
             mp.setenv(name, value)
@@ -72,8 +63,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict:
 
 
 def cli(runs: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reprozoo", *args], capture_output=True, text=True, check=False,
-                          env=runs["env"], timeout=120)
+    return reprozoo(*args, env=runs["env"], timeout=120)
 
 
 def test_offline_run_records_everything(runs: dict, data_dir: Path) -> None:

@@ -5,14 +5,13 @@ local sweeps of tiny random-weight zoo-family models on SST-5 sentences, ClearML
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 import yaml
 
+from helpers import reprozoo
 from reprozoo import sweep as sweeps
 from reprozoo import zoo
 from reprozoo.config import ConfigError, RunConfig
@@ -20,10 +19,6 @@ from reprozoo.config import ConfigError, RunConfig
 DIGEST = "sha256:" + "ab" * 32
 IMAGE = f"ghcr.io/org/reprozoo@{DIGEST}"
 SHA = {"train": "1" * 64, "dev": "2" * 64, "test": "3" * 64}
-
-
-def reprozoo(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reprozoo", *args], capture_output=True, text=True, check=False, timeout=600)
 
 
 # --- selection and plan --------------------------------------------------------------------------
@@ -246,17 +241,6 @@ def test_queue_without_a_server_is_refused(tmp_path: Path, monkeypatch: pytest.M
 TINY_ARGS = ["--set", "data.limit_train_samples=300", "--set", "data.limit_eval_samples=100", "--set", "trainer.max_epochs=1",
              "--set", "data.max_length=64", "--set", "optim.lr=1e-3", "--set", "tracking.mode=offline",
              "--set", "tracking.project=reprozoo-tests"]
-
-
-@pytest.fixture
-def isolated_clearml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> Path:
-    monkeypatch.setenv("CLEARML_CACHE_DIR", str(tmp_path / "clearml"))
-    monkeypatch.setenv("REPROZOO_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("CLEARML_CONFIG_FILE", str(tmp_path / "absent-clearml.conf"))
-    monkeypatch.setenv("REPROZOO_DATA_DIR", str(data_dir))
-    for name in ("CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY", "CLEARML_API_HOST"):
-        monkeypatch.delenv(name, raising=False)
-    return tmp_path
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import textwrap
@@ -11,24 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import free_port
 from reprozoo import session, tracking
 from reprozoo.config import RunConfig
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def isolated_clearml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_cache: Path) -> Path:
-    monkeypatch.setenv("CLEARML_CACHE_DIR", str(tmp_path / "clearml"))
-    monkeypatch.setenv("CLEARML_CONFIG_FILE", str(tmp_path / "no-clearml.conf"))
-    for name in ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    return tmp_path / "clearml" / "offline"
 
 
 def test_auto_is_offline_without_credentials(isolated_clearml: Path) -> None:
@@ -39,7 +23,7 @@ def test_auto_is_offline_without_credentials(isolated_clearml: Path) -> None:
 
 def test_unreachable_server_falls_back_to_offline_in_bounded_time(
         isolated_clearml: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    url = f"http://127.0.0.1:{closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("CLEARML_API_HOST", url)
     monkeypatch.setenv("CLEARML_API_ACCESS_KEY", "AKEYTHATDOESNOTEXIST")
     monkeypatch.setenv("CLEARML_API_SECRET_KEY", "asecretthatdoesnotexist")
@@ -79,7 +63,7 @@ def test_close_cannot_hang(isolated_clearml: Path, tmp_path: Path) -> None:
     seconds = float(result.stdout.split("close_seconds")[-1])
     assert seconds < 5, f"task.close() took {seconds:.1f}s"
     assert time.monotonic() - started < 60
-    assert len(list(isolated_clearml.glob("offline-*.zip"))) == 1
+    assert len(list((isolated_clearml / "clearml" / "offline").glob("offline-*.zip"))) == 1
 
 
 def test_config_sections_round_trip() -> None:

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from helpers import free_port as _free_port
+from helpers import reprozoo
 from reprozoo.containers.audit import find_secrets
 from reprozoo.containers.build import BuildResult, build_image, download_wheelhouse
 from reprozoo.containers.engine import client, find_image
@@ -111,12 +113,6 @@ def built(engine: Any, base_image: str, checkout: Path, wheelhouse: Path) -> Bui
                 os.environ[key] = value
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory, engine: Any) -> Iterator[str]:
     """Debian's docker-registry (distribution 2.8) on 127.0.0.1, storage in a temp folder."""
@@ -149,10 +145,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory, engine: Any) -> Iterator[
         for ref in refs:
             if ref.startswith(f"127.0.0.1:{port}/"):
                 engine.images.remove(ref, noprune=True)
-
-
-def reprozoo(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reprozoo", *args], capture_output=True, text=True, check=False, cwd=cwd)
 
 
 def test_image_carries_its_identity(engine: Any, built: BuildResult) -> None:

@@ -1,0 +1,44 @@
+"""Helpers the test files share: the CLI in a subprocess, ClearML kept offline under a folder, a closed port.
+
+Fixtures built on them (`isolated_clearml`) live in conftest.py; test files import these functions with
+`from helpers import reprozoo` (conftest.py's folder is on sys.path, for tests in subfolders too).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CLEARML_API_VARIABLES = ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY")
+
+
+def reprozoo(*args: str, cwd: Path | str = REPO, env: Mapping[str, str] | None = None,
+             timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m reprozoo ARGS…` with this interpreter, run from the repository root by default;
+    output captured as text, the exit code left to the caller."""
+    return subprocess.run([sys.executable, "-m", "reprozoo", *args], capture_output=True, text=True, check=False,
+                          cwd=cwd, env=None if env is None else dict(env), timeout=timeout)
+
+
+def isolate_clearml(mp: pytest.MonkeyPatch, root: Path) -> Path:
+    """ClearML offline with nothing of the user's: sessions under ROOT/clearml, reprozoo's cache under
+    ROOT/cache, no clearml.conf and no server credentials. Returns the offline sessions' folder."""
+    mp.setenv("CLEARML_CACHE_DIR", str(root / "clearml"))
+    mp.setenv("REPROZOO_CACHE_DIR", str(root / "cache"))
+    mp.setenv("CLEARML_CONFIG_FILE", str(root / "absent-clearml.conf"))
+    for name in CLEARML_API_VARIABLES:
+        mp.delenv(name, raising=False)
+    return root / "clearml" / "offline"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
