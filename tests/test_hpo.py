@@ -17,6 +17,7 @@ import yaml
 
 from reprozoo import agent, hpo, session, tracking
 from reprozoo.config import ConfigError, RunConfig
+from reprozoo.train import RunResult
 
 SPACE = "lr=1e-5:1e-4:log,batch_size=16|32,warmup=0:0.2,dropout=0:0.3"
 
@@ -108,12 +109,12 @@ def fake_metrics(cfg: RunConfig) -> dict[str, Any]:
 
 
 def fake_train(calls: list[RunConfig], fail_when: Any = None):
-    def train(cfg: RunConfig) -> dict[str, Any]:
+    def train(cfg: RunConfig) -> RunResult:
         calls.append(cfg)
         if fail_when is not None and fail_when(cfg):
             raise RuntimeError("CUDA out of memory (stand-in)")
         Path(cfg.out_dir).mkdir(parents=True)
-        return {"run_dir": cfg.out_dir, "metrics": fake_metrics(cfg), "task_id": f"offline-{len(calls)}"}
+        return RunResult(Path(cfg.out_dir), fake_metrics(cfg), task_id=f"offline-{len(calls)}")
 
     return train
 
@@ -191,7 +192,7 @@ def test_preemption_stops_the_search_instead_of_skipping_a_trial(tmp_path: Path)
 
     calls: list[RunConfig] = []
 
-    def train(cfg: RunConfig) -> dict[str, Any]:
+    def train(cfg: RunConfig) -> RunResult:
         calls.append(cfg)
         if len(calls) == 2:
             raise Preempted(15)

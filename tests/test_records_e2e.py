@@ -50,7 +50,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict:
         for name, value in SECRETS.items():
             mp.setenv(name, value)
         first = train(small_config(data_dir, root / "first"))
-        show = subprocess.run([sys.executable, "-m", "reprozoo", "tasks", "show", first["task_id"], "--as-config"],
+        show = subprocess.run([sys.executable, "-m", "reprozoo", "tasks", "show", first.task_id, "--as-config"],
                               capture_output=True, text=True, check=True, timeout=120)
         (root / "replay.yaml").write_text(show.stdout)
         started = time.monotonic()
@@ -71,9 +71,9 @@ def test_offline_run_records_everything(runs: dict, data_dir: Path) -> None:
     from reprozoo.provenance import redact
     from reprozoo.records import load_record
 
-    run_dir = Path(runs["first"]["run_dir"])
-    record = load_record(runs["first"]["task_id"])
-    assert record.task_id == runs["first"]["task_id"] and record.status == "completed"
+    run_dir = Path(runs["first"].run_dir)
+    record = load_record(runs["first"].task_id)
+    assert record.task_id == runs["first"].task_id and record.status == "completed"
     # config (with the planted token masked), and the metrics exactly as metrics.json
     assert record.config == small_config(data_dir, run_dir).override(["tracking.task_name=minilm ***"])
     assert record.metrics == json.loads((run_dir / "metrics.json").read_text())
@@ -89,7 +89,7 @@ def test_offline_run_records_everything(runs: dict, data_dir: Path) -> None:
     assert env["torch"] and env["transformers"] != "none" and env["lightning"] != "none" and env["cpu_model"]
     assert env["gpu_count"] == 0 and env["seed"] == 42 and env["determinism"]["torch_deterministic_algorithms"] is True
     # data and model versions
-    assert record.dataset_id and record.dataset_id.startswith("offline-") and record.dataset_id == runs["first"]["dataset_id"]
+    assert record.dataset_id and record.dataset_id.startswith("offline-") and record.dataset_id == runs["first"].dataset_id
     assert record.data_sha256 == data_fingerprint(data_dir)
     assert record.model_revision.startswith("sha256:") and record.provenance["model"]["hub_id"] == "sentence-transformers/all-MiniLM-L6-v2"
     # the session itself: zip, hyperparameter sections, artifacts, scalars, plots, single values
@@ -111,7 +111,7 @@ def test_offline_run_records_everything(runs: dict, data_dir: Path) -> None:
 
 
 def test_no_secret_anywhere_in_the_record(runs: dict) -> None:
-    session = runs["offline"] / runs["first"]["task_id"]
+    session = runs["offline"] / runs["first"].task_id
     blobs = [(str(p), p.read_bytes()) for p in session.rglob("*") if p.is_file()]
     for zipped in runs["offline"].glob("*.zip"):  # the run's and the dataset's sessions
         with zipfile.ZipFile(zipped) as archive:
@@ -132,17 +132,17 @@ def test_replay_from_as_config_is_bit_identical_despite_an_unreachable_server(ru
     warnings = [line for line in replay.stderr.splitlines() if "unreachable" in line]
     assert len(warnings) == 1 and "recording this run offline instead" in warnings[0]
     assert runs["replay_seconds"] < 300  # the fallback costs seconds, not a connection timeout per call
-    first = Path(runs["first"]["run_dir"]) / "metrics.json"
+    first = Path(runs["first"].run_dir) / "metrics.json"
     again = runs["root"] / "replay" / "metrics.json"
     assert again.read_bytes() == first.read_bytes()
     replay_task = json.loads((runs["root"] / "replay" / "task.json").read_text())
     assert replay_task["mode"] == "offline" and Path(replay_task["offline_zip"]).is_file()
-    assert replay_task["dataset_id"] == runs["first"]["dataset_id"]  # same data, same version
+    assert replay_task["dataset_id"] == runs["first"].dataset_id  # same data, same version
     assert replay_task["close_seconds"] < 5
 
 
 def test_tasks_cli_list_show_diff(runs: dict) -> None:
-    first = runs["first"]["task_id"]
+    first = runs["first"].task_id
     second = json.loads((runs["root"] / "replay" / "task.json").read_text())["task_id"]
     listing = cli(runs, "tasks", "list")
     assert listing.returncode == 0, listing.stderr
@@ -151,7 +151,7 @@ def test_tasks_cli_list_show_diff(runs: dict) -> None:
     assert len(lines) == 3  # the dataset's session is not a run
     show = cli(runs, "tasks", "show", first)
     assert show.returncode == 0, show.stderr
-    for needle in (first, "completed", "all-minilm-l6-v2", "digest none", "envs/cpu.txt", runs["first"]["dataset_id"], "test acc"):
+    for needle in (first, "completed", "all-minilm-l6-v2", "digest none", "envs/cpu.txt", runs["first"].dataset_id, "test acc"):
         assert needle in show.stdout, needle
     diff = cli(runs, "tasks", "diff", first, second)
     assert diff.returncode == 0, diff.stderr
@@ -167,8 +167,8 @@ def test_tasks_cli_list_show_diff(runs: dict) -> None:
 def test_load_record_from_run_dir_and_zip(runs: dict) -> None:
     from reprozoo.records import load_record
 
-    by_id = load_record(runs["first"]["task_id"])
-    assert load_record(runs["first"]["run_dir"]).to_dict() == by_id.to_dict()
+    by_id = load_record(runs["first"].task_id)
+    assert load_record(runs["first"].run_dir).to_dict() == by_id.to_dict()
     from_zip = load_record(by_id.offline_zip)
     assert from_zip.config == by_id.config and from_zip.metrics == by_id.metrics and from_zip.commit == by_id.commit
     assert from_zip.replay_config().data.dataset_id == by_id.dataset_id and from_zip.replay_config().out_dir is None
@@ -185,7 +185,7 @@ def test_tasks_import_needs_a_reachable_server(runs: dict) -> None:
 
 
 def load_zip(runs: dict) -> str:
-    return json.loads((Path(runs["first"]["run_dir"]) / "task.json").read_text())["offline_zip"]
+    return json.loads((Path(runs["first"].run_dir) / "task.json").read_text())["offline_zip"]
 
 
 class _ServerTask:
@@ -215,8 +215,8 @@ class _ServerTask:
 def test_server_record_reader_matches_the_offline_one(runs: dict) -> None:
     from reprozoo.records import _record_from_task, load_record
 
-    offline = load_record(runs["first"]["task_id"])
-    server = _record_from_task(_ServerTask(runs["offline"] / runs["first"]["task_id"]))
+    offline = load_record(runs["first"].task_id)
+    server = _record_from_task(_ServerTask(runs["offline"] / runs["first"].task_id))
     assert server.source == "server" and server.task_id == "0123456789abcdef0123456789abcdef"
     for name in ("config", "metrics", "image_digest", "lock_sha256", "commit", "diff", "dirty", "dataset_id",
                  "data_sha256", "model_revision", "environment"):

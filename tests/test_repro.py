@@ -181,13 +181,13 @@ def test_repro_from_code_is_bit_identical(tmp_path: Path, data_dir: Path, monkey
                                 "trainer.max_epochs=1", "tracking.mode=offline", f"out_dir={tmp_path / 'first'}",
                                 "tracking.project=reprozoo-tests", "data.batch_size=16"])
     first = train(cfg)
-    result = subprocess.run([sys.executable, "-m", "reprozoo", "repro", first["task_id"], "--verify", "--out", "again",
+    result = subprocess.run([sys.executable, "-m", "reprozoo", "repro", first.task_id, "--verify", "--out", "again",
                              "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "in      code at " in result.stdout and "verdict: bit-identical" in result.stdout
     again = load_record(tmp_path / "runs" / "again")
-    assert again.task_id != first["task_id"] and again.metrics == first["metrics"]
-    original = load_record(first["task_id"])
+    assert again.task_id != first.task_id and again.metrics == first.metrics
+    original = load_record(first.task_id)
     assert (again.commit, again.diff, again.data_sha256) == (original.commit, original.diff, original.data_sha256)
     # The same RunConfig; only where it reads the (sha256-verified) data and writes the run differ.
     same_place = [f"out_dir={original.config.out_dir}", f"data.data_dir={original.config.data.data_dir}"]

@@ -350,7 +350,7 @@ def test_image_steps_go_through_the_container_layer(isolated_clearml: Path, tiny
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("REPROZOO_IMAGE", image.split("@")[0])
             mp.setenv("REPROZOO_IMAGE_DIGEST", image)  # `image run` hands in repo@sha256:…
-            return 0, Path(train(cfg)["run_dir"])
+            return 0, Path(train(cfg).run_dir)
 
     overrides = [a for a in TINY_ARGS if a != "--set"]
     plan = sweeps.build_plan(str(tiny_model_dirs["electra"]), overrides, image=IMAGE, out_root=isolated_clearml / "runs")

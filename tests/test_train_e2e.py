@@ -12,6 +12,7 @@ import pytest
 
 from reprozoo.config import RunConfig
 from reprozoo.data.trees import LABEL_NAMES
+from reprozoo.train import RunResult
 
 
 def small_config(data_dir: Path, out: Path, tracking: str = "offline") -> RunConfig:
@@ -23,15 +24,15 @@ def small_config(data_dir: Path, out: Path, tracking: str = "offline") -> RunCon
 
 
 @pytest.fixture(scope="module")
-def minilm_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict:
+def minilm_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> RunResult:
     from reprozoo.train import train
 
     out = tmp_path_factory.mktemp("run") / "minilm"
     return train(small_config(data_dir, out))
 
 
-def test_run_directory_holds_every_artifact(minilm_run: dict, data_dir: Path) -> None:
-    run = Path(minilm_run["run_dir"])
+def test_run_directory_holds_every_artifact(minilm_run: RunResult, data_dir: Path) -> None:
+    run = Path(minilm_run.run_dir)
     assert RunConfig.load(run / "config.yaml") == small_config(data_dir, run)
     metrics = json.loads((run / "metrics.json").read_text())
     for split in ("dev", "test"):
@@ -48,8 +49,8 @@ def test_run_directory_holds_every_artifact(minilm_run: dict, data_dir: Path) ->
     assert task["mode"] == "offline" and task["task_id"].startswith("offline-") and Path(task["offline_zip"]).is_file()
 
 
-def test_export_loads_in_a_transformers_pipeline(minilm_run: dict) -> None:
-    export = Path(minilm_run["run_dir"]) / "export"
+def test_export_loads_in_a_transformers_pipeline(minilm_run: RunResult) -> None:
+    export = Path(minilm_run.run_dir) / "export"
     # A fresh interpreter without reprozoo imported: the export carries its own model code.
     code = (
         "import json, sys\n"
@@ -65,38 +66,38 @@ def test_export_loads_in_a_transformers_pipeline(minilm_run: dict) -> None:
     assert json.loads(labels) == [sorted(LABEL_NAMES)] * 2 and imported == "False"
 
 
-def test_export_loads_without_flag_once_reprozoo_is_imported(minilm_run: dict) -> None:
+def test_export_loads_without_flag_once_reprozoo_is_imported(minilm_run: RunResult) -> None:
     from transformers import pipeline
 
     from reprozoo.modeling_reprozoo import register_auto_classes
 
     register_auto_classes()
-    clf = pipeline("text-classification", model=str(Path(minilm_run["run_dir"]) / "export"))
+    clf = pipeline("text-classification", model=str(Path(minilm_run.run_dir) / "export"))
     assert clf("a lovely film")[0]["label"] in LABEL_NAMES
 
 
-def test_predict_cli(minilm_run: dict) -> None:
-    result = subprocess.run([sys.executable, "-m", "reprozoo", "predict", "--run", minilm_run["run_dir"],
+def test_predict_cli(minilm_run: RunResult) -> None:
+    result = subprocess.run([sys.executable, "-m", "reprozoo", "predict", "--run", minilm_run.run_dir,
                              "a lovely film", "a dull mess"], capture_output=True, text=True, check=True)
     lines = result.stdout.splitlines()
     assert lines[0].split("\t")[0] in LABEL_NAMES and lines[0].endswith("a lovely film")
     assert "very negative=" in lines[1] and "very positive=" in lines[1]
 
 
-def test_same_seed_same_metrics_bit_for_bit(minilm_run: dict, data_dir: Path, tmp_path: Path) -> None:
+def test_same_seed_same_metrics_bit_for_bit(minilm_run: RunResult, data_dir: Path, tmp_path: Path) -> None:
     from reprozoo.train import train
 
     again = train(small_config(data_dir, tmp_path / "again", tracking="off"))
-    first = (Path(minilm_run["run_dir"]) / "metrics.json").read_bytes()
-    assert (Path(again["run_dir"]) / "metrics.json").read_bytes() == first
+    first = (Path(minilm_run.run_dir) / "metrics.json").read_bytes()
+    assert (Path(again.run_dir) / "metrics.json").read_bytes() == first
 
 
-def test_finished_run_is_not_overwritten(minilm_run: dict, data_dir: Path) -> None:
+def test_finished_run_is_not_overwritten(minilm_run: RunResult, data_dir: Path) -> None:
     from reprozoo.config import ConfigError
     from reprozoo.train import plan_run
 
     with pytest.raises(ConfigError, match="already holds a finished run; pass --overwrite"):
-        plan_run(small_config(data_dir, Path(minilm_run["run_dir"])))
+        plan_run(small_config(data_dir, Path(minilm_run.run_dir)))
 
 
 def test_token_budget_phrase_run_records_its_throughput(data_dir: Path, tmp_path: Path) -> None:
@@ -105,9 +106,9 @@ def test_token_budget_phrase_run_records_its_throughput(data_dir: Path, tmp_path
     cfg = small_config(data_dir, tmp_path / "budget", tracking="off").override(
         ["data.granularity=phrases", "data.max_tokens=256", "data.limit_eval_samples=50"])
     result = train(cfg)
-    timing = json.loads((Path(result["run_dir"]) / "timing.json").read_text())
+    timing = json.loads((Path(result.run_dir) / "timing.json").read_text())
     t = timing["throughput"]
-    assert t["examples"] == 640 and t["steps"] == result["metrics"]["train"]["steps"]
+    assert t["examples"] == 640 and t["steps"] == result.metrics["train"]["steps"]
     assert t["steps"] < 640 // 16  # short phrases: more than batch_size=16 per 256-token batch
     assert t["real_tokens"] <= t["padded_tokens"] <= t["steps"] * 256 and t["padding_efficiency"] > 0.8
     assert 0 <= t["data_wait_fraction"] < 0.5 and t["first_step_unix"] >= t["train_start_unix"]

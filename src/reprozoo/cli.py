@@ -1,4 +1,5 @@
-"""The `reprozoo` command: flags → RunConfig → one call per verb.
+"""The `reprozoo` command: a table of library calls. Each command parses its flags, builds a
+RunConfig (or a reference), calls one library function and prints what it returns.
 
 Imports stay light at module level (no torch): `reprozoo models` and `--help` answer at once.
 Errors the user can fix print one line and exit 2; a traceback means a bug in reprozoo.
@@ -15,7 +16,8 @@ from typing import Annotated, Any
 import typer
 
 from reprozoo import session
-from reprozoo.config import ConfigError, RunConfig
+from reprozoo.config import ConfigError, RunConfig, apply
+from reprozoo.log import log
 from reprozoo.log import setup as log_setup
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Reproducible SST-5 fine-tuning of a zoo of BERT-like models.")
@@ -25,6 +27,29 @@ tasks_app = typer.Typer(no_args_is_help=True, help="Run records (ClearML tasks):
 app.add_typer(tasks_app, name="tasks")
 image_app = typer.Typer(no_args_is_help=True, help="Docker images: build, push, run (Docker SDK).")
 app.add_typer(image_app, name="image")
+
+# Options several commands share.
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="zoo name, hub id (org/name) or local directory")]
+ConfigOpt = Annotated[Path | None, typer.Option(help="start from this config.yaml (e.g. a run's, or hpo's best.yaml)")]
+DataDirOpt = Annotated[str | None, typer.Option(help="folder with train.txt, dev.txt, test.txt (default: $REPROZOO_DATA_DIR)")]
+TrackingOpt = Annotated[str | None, typer.Option(help="auto | offline | server | off")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="any setting as section.key=value, e.g. optim.layer_lr_decay=0.9")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the plan (and what it would cost), run nothing")]
+EpochsOpt = Annotated[int | None, typer.Option()]
+LimitTrainOpt = Annotated[int | None, typer.Option(help="train on the first K examples only")]
+LimitEvalOpt = Annotated[int | None, typer.Option(help="score the first K dev/test sentences only")]
+SeedOpt = Annotated[int | None, typer.Option()]
+
+# `train`'s flags (and hpo's copies of them) → the RunConfig settings they set.
+TRAIN_FLAGS = {
+    "model": "model.name", "data_dir": "data.data_dir", "dataset_id": "data.dataset_id", "granularity": "data.granularity",
+    "imbalance": "data.imbalance", "max_epochs": "trainer.max_epochs", "lr": "optim.lr", "batch_size": "data.batch_size",
+    "max_length": "data.max_length", "limit_train_samples": "data.limit_train_samples",
+    "limit_eval_samples": "data.limit_eval_samples", "seed": "seed", "precision": "trainer.precision",
+    "accelerator": "trainer.accelerator", "devices": "trainer.devices", "require_gpu": "trainer.require_gpu",
+    "fast_dev_run": "trainer.fast_dev_run", "profiler": "trainer.profiler", "tracking": "tracking.mode", "out": "out_dir",
+    "checkpoint_every": "trainer.checkpoint_every",
+}
 
 
 def _fail(message: str) -> None:
@@ -59,38 +84,47 @@ def _run(action: Callable[[], Any]) -> Any:
         _fail(str(err).strip("'\""))
 
 
-def _resume_dir(ref: str) -> Path:
-    """--resume RUN_DIR | TASK_ID → the run directory holding the checkpoints."""
-    path = Path(ref)
-    if path.is_dir():
-        if not (path / "config.yaml").is_file():
-            raise ConfigError(f"--resume {ref}: not a run directory (no config.yaml); pass the --out of the interrupted run")
-        return path
-    from reprozoo.records import load_record
+def _need_server(purpose: str, fallback: str = "") -> None:
+    """session.require_server, its refusal as the one-line error."""
+    try:
+        session.require_server(purpose, fallback)
+    except session.ServerUnavailable as err:
+        _fail(str(err))
 
-    record = load_record(ref)
-    run_dir = Path(record.provenance.get("run_dir") or "")
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"--resume {ref}: its run directory {run_dir} (with the checkpoints) is not on this machine;"
-                          " resume where it ran, or copy that folder here and pass it")
-    return run_dir
+
+def _until_preempted(action: Callable[[], Any], stopped: str, then: str) -> Any:
+    """`_run(action)`; stopped by SIGTERM/SIGINT (resume.Preempted, after a checkpoint): a note, exit 128+signal."""
+    from reprozoo.resume import Preempted
+
+    try:
+        return _run(action)
+    except Preempted as stop:
+        log.warning(f"{stopped} by {stop}; {then}")
+        raise typer.Exit(128 + stop.signum) from None
+
+
+def _configure(config: Path | None, set_: list[str] | None, **flags: Any) -> RunConfig:
+    """--config (or the defaults), then the TRAIN_FLAGS given (not None, switches on), then --set; validated."""
+    cfg = RunConfig.load(config) if config else RunConfig()
+    given = {TRAIN_FLAGS[name]: value for name, value in flags.items() if value is not None and value is not False}
+    return apply(cfg, given).override(set_ or []).validate()
 
 
 @app.command()
 def train(
-    model: Annotated[str | None, typer.Option("--model", "-m", help="zoo name, hub id (org/name) or local directory")] = None,
-    config: Annotated[Path | None, typer.Option(help="start from this config.yaml (e.g. a run's)")] = None,
-    data_dir: Annotated[str | None, typer.Option(help="folder with train.txt, dev.txt, test.txt (default: $REPROZOO_DATA_DIR)")] = None,
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
     dataset_id: Annotated[str | None, typer.Option(help="train on exactly this ClearML dataset version (`reprozoo data version`)")] = None,
     granularity: Annotated[str | None, typer.Option(help="sentences | phrases")] = None,
     imbalance: Annotated[str | None, typer.Option(help="none | weighted-loss | balanced-sampler")] = None,
-    max_epochs: Annotated[int | None, typer.Option()] = None,
+    max_epochs: EpochsOpt = None,
     lr: Annotated[float | None, typer.Option(help="learning rate (default: the zoo's)")] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     max_length: Annotated[int | None, typer.Option()] = None,
-    limit_train_samples: Annotated[int | None, typer.Option(help="train on the first K examples only")] = None,
-    limit_eval_samples: Annotated[int | None, typer.Option(help="score the first K dev/test sentences only")] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
+    limit_train_samples: LimitTrainOpt = None,
+    limit_eval_samples: LimitEvalOpt = None,
+    seed: SeedOpt = None,
     precision: Annotated[str | None, typer.Option(help="auto | 32-true | bf16-mixed | 16-mixed")] = None,
     accelerator: Annotated[str | None, typer.Option(help="auto | cpu | gpu")] = None,
     devices: Annotated[str | None, typer.Option(help="auto, a count, or a list like 0,1 (several GPUs: DDP)")] = None,
@@ -98,62 +132,33 @@ def train(
     require_gpu: Annotated[bool, typer.Option(help="fail instead of falling back to CPU")] = False,
     fast_dev_run: Annotated[bool, typer.Option(help="one batch of train/dev/test, to check the wiring")] = False,
     profiler: Annotated[str | None, typer.Option(help="simple | advanced | pytorch")] = None,
-    tracking: Annotated[str | None, typer.Option(help="auto | offline | server | off")] = None,
+    tracking: TrackingOpt = None,
     out: Annotated[str | None, typer.Option(help="run directory (default: runs/<model>-<time>)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace a finished run in --out")] = False,
     resume: Annotated[str | None, typer.Option(help="continue an interrupted run: its run directory or task id")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="also checkpoint every N steps (survives kill -9)")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="any setting as section.key=value, e.g. optim.layer_lr_decay=0.9")] = None,
+    set_: SetOpt = None,
 ) -> None:
     """Fine-tune a model on SST-5 and write a run directory (and a ClearML task)."""
+    given = dict(locals())
+    flags = {name: given[name] for name in TRAIN_FLAGS}
+    if gpus:
+        flags["accelerator"] = "gpu"
 
     def build() -> RunConfig:
-        if resume is not None:
-            run_dir = _resume_dir(resume)
-            cfg = RunConfig.load(run_dir / "config.yaml")
-            cfg.out_dir = str(run_dir)
-            return cfg.validate()  # the same run: its recorded settings, unchanged
-        cfg = RunConfig.load(config) if config else RunConfig()
-        flags = {
-            "model.name": model, "data.data_dir": data_dir, "data.dataset_id": dataset_id, "data.granularity": granularity,
-            "data.imbalance": imbalance, "trainer.max_epochs": max_epochs, "optim.lr": lr,
-            "data.batch_size": batch_size, "data.max_length": max_length,
-            "data.limit_train_samples": limit_train_samples, "data.limit_eval_samples": limit_eval_samples,
-            "seed": seed, "trainer.precision": precision, "trainer.accelerator": "gpu" if gpus else accelerator,
-            "trainer.devices": devices, "trainer.require_gpu": require_gpu or None,
-            "trainer.fast_dev_run": fast_dev_run or None, "trainer.profiler": profiler,
-            "tracking.mode": tracking, "out_dir": out, "trainer.checkpoint_every": checkpoint_every,
-        }
-        data = cfg.to_dict()
-        for key, value in flags.items():
-            if value is not None:
-                node = data
-                *parents, leaf = key.split(".")
-                for part in parents:
-                    node = node[part]
-                node[leaf] = value
-        return RunConfig.from_dict(data).override(set_ or []).validate()
+        if resume is None:
+            return _configure(config, set_, **flags)
+        from reprozoo.resume import resumed_config
 
-    from reprozoo.resume import Preempted
+        return resumed_config(resume)  # the same run: its recorded settings, unchanged
+
     from reprozoo.train import train as run_training
 
     cfg = _run(build)
-    try:
-        result = _run(lambda: run_training(cfg, overwrite=overwrite, resume=resume is not None))
-    except Preempted as stop:
-        print(f"stopped by {stop}; checkpoint saved, resume with: reprozoo train --resume {cfg.out_dir}", file=sys.stderr,
-              flush=True)
-        raise typer.Exit(128 + stop.signum) from None
-    if result.get("ddp_worker"):
-        return  # rank 0 reports
-    m = result["metrics"]
-    _say(f"run directory: {result['run_dir']}")
-    if result["task_id"]:
-        _say(f"clearml task: {result['task_id']}")
-    if result.get("dataset_id"):
-        _say(f"dataset version: {result['dataset_id']}")
-    _say(f"dev  accuracy {m['dev']['accuracy']:.4f}  macro-F1 {m['dev']['macro_f1']:.4f}")
-    _say(f"test accuracy {m['test']['accuracy']:.4f}  macro-F1 {m['test']['macro_f1']:.4f}")
+    result = _until_preempted(lambda: run_training(cfg, overwrite=overwrite, resume=resume is not None), "stopped",
+                              f"checkpoint saved, resume with: reprozoo train --resume {cfg.out_dir}")
+    for line in result.lines():
+        _say(line)
 
 
 @app.command()
@@ -162,25 +167,11 @@ def predict(
     run: Annotated[Path, typer.Option(help="a run directory (or its export/ folder)")],
 ) -> None:
     """Print the label and class probabilities for each text."""
-    export = run / "export" if (run / "export").is_dir() else run
-    if not (export / "config.json").is_file():
-        _fail(f"{run} holds no exported model; pass a finished run directory (with export/)")
-    import torch
-    from transformers import AutoTokenizer
+    from reprozoo import predict as inference
 
-    from reprozoo.modeling_reprozoo import ReprozooForSequenceClassification, register_auto_classes
-
-    register_auto_classes()  # the export's config names our classes; use ours, no remote-code prompt
-    tokenizer = AutoTokenizer.from_pretrained(export)
-    model = ReprozooForSequenceClassification.from_pretrained(export).eval()
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
-    with torch.no_grad():
-        probs = model(**batch).logits.softmax(-1)
-    labels = model.config.id2label
-    for text, row in zip(texts, probs.tolist(), strict=True):
-        best = max(range(len(row)), key=row.__getitem__)
-        spread = "  ".join(f"{labels[i]}={p:.3f}" for i, p in enumerate(row))
-        typer.echo(f"{labels[best]}\t{text}\n    {spread}")
+    for p in _run(lambda: inference.predict(run, texts)):
+        spread = "  ".join(f"{label}={probability:.3f}" for label, probability in p.probabilities.items())
+        typer.echo(f"{p.label}\t{p.text}\n    {spread}")
 
 
 @app.command()
@@ -205,7 +196,7 @@ def models(names: Annotated[bool, typer.Option("--names", help="one name per lin
 
 @data_app.command("stats")
 def data_stats(
-    data_dir: Annotated[str | None, typer.Option(help="folder with the PTB trees (default: $REPROZOO_DATA_DIR)")] = None,
+    data_dir: DataDirOpt = None,
     out: Annotated[Path, typer.Option(help="where to write the bar chart")] = Path("class_distribution.png"),
 ) -> None:
     """Class distribution per split and granularity, as a table and a bar chart PNG."""
@@ -220,23 +211,16 @@ def data_stats(
 
 @data_app.command("version")
 def data_version(
-    data_dir: Annotated[str | None, typer.Option(help="folder with the PTB trees (default: $REPROZOO_DATA_DIR)")] = None,
+    data_dir: DataDirOpt = None,
     tracking: Annotated[str, typer.Option(help="auto | offline | server")] = "auto",
 ) -> None:
     """Register the trees as a ClearML Dataset version (reprozoo/datasets, sst5), keyed by content."""
     from reprozoo.data import versions
-    from reprozoo.data.sst5 import resolve_data_dir
-    from reprozoo.session import configure_clearml, resolve_mode
 
-    if tracking not in ("auto", "offline", "server"):
-        _fail(f"--tracking {tracking!r}: a data version is recorded offline or on a server; use auto, offline or server")
-    path = _run(lambda: resolve_data_dir(data_dir))
-    mode = resolve_mode(tracking)
-    configure_clearml()
-    version = _run(lambda: versions.register(path, mode))
+    version = _run(lambda: versions.register_trees(data_dir, tracking))
     _say(f"dataset id: {version.dataset_id}")
     _say(f"{'new version' if version.created else 'same content as the existing version'} ({version.mode});"
-               f" content sha256 {version.content_hash}; parent {version.parent or 'none'}")
+         f" content sha256 {version.content_hash}; parent {version.parent or 'none'}")
     for split, digest in version.sha256.items():
         _say(f"  {split}.txt sha256 {digest}")
 
@@ -247,15 +231,7 @@ def _load(ref: str) -> Any:
     return _run(lambda: records.load_record(ref))
 
 
-def _short(value: str | None, n: int = 12) -> str:
-    if not value or value == "none":
-        return "none"
-    head, sep, tail = value.partition(":")
-    return f"{head}:{tail[:n]}" if sep and head == "sha256" else value[:n]
-
-
-def _metric(record: Any, split: str, key: str) -> str:
-    return f"{record.metrics[split][key]:.4f}" if record.metrics else "—"
+RecordRef = Annotated[str, typer.Argument(help="task id, run directory or offline session zip")]
 
 
 @tasks_app.command("list")
@@ -265,109 +241,58 @@ def tasks_list(
 ) -> None:
     """Recorded runs, newest first: id, model, status, test accuracy / macro-F1, image digest, commit, dataset."""
     from reprozoo import records
-    from reprozoo.session import server_configured
 
-    if server and not server_configured():
-        _fail("no ClearML server is configured; set CLEARML_API_HOST, CLEARML_API_ACCESS_KEY, CLEARML_API_SECRET_KEY (or run clearml-init)")
+    if server:
+        _need_server("tasks list --server", "without --server it lists this machine's offline sessions")
     found = _run(lambda: records.list_server(project) if server else records.list_offline())
     if not found:
         typer.echo(f"no records{' on the server' if server else f' under {session.offline_root()}'}")
         return
-    typer.echo(f"{'task id':<42} {'model':<20} {'status':<10} {'test acc':>8} {'test F1':>8}  {'image digest':<19} {'commit':<14} dataset")
-    for r in found:
-        commit = (r.commit[:8] or "none") + ("+dirty" if r.dirty else "")
-        typer.echo(f"{r.task_id:<42} {r.config.model.name[:20]:<20} {r.status[:10]:<10} "
-                   f"{_metric(r, 'test', 'accuracy'):>8} {_metric(r, 'test', 'macro_f1'):>8}  {_short(r.image_digest):<19} "
-                   f"{commit:<14} {r.dataset_id or 'none'}")
+    typer.echo("\n".join(records.list_lines(found)))
 
 
 @tasks_app.command("show")
 def tasks_show(
-    ref: Annotated[str, typer.Argument(help="task id, run directory or offline session zip")],
+    ref: RecordRef,
     as_config: Annotated[bool, typer.Option("--as-config", help="print the RunConfig that replays it (YAML for --config)")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="the whole record as JSON")] = False,
 ) -> None:
     """One record: model, status, metrics, image digest, lock, commit (dirty or not), data version."""
+    from reprozoo import records
+
     record = _load(ref)
     if as_config:
         typer.echo(f"# replays {record.task_id or ref}: reprozoo train --config THIS_FILE")
         typer.echo(record.replay_config().to_yaml().rstrip())
-        return
-    if as_json:
+    elif as_json:
         typer.echo(json.dumps(record.to_dict(), indent=2, default=str))
-        return
-    r, env = record, record.environment
-    rows = [
-        ("task", f"{r.task_id}  ({r.status})"),
-        ("name", f"{r.name}  [project {r.project}]" if r.name else "—"),
-        ("model", f"{r.config.model.name}  revision {r.model_revision or '—'}"),
-        ("metrics", f"dev acc {_metric(r, 'dev', 'accuracy')} F1 {_metric(r, 'dev', 'macro_f1')} | "
-                    f"test acc {_metric(r, 'test', 'accuracy')} F1 {_metric(r, 'test', 'macro_f1')}"),
-        ("image", f"{r.image}  digest {r.image_digest}"),
-        ("lock", f"{r.lock_file}  sha256 {r.lock_sha256}"),
-        ("code", f"{r.repository} {r.branch or '(detached)'} @ {r.commit or 'unknown'}"),
-        ("dirty", (f"yes ({len(r.diff.splitlines())}-line uncommitted diff recorded)" if r.dirty else "no")
-                  + (f"; {len(r.untracked)} untracked file(s) not recorded" if r.untracked else "")),
-        ("data", f"dataset {r.dataset_id or 'none'}  " + " ".join(f"{k}={v[:12]}" for k, v in r.data_sha256.items())),
-        ("env", f"python {env.get('python', '?')}  torch {env.get('torch', '?')}  cuda {env.get('cuda', '?')}  "
-                f"transformers {env.get('transformers', '?')}  lightning {env.get('lightning', '?')}"),
-        ("hardware", f"{env.get('gpu_count', 0)} x {env.get('gpu_model', 'none')} GPU; CPU {env.get('cpu_model', '?')}"),
-        ("seed", f"{r.config.seed}  deterministic algorithms {env.get('determinism', {}).get('torch_deterministic_algorithms', '?')}"),
-        ("record", r.source + (f"  (zip {r.offline_zip})" if r.offline_zip and r.offline_zip != r.source else "")),
-    ]
-    for key, value in rows:
-        typer.echo(f"{key:<9} {value}")
+    else:
+        typer.echo("\n".join(records.show_lines(record)))
 
 
 @tasks_app.command("diff")
-def tasks_diff(
-    a: Annotated[str, typer.Argument(help="task id, run directory or session zip")],
-    b: Annotated[str, typer.Argument(help="task id, run directory or session zip")],
-) -> None:
+def tasks_diff(a: RecordRef, b: RecordRef) -> None:
     """Why did two results differ? Only what differs: config, code, image, lock, data, model, environment, metrics."""
     from reprozoo import records
 
-    left, right = _load(a), _load(b)
-    rows = records.diff_records(left, right)
-    if not rows:
-        typer.echo("identical: config, code, image, lock, data, model revision, environment and metrics all match")
-        return
-    width = max(len(f"{g}.{k}") for g, k, _, _ in rows)
-    typer.echo(f"{'':<{width}}  A = {left.task_id}\n{'':<{width}}  B = {right.task_id}")
-    for group, key, va, vb in rows:
-        typer.echo(f"{group + '.' + key:<{width}}  A: {va}\n{'':<{width}}  B: {vb}")
-    if left.diff != right.diff:
-        typer.echo("uncommitted diffs differ:")
-        typer.echo("\n".join(records.code_diff_delta(left, right)))
+    typer.echo("\n".join(records.diff_lines(_load(a), _load(b))))
 
 
 @tasks_app.command("import")
 def tasks_import(zip_path: Annotated[Path, typer.Argument(help="an offline session zip (see `reprozoo tasks show ID`)")]) -> None:
     """Upload an offline session to the configured ClearML server (Task.import_offline_session)."""
-    from reprozoo.session import api_server, configure_clearml, server_configured, server_reachable
+    from reprozoo import records
 
     if not zip_path.is_file():
         _fail(f"{zip_path} does not exist; `reprozoo tasks show ID` prints a session's zip")
-    if not server_configured():
-        _fail("importing needs a ClearML server: set CLEARML_API_HOST, CLEARML_API_ACCESS_KEY, CLEARML_API_SECRET_KEY (or run clearml-init)")
-    if not server_reachable(api_server()):
-        _fail(f"the ClearML server {api_server()} is unreachable; the session stays in {zip_path}, retry when it is up")
-    configure_clearml()
-    from clearml import Task
+    _need_server("importing", f"the session stays in {zip_path}")
+    task_id, resumed = _run(lambda: records.import_session(zip_path))
+    typer.echo(f"imported into task {task_id} (the run it resumes)" if resumed else f"imported as task {task_id}")
 
-    from reprozoo import records
 
-    # A run resumed while its server task was out of reach continues that task once uploaded.
-    try:
-        previous = records.load_record(zip_path).provenance.get("resumes")
-    except (ConfigError, KeyError, ValueError):
-        previous = None  # a session reprozoo did not write (a dataset, another script): imported as it is
-    Task.set_offline(False)
-    task_id = Task.import_offline_session(str(zip_path), previous_task_id=previous)
-    typer.echo(f"imported into task {task_id} (the run it resumes)" if previous else f"imported as task {task_id}")
 @app.command()
 def repro(
-    task: Annotated[str, typer.Argument(help="task id, run directory or offline session zip")],
+    task: RecordRef,
     verify: Annotated[bool, typer.Option(help="compare the new metrics with the recorded ones and print a verdict")] = False,
     tolerance: Annotated[float, typer.Option(help="--verify: largest absolute difference still 'within tolerance'")] = 1e-6,
     enqueue: Annotated[str | None, typer.Option(help="clone the task for a ClearML agent on this queue instead of running here")] = None,
@@ -379,19 +304,16 @@ def repro(
     runs_dir: Annotated[Path, typer.Option(help="where the replay's run directory goes")] = Path("runs"),
     gpus: Annotated[str, typer.Option("--gpus", help="in the image: auto | all | none")] = "auto",
     network: Annotated[str, typer.Option(help="in the image: bridge | host | none")] = "bridge",
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, run nothing")] = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Re-run a recorded task exactly: its image (by digest) or commit + diff, its data version, its RunConfig."""
     from reprozoo import repro as replay
+    from reprozoo.records import metric_text
 
     record = _load(task)
     if enqueue:
-        from reprozoo.session import configure_clearml, server_configured
-
         spec = _run(lambda: replay.enqueue_spec(record, enqueue))
-        if not server_configured():
-            _fail("--enqueue needs a ClearML server: set CLEARML_API_HOST, CLEARML_API_ACCESS_KEY, CLEARML_API_SECRET_KEY")
-        configure_clearml()
+        _need_server("--enqueue", "without it, repro runs the task here")
         _say(f"cloning {record.task_id} for queue {enqueue}" + (f" in {spec['docker_image']}" if spec["docker_image"] else ""))
         _say(f"enqueued task {replay.enqueue(spec)}")
         return
@@ -401,19 +323,13 @@ def repro(
     if dry_run:
         _say(plan.config.to_yaml().rstrip())
         return
-    if plan.executor == "image":
-        code = _run(lambda: replay.run_in_image(plan, gpus=gpus, network=network, log=lambda m: typer.echo(m, err=True)))
-    else:
-        code = _run(lambda: replay.run_from_code(plan))
-    if code != 0:
-        _fail(f"the replay exited with code {code}; its run directory is {plan.run_dir}")
-    metrics = _run(lambda: replay.replayed_metrics(plan))
+    metrics, replay_task = _run(lambda: replay.replay(plan, gpus=gpus, network=network,
+                                                      log=lambda m: typer.echo(m, err=True)))
     _say(f"replay run directory: {plan.run_dir}")
-    replay_task = replay.replayed_task(plan)
     if replay_task:
         _say(f"replay clearml task: {replay_task}")
     _say(f"test accuracy {metrics['test']['accuracy']:.4f} (recorded "
-         f"{_metric(record, 'test', 'accuracy')})  macro-F1 {metrics['test']['macro_f1']:.4f}")
+         f"{metric_text(record, 'test', 'accuracy')})  macro-F1 {metrics['test']['macro_f1']:.4f}")
     if verify:
         verdict = replay.compare_metrics(record.metrics, metrics, tolerance)
         for line in verdict.lines():
@@ -534,10 +450,10 @@ def sweep(
     queue: Annotated[str | None, typer.Option(help="enqueue one ClearML pipeline step per model on this queue")] = None,
     local: Annotated[bool, typer.Option("--local", help="train here, one model after another (the default)")] = False,
     image: Annotated[str | None, typer.Option(help="REF@sha256:…: every model runs in this image (here or on the agents)")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="section.key=value for every model, after the zoo's defaults")] = None,
-    config: Annotated[Path | None, typer.Option(help="base config.yaml for every model")] = None,
+    set_: SetOpt = None,
+    config: ConfigOpt = None,
     out: Annotated[Path | None, typer.Option(help="local: run directories go to DIR/<model> (default: runs/<model>-<time>)")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan and the estimated GPU-hours; run nothing")] = False,
+    dry_run: DryRunOpt = False,
     controller_queue: Annotated[str, typer.Option(help="--queue: where the pipeline controller runs; `local` = this process, waiting")] = "services",
     gpus: Annotated[str, typer.Option(help="--image --local: auto | all | none")] = "auto",
 ) -> None:
@@ -550,83 +466,20 @@ def sweep(
     plan = _run(lambda: sweeps.build_plan(models, set_ or [], base=base, queue=queue, image=image,
                                           out_root=None if queue else out))
     if dry_run:
-        status = None if queue else _run(lambda: _sweep_status(plan))
-        _say(sweeps.format_rows(sweeps.plan_table(plan, status)))
-        _say(f"estimated GPU-hours: {plan.gpu_hours:.3f} (6·params·tokens FLOPs at {sweeps.EFFECTIVE_FLOPS:.0e} FLOP/s"
-             f" + {sweeps.OVERHEAD_HOURS * 60:.0f} min per run; an upper bound: early stopping ends runs sooner)")
+        for line in _run(lambda: sweeps.dry_run_lines(plan)):
+            _say(line)
         return
     if queue:
-        _sweep_queue(plan, controller_queue)
+        _need_server("--queue", "nothing was enqueued; --local trains here")
+        _run(lambda: sweeps.enqueue(plan, controller_queue=controller_queue, log=_say))
         return
-    import os
-
-    data_dir = plan.steps[0].config.data.data_dir or os.environ.get("REPROZOO_DATA_DIR")
-    from reprozoo.resume import Preempted
-
-    try:
-        report = sweeps.run_local(plan, runs_dir=out or Path("runs"), data_dir=Path(data_dir) if data_dir else None,
-                                  gpus=gpus, log=_say)
-    except Preempted as stop:
-        print(f"sweep stopped by {stop}; the current model saved a checkpoint (`reprozoo train --resume RUN_DIR` finishes"
-              " it); re-running the sweep skips the models already completed", file=sys.stderr, flush=True)
-        raise typer.Exit(128 + stop.signum) from None
-    _say(f"sweep: {len(report.results)} model(s): "
-         + ", ".join(f"{n} {s}" for s in ("done", "skipped", "failed")
-                     if (n := sum(r.status == s for r in report.results))))
-    for r in report.results:
-        accuracy = "—" if r.test_accuracy is None else f"{r.test_accuracy:.4f}"
-        _say(f"  {r.name:<28} {r.status:<8} test acc {accuracy:<7} {r.task_id or ''} {r.run_dir or r.error}")
+    report = _until_preempted(lambda: sweeps.run_local(plan, runs_dir=out or Path("runs"), gpus=gpus, log=_say), "sweep stopped",
+                              "the current model saved a checkpoint (`reprozoo train --resume RUN_DIR` finishes it);"
+                              " re-running the sweep skips the models already completed")
+    for line in report.lines():
+        _say(line)
     if report.failed:
         raise typer.Exit(1)
-
-
-def _sweep_status(plan: Any) -> dict[str, str]:
-    """For --dry-run: which steps a local sweep would skip (a completed record with the same identity)."""
-    from reprozoo import sweep as sweeps
-    from reprozoo.session import resolve_mode
-
-    first = plan.steps[0].config
-    done = sweeps.done_index(sweeps.existing_records(resolve_mode(first.tracking.mode), first.tracking.project))
-    status = {}
-    for step in plan.steps:
-        found = done.get(sweeps.step_identity(step))
-        status[step.name] = f"skip (done: {found.task_id})" if found else "run"
-    return status
-
-
-def _sweep_queue(plan: Any, controller_queue: str) -> None:
-    from reprozoo import sweep as sweeps
-    from reprozoo.data import versions
-    from reprozoo.data.sst5 import resolve_data_dir
-    from reprozoo.session import api_server, configure_clearml, server_configured, server_reachable
-
-    if not server_configured():
-        _fail("--queue needs a ClearML server: set CLEARML_API_HOST, CLEARML_API_ACCESS_KEY, CLEARML_API_SECRET_KEY"
-              " (or run clearml-init); --local trains here")
-    if not server_reachable(api_server()):
-        _fail(f"the ClearML server {api_server()} is unreachable; nothing was enqueued")
-    configure_clearml()
-    first = plan.steps[0].config
-    if first.data.dataset_id:  # --set data.dataset_id=…: exactly that version
-        version = _run(lambda: versions.resolve(str(first.data.dataset_id)))
-    else:  # agents have no local trees: register (or find) this data version on the server
-        version = _run(lambda: versions.register(resolve_data_dir(first.data.data_dir), "server"))
-    _say(f"data version: {version.dataset_id} (content sha256 {version.content_hash[:12]})")
-    sweeps.pin_data_version(plan, version.dataset_id)
-    sha = version.sha256
-    done = sweeps.done_index(sweeps.existing_records("server", first.tracking.project))
-    remaining = []
-    for step in plan.steps:
-        found = done.get(sweeps.run_identity(step.config, sha, step.image))
-        if found:
-            _say(f"{step.name}: skipped, already completed as {found.task_id}")
-        else:
-            remaining.append(step)
-    if not remaining:
-        _say("sweep: every model already has a completed task for this config, data version and image")
-        return
-    plan.steps = remaining
-    sweeps.launch_pipeline(plan, project=first.tracking.project, controller_queue=controller_queue, log=_say)
 
 
 @app.command()
@@ -639,13 +492,12 @@ def leaderboard(
 ) -> None:
     """Every finished run, best test accuracy first: table, Markdown, CSV, HTML and a bar chart PNG."""
     from reprozoo import leaderboard as board
-    from reprozoo.session import server_configured
 
     formats = {"table": board.to_text, "markdown": board.to_markdown, "csv": board.to_csv, "html": board.to_html}
     if format_ not in formats:
         _fail(f"--format {format_!r}: use one of {', '.join(formats)}")
-    if server and not server_configured():
-        _fail("no ClearML server is configured; set CLEARML_API_HOST, CLEARML_API_ACCESS_KEY, CLEARML_API_SECRET_KEY (or run clearml-init)")
+    if server:
+        _need_server("leaderboard --server", "without --server it ranks this machine's offline records")
     if references is not None and not references.is_file():
         _fail(f"--references {references}: no such file")
     rows = _run(lambda: board.gather(server, project))
@@ -665,7 +517,7 @@ def leaderboard(
 def hpo(
     space: Annotated[list[str], typer.Option("--space", help="lr=1e-5:1e-4:log,batch_size=16|32,warmup=0:0.2,dropout=0:0.3"
                                                             " (lo:hi[:log] ranges, a|b|c choices; any section.key)")],
-    model: Annotated[str | None, typer.Option("--model", "-m", help="zoo name, hub id or local directory")] = None,
+    model: ModelOpt = None,
     trials: Annotated[int, typer.Option(help="number of trials")] = 10,
     local: Annotated[bool, typer.Option("--local", help="Optuna in this process (the default without --queue)")] = False,
     queue: Annotated[str | None, typer.Option(help="ClearML queue: trials run as cloned tasks on its agents")] = None,
@@ -673,35 +525,31 @@ def hpo(
     concurrency: Annotated[int, typer.Option(help="--queue: trials running at once")] = 1,
     time_limit_per_trial: Annotated[float | None, typer.Option(help="--queue: abort a trial after this many minutes")] = None,
     image: Annotated[str | None, typer.Option(help="--queue: docker image for the template, repo@sha256:… (default: this one's)")] = None,
-    config: Annotated[Path | None, typer.Option(help="base RunConfig (e.g. a run's config.yaml)")] = None,
-    data_dir: Annotated[str | None, typer.Option(help="folder with the SST-5 trees (default: $REPROZOO_DATA_DIR)")] = None,
-    max_epochs: Annotated[int | None, typer.Option()] = None,
-    limit_train_samples: Annotated[int | None, typer.Option()] = None,
-    limit_eval_samples: Annotated[int | None, typer.Option()] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    max_epochs: EpochsOpt = None,
+    limit_train_samples: LimitTrainOpt = None,
+    limit_eval_samples: LimitEvalOpt = None,
     seed: Annotated[int | None, typer.Option(help="every trial's seed, and the sampler's")] = None,
-    tracking: Annotated[str | None, typer.Option(help="trials' tracking: auto | offline | server | off")] = None,
+    tracking: TrackingOpt = None,
     out: Annotated[Path | None, typer.Option(help="where best.yaml and trials.{json,csv} go (default: hpo/<model>-<time>)")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the parsed space (and the server plan) and stop")] = False,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="base setting as section.key=value")] = None,
+    dry_run: DryRunOpt = False,
+    set_: SetOpt = None,
 ) -> None:
     """Search hyperparameters by dev macro-F1 (test is never used); write best.yaml for `train --config`."""
     from reprozoo import hpo as search
+    from reprozoo import zoo
 
     def build() -> tuple[RunConfig, list[Any]]:
         if local and queue:
             raise ConfigError("--local and --queue exclude each other: search here, or on a ClearML queue")
-        cfg = RunConfig.load(config) if config else RunConfig()
-        flags = {"model.name": model, "data.data_dir": data_dir, "trainer.max_epochs": max_epochs,
-                 "data.limit_train_samples": limit_train_samples, "data.limit_eval_samples": limit_eval_samples,
-                 "seed": seed, "tracking.mode": tracking}
-        cfg = search.apply(cfg, {k: v for k, v in flags.items() if v is not None}, validate=False).override(set_ or []).validate()
+        cfg = _configure(config, set_, model=model, data_dir=data_dir, max_epochs=max_epochs, seed=seed, tracking=tracking,
+                         limit_train_samples=limit_train_samples, limit_eval_samples=limit_eval_samples)
         cfg.out_dir = None
         if trials < 1:
             raise ConfigError(f"--trials {trials}: run at least one trial")
         zoo.get(cfg.model.name)  # a misspelt model fails here, not in every trial
         return cfg, search.parse_space(space, cfg)
-
-    from reprozoo import zoo
 
     try:  # pure Python: a bad space or setting fails before torch, Lightning or ClearML is imported
         base, dims = build()
@@ -718,13 +566,7 @@ def hpo(
             _say(json.dumps(search.describe_plan(plan, base.seed), indent=2))
         return
     if queue:
-        from reprozoo.session import api_server, server_configured, server_reachable
-
-        if not server_configured():
-            _fail("--queue needs a ClearML server: set CLEARML_API_HOST, CLEARML_API_ACCESS_KEY, CLEARML_API_SECRET_KEY"
-                  " (or run clearml-init); or search here with --local")
-        if not server_reachable(api_server()):
-            _fail(f"the ClearML server {api_server()} is unreachable; retry when it is up, or search here with --local")
+        _need_server("--queue", "or search here with --local")
         run = lambda: search.search_server(base, dims, trials, queue, target, base_task, concurrency,  # noqa: E731
                                            time_limit_per_trial, image)
     else:
@@ -732,21 +574,12 @@ def hpo(
 
         _run(lambda: plan_run(base))  # data, weights' limits, precision: checked once, before the first trial
         run = lambda: search.search_local(base, dims, trials, target)  # noqa: E731
-    from reprozoo.resume import Preempted
-
     try:
-        result = _run(run)
+        result = _until_preempted(run, "search stopped", f"finished trials are in {target}/trials.json")
     except search.SearchFailed as err:
         _fail(str(err))
-    except Preempted as stop:
-        print(f"search stopped by {stop}; finished trials are in {target}/trials.json", file=sys.stderr, flush=True)
-        raise typer.Exit(128 + stop.signum) from None
-    best = result["best"]
-    done = sum(t.state == "complete" for t in result["trials"])
-    _say(f"{done}/{len(result['trials'])} trials finished; best: trial {best.number}, dev macro-F1 {best.dev_macro_f1:.4f}"
-         f" accuracy {best.dev_accuracy:.4f}")
-    _say(f"best config: {result['best_yaml']}  (reprozoo train --config {result['best_yaml']})")
-    _say(f"all trials: {Path(result['out']) / 'trials.csv'}")
+    for line in search.summary_lines(result):
+        _say(line)
 
 
 def main() -> None:

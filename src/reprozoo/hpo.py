@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reprozoo.config import _SECTIONS, ConfigError, RunConfig, _annotation, _parse_value
+from reprozoo.config import _SECTIONS, ConfigError, RunConfig, _annotation, _parse_value, apply
+from reprozoo.train import RunResult, train
 
 # Short names for the settings people search most; any `section.key` of RunConfig works as well.
 SHORT_NAMES = {
@@ -178,23 +179,10 @@ def parse_space(text: str | list[str], base: RunConfig | None = None) -> list[Di
         for dim in space:
             for value in dim.choices or (dim.low, dim.high):
                 try:
-                    apply(base, {dim.key: value})
+                    apply(base, {dim.key: value}).validate()
                 except ConfigError as err:
                     raise ConfigError(f"--space {dim.name}: {value!r} is not a valid value: {err}") from None
     return space
-
-
-def apply(base: RunConfig, params: dict[str, Any], validate: bool = True) -> RunConfig:
-    """A copy of `base` with `section.key → value` applied (and validated)."""
-    data = base.to_dict()
-    for key, value in params.items():
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    cfg = RunConfig.from_dict(data)
-    return cfg.validate() if validate else cfg
 
 
 # --- the objective --------------------------------------------------------------------------------
@@ -244,7 +232,7 @@ def write_results(out: Path, space: list[Dimension], trials: list[Trial], best_c
         writer.writeheader()
         writer.writerows(t.row(keys) for t in trials)
     if best_config is not None and best is not None:
-        replay = RunConfig.from_dict({**best_config.to_dict(), "out_dir": None})
+        replay = apply(best_config, {"out_dir": None})
         header = (f"# best of {len(trials)} trials by dev macro-F1 = {best.dev_macro_f1:.4f} (trial {best.number}"
                   f"{', task ' + best.task_id if best.task_id else ''}); replay: reprozoo train --config THIS_FILE\n")
         (out / "best.yaml").write_text(header + replay.to_yaml())
@@ -265,7 +253,7 @@ def _claim_out(out: Path) -> None:
 
 # --- local: Optuna in this process ----------------------------------------------------------------
 def search_local(base: RunConfig, space: list[Dimension], n_trials: int, out: Path,
-                 train_fn: Callable[[RunConfig], dict[str, Any]] | None = None,
+                 train_fn: Callable[[RunConfig], RunResult] = train,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run `n_trials` trainings chosen by Optuna's TPE sampler (seeded with base.seed: the same
     command proposes the same trials). A trial that raises is recorded as failed; the search goes on."""
@@ -277,8 +265,6 @@ def search_local(base: RunConfig, space: list[Dimension], n_trials: int, out: Pa
 
     from reprozoo.resume import Preempted
 
-    if train_fn is None:
-        from reprozoo.train import train as train_fn
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     trials: list[Trial] = []
     configs: dict[int, RunConfig] = {}
@@ -300,7 +286,7 @@ def search_local(base: RunConfig, space: list[Dimension], n_trials: int, out: Pa
         log(f"trial {trial.number} ({trial.number + 1}/{n_trials}): {shown}")
         started = time.monotonic()
         try:
-            cfg = apply(base, params)
+            cfg = apply(base, params).validate()
             cfg.out_dir = str(out / f"trial-{trial.number:03d}")
             record.run_dir = cfg.out_dir
             result = train_fn(cfg)
@@ -318,9 +304,9 @@ def search_local(base: RunConfig, space: list[Dimension], n_trials: int, out: Pa
             return math.nan
         record.state = "complete"
         record.seconds = round(time.monotonic() - started, 3)
-        record.dev_macro_f1 = objective(result["metrics"])
-        record.dev_accuracy = float(result["metrics"]["dev"]["accuracy"])
-        record.run_dir, record.task_id = str(result["run_dir"]), result.get("task_id")
+        record.dev_macro_f1 = objective(result.metrics)
+        record.dev_accuracy = float(result.metrics["dev"]["accuracy"])
+        record.run_dir, record.task_id = str(result.run_dir), result.task_id
         configs[trial.number] = cfg
         log(f"trial {trial.number}: dev macro-F1 {record.dev_macro_f1:.4f} accuracy {record.dev_accuracy:.4f}  ({record.run_dir})")
         write_results(out, space, trials, _best_config(trials, configs), meta)
@@ -335,6 +321,16 @@ def search_local(base: RunConfig, space: list[Dimension], n_trials: int, out: Pa
         first = next((t.error for t in trials if t.error), "no trial ran")
         raise SearchFailed(f"all {len(trials)} trials failed; the first: {first.splitlines()[0]} (details in {out / 'trials.json'})")
     return {"out": str(out), "best": best, "trials": trials, "best_yaml": str(out / "best.yaml")}
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """What `reprozoo hpo` prints once a search (local or on a queue) is over."""
+    best, trials = result["best"], result["trials"]
+    done = sum(t.state == "complete" for t in trials)
+    return [f"{done}/{len(trials)} trials finished; best: trial {best.number}, dev macro-F1 {best.dev_macro_f1:.4f}"
+            f" accuracy {best.dev_accuracy:.4f}",
+            f"best config: {result['best_yaml']}  (reprozoo train --config {result['best_yaml']})",
+            f"all trials: {Path(result['out']) / 'trials.csv'}"]
 
 
 def _best_config(trials: list[Trial], configs: dict[int, RunConfig]) -> RunConfig | None:
@@ -422,7 +418,7 @@ def create_template_task(base: RunConfig, task_cls: Any, image: str | None = Non
     from reprozoo import provenance, session, tracking
 
     git = provenance.git_state()
-    cfg = RunConfig.from_dict({**base.to_dict(), "out_dir": None})  # each clone picks its own run directory
+    cfg = apply(base, {"out_dir": None})  # each clone picks its own run directory
     task = task_cls.create(project_name=cfg.tracking.project, task_name=f"{cfg.model.name} hpo template",
                            task_type="training", add_task_init_call=False, detect_repository=False)
     tracking.write_config(task, cfg, "the whole RunConfig (HPO template; the optimizer overrides its sections)")

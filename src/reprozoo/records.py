@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from reprozoo.config import ConfigError, RunConfig, flatten
-from reprozoo.session import CONFIG_OBJECT, PROVENANCE_OBJECT, offline_root, server_configured
+from reprozoo.config import ConfigError, RunConfig, apply, flatten
+from reprozoo.session import CONFIG_OBJECT, PROVENANCE_OBJECT, configure_clearml, offline_root, server_configured
 
 
 class RecordNotFound(ConfigError):
@@ -65,11 +65,10 @@ class Record:
 
     def replay_config(self) -> RunConfig:
         """The RunConfig that re-runs this record: pinned to its data version, in a fresh run directory."""
-        data = self.config.to_dict()
+        values: dict[str, Any] = {"out_dir": None}  # the recorded directory holds the finished run
         if self.dataset_id:
-            data["data"]["dataset_id"] = self.dataset_id
-        data["out_dir"] = None  # the recorded directory holds the finished run
-        return RunConfig.from_dict(data)
+            values["data.dataset_id"] = self.dataset_id
+        return apply(self.config, values)
 
 
 # --- readers --------------------------------------------------------------------------------------
@@ -316,3 +315,78 @@ def code_diff_delta(a: Record, b: Record, limit: int = 60) -> list[str]:
     """How the two uncommitted diffs differ (a diff of diffs), first `limit` lines."""
     lines = list(difflib.unified_diff(a.diff.splitlines(), b.diff.splitlines(), f"{a.task_id} diff", f"{b.task_id} diff", lineterm=""))
     return lines[:limit] + ([f"... {len(lines) - limit} more lines"] if len(lines) > limit else [])
+
+
+def import_session(zip_path: Path) -> tuple[str, str | None]:
+    """Upload an offline session zip to the configured ClearML server (Task.import_offline_session):
+    (the task id, the task it continues or None). The caller checks the server (session.require_server)."""
+    configure_clearml()
+    from clearml import Task
+
+    # A run resumed while its server task was out of reach continues that task once uploaded.
+    try:
+        previous = load_record(zip_path).provenance.get("resumes")
+    except (ConfigError, KeyError, ValueError):
+        previous = None  # a session reprozoo did not write (a dataset, another script): imported as it is
+    Task.set_offline(False)
+    return Task.import_offline_session(str(zip_path), previous_task_id=previous), previous
+
+
+# --- as text (`reprozoo tasks list | show | diff`) -----------------------------------------------------
+def metric_text(record: Record, split: str, key: str) -> str:
+    return f"{record.metrics[split][key]:.4f}" if record.metrics else "—"
+
+
+def _short(value: str | None, n: int = 12) -> str:
+    if not value or value == "none":
+        return "none"
+    head, sep, tail = value.partition(":")
+    return f"{head}:{tail[:n]}" if sep and head == "sha256" else value[:n]
+
+
+def list_lines(found: list[Record]) -> list[str]:
+    """One line a record under a header: id, model, status, test accuracy / macro-F1, image digest, commit, dataset."""
+    lines = [f"{'task id':<42} {'model':<20} {'status':<10} {'test acc':>8} {'test F1':>8}  {'image digest':<19} {'commit':<14} dataset"]
+    for r in found:
+        commit = (r.commit[:8] or "none") + ("+dirty" if r.dirty else "")
+        lines.append(f"{r.task_id:<42} {r.config.model.name[:20]:<20} {r.status[:10]:<10} "
+                     f"{metric_text(r, 'test', 'accuracy'):>8} {metric_text(r, 'test', 'macro_f1'):>8}  {_short(r.image_digest):<19} "
+                     f"{commit:<14} {r.dataset_id or 'none'}")
+    return lines
+
+
+def show_lines(r: Record) -> list[str]:
+    """One record: model, status, metrics, image digest, lock, commit (dirty or not), data version, environment."""
+    env = r.environment
+    rows = [
+        ("task", f"{r.task_id}  ({r.status})"),
+        ("name", f"{r.name}  [project {r.project}]" if r.name else "—"),
+        ("model", f"{r.config.model.name}  revision {r.model_revision or '—'}"),
+        ("metrics", f"dev acc {metric_text(r, 'dev', 'accuracy')} F1 {metric_text(r, 'dev', 'macro_f1')} | "
+                    f"test acc {metric_text(r, 'test', 'accuracy')} F1 {metric_text(r, 'test', 'macro_f1')}"),
+        ("image", f"{r.image}  digest {r.image_digest}"),
+        ("lock", f"{r.lock_file}  sha256 {r.lock_sha256}"),
+        ("code", f"{r.repository} {r.branch or '(detached)'} @ {r.commit or 'unknown'}"),
+        ("dirty", (f"yes ({len(r.diff.splitlines())}-line uncommitted diff recorded)" if r.dirty else "no")
+                  + (f"; {len(r.untracked)} untracked file(s) not recorded" if r.untracked else "")),
+        ("data", f"dataset {r.dataset_id or 'none'}  " + " ".join(f"{k}={v[:12]}" for k, v in r.data_sha256.items())),
+        ("env", f"python {env.get('python', '?')}  torch {env.get('torch', '?')}  cuda {env.get('cuda', '?')}  "
+                f"transformers {env.get('transformers', '?')}  lightning {env.get('lightning', '?')}"),
+        ("hardware", f"{env.get('gpu_count', 0)} x {env.get('gpu_model', 'none')} GPU; CPU {env.get('cpu_model', '?')}"),
+        ("seed", f"{r.config.seed}  deterministic algorithms {env.get('determinism', {}).get('torch_deterministic_algorithms', '?')}"),
+        ("record", r.source + (f"  (zip {r.offline_zip})" if r.offline_zip and r.offline_zip != r.source else "")),
+    ]
+    return [f"{key:<9} {value}" for key, value in rows]
+
+
+def diff_lines(left: Record, right: Record) -> list[str]:
+    """Only what differs between two records, A above B; the uncommitted diffs' delta last."""
+    rows = diff_records(left, right)
+    if not rows:
+        return ["identical: config, code, image, lock, data, model revision, environment and metrics all match"]
+    width = max(len(f"{g}.{k}") for g, k, _, _ in rows)
+    lines = [f"{'':<{width}}  A = {left.task_id}\n{'':<{width}}  B = {right.task_id}"]
+    lines += [f"{group + '.' + key:<{width}}  A: {va}\n{'':<{width}}  B: {vb}" for group, key, va, vb in rows]
+    if left.diff != right.diff:
+        lines += ["uncommitted diffs differ:", "\n".join(code_diff_delta(left, right))]
+    return lines

@@ -26,6 +26,7 @@ from typing import Any
 
 from reprozoo.config import ConfigError, RunConfig
 from reprozoo.records import Record
+from reprozoo.session import configure_clearml
 
 # Library versions that can change a result; a replay outside the recorded image compares them.
 _ENV_KEYS = ("python", "torch", "cuda", "transformers", "lightning")
@@ -289,6 +290,15 @@ def run_in_image(plan: ReproPlan, *, gpus: str = "auto", network: str = "bridge"
     return code
 
 
+def replay(plan: ReproPlan, *, gpus: str = "auto", network: str = "bridge",
+           log: Callable[[str], None] = print) -> tuple[dict[str, Any], str | None]:
+    """Run the plan (in its image, or from the recorded code here): the replay's metrics and task id."""
+    code = run_in_image(plan, gpus=gpus, network=network, log=log) if plan.executor == "image" else run_from_code(plan)
+    if code != 0:
+        raise ReproError(f"the replay exited with code {code}; its run directory is {plan.run_dir}")
+    return replayed_metrics(plan), replayed_task(plan)
+
+
 def replayed_metrics(plan: ReproPlan) -> dict[str, Any]:
     path = plan.run_dir / "metrics.json"
     if not path.is_file():
@@ -320,9 +330,12 @@ def enqueue_spec(record: Record, queue: str) -> dict[str, Any]:
 
 
 def enqueue(spec: dict[str, Any], task_api: Any = None) -> str:
-    """Clone the task, pin its image, enqueue it. Exercised against a real server: no (none can run here)."""
+    """Clone the task, pin its image, enqueue it. Exercised against a real server: no (none can run here).
+    The caller checks the server (session.require_server)."""
     if task_api is None:
         from clearml import Task as task_api
+
+        configure_clearml()
     clone = task_api.clone(source_task=spec["source_task"], name=spec["name"])
     if spec["docker_image"]:
         clone.set_base_docker(docker_image=spec["docker_image"], docker_arguments=spec["docker_arguments"])

@@ -26,8 +26,10 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
+from reprozoo.config import ConfigError, RunConfig
 from reprozoo.errors import UserError
 from reprozoo.log import log
+from reprozoo.records import load_record
 
 LAST = "last.ckpt"
 PREVIOUS = "last.prev.ckpt"
@@ -192,6 +194,28 @@ class Preempted(Exception):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+def resume_dir(ref: str) -> Path:
+    """`--resume RUN_DIR | TASK_ID` → the run directory holding the checkpoints."""
+    path = Path(ref)
+    if path.is_dir():
+        if not (path / "config.yaml").is_file():
+            raise ConfigError(f"--resume {ref}: not a run directory (no config.yaml); pass the --out of the interrupted run")
+        return path
+    run_dir = Path(load_record(ref).provenance.get("run_dir") or "")
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--resume {ref}: its run directory {run_dir} (with the checkpoints) is not on this machine;"
+                          " resume where it ran, or copy that folder here and pass it")
+    return run_dir
+
+
+def resumed_config(ref: str) -> RunConfig:
+    """The interrupted run's own RunConfig, unchanged, writing into its run directory."""
+    run_dir = resume_dir(ref)
+    cfg = RunConfig.load(run_dir / "config.yaml")
+    cfg.out_dir = str(run_dir)
+    return cfg.validate()
 
 
 def find_resume_checkpoint(run_dir: Path) -> Path:

@@ -59,7 +59,7 @@ def require_server(purpose: str, fallback: str = "") -> str:
     """
     tail = f"; {fallback}" if fallback else ""
     if not server_configured():
-        raise ServerUnavailable(f"{purpose} needs a ClearML server: {SERVER_SETTINGS}{tail}")
+        raise ServerUnavailable(f"{purpose} needs a ClearML server, but no ClearML server is configured: {SERVER_SETTINGS}{tail}")
     url = api_server()
     if not server_reachable(url):
         raise ServerUnavailable(f"{purpose}: the ClearML server {url} is unreachable; retry when it is up{tail}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import traceback
 from collections.abc import Callable, Iterable
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from reprozoo import zoo
-from reprozoo.config import ConfigError, RunConfig, _suggest, flatten
+from reprozoo.config import ConfigError, RunConfig, _suggest, apply, flatten
+from reprozoo.train import RunResult, recorded_task_id, train
 
 # RunConfig fields the zoo fills when left None (train.plan_run does the same), and where a
 # record's provenance keeps the value the run actually used.
@@ -96,12 +98,8 @@ def select_models(spec: str) -> list[str]:
 # --- the plan -------------------------------------------------------------------------------------
 def apply_zoo_defaults(cfg: RunConfig, entry: zoo.ZooEntry) -> RunConfig:
     """Fill what the zoo decides per model, as train.plan_run would, so the plan states every value."""
-    data = cfg.to_dict()
-    for key, attr in ZOO_DEFAULTS.items():
-        section, leaf = key.split(".")
-        if data[section][leaf] is None:
-            data[section][leaf] = getattr(entry, attr)
-    return RunConfig.from_dict(data)
+    unset = {key for key, value in flatten(cfg.to_dict()).items() if value is None}
+    return apply(cfg, {key: getattr(entry, attr) for key, attr in ZOO_DEFAULTS.items() if key in unset})
 
 
 def step_name(model: str, taken: Iterable[str] = ()) -> str:
@@ -125,9 +123,7 @@ def build_plan(models: str, overrides: list[str] | None = None, *, base: RunConf
     steps: list[SweepStep] = []
     for model in select_models(models):
         entry = zoo.get(model)
-        data = (base or RunConfig()).to_dict()
-        data["model"]["name"] = model
-        cfg = apply_zoo_defaults(RunConfig.from_dict(data), entry).override(overrides)
+        cfg = apply_zoo_defaults(apply(base or RunConfig(), {"model.name": model}), entry).override(overrides)
         name = step_name(model, (s.name for s in steps))
         if out_root is not None:
             cfg.out_dir = str(Path(out_root) / name)
@@ -249,16 +245,29 @@ class SweepReport:
     def failed(self) -> list[StepResult]:
         return [r for r in self.results if r.status == "failed"]
 
+    def lines(self) -> list[str]:
+        """How many models were done, skipped or failed; then one line a model."""
+        counts = ", ".join(f"{n} {s}" for s in ("done", "skipped", "failed") if (n := sum(r.status == s for r in self.results)))
+        lines = [f"sweep: {len(self.results)} model(s): {counts}"]
+        for r in self.results:
+            accuracy = "—" if r.test_accuracy is None else f"{r.test_accuracy:.4f}"
+            lines.append(f"  {r.name:<28} {r.status:<8} test acc {accuracy:<7} {r.task_id or ''} {r.run_dir or r.error}")
+        return lines
+
 
 def run_local(plan: SweepPlan, *, records: list[Any] | None = None, runs_dir: Path = Path("runs"),
               data_dir: Path | None = None, gpus: str = "auto", log: Callable[[str], None] = print,
-              train_fn: Callable[[RunConfig], dict[str, Any]] | None = None,
+              train_fn: Callable[[RunConfig], RunResult] | None = None,
               image_fn: Callable[..., tuple[int, Path]] | None = None) -> SweepReport:
     """Each step here, one after another; a failure is reported and the sweep goes on.
 
     `records`: completed runs to skip against (default: per the first step's tracking mode).
-    With `plan.image`, each step runs in that image (containers.run_config_in_image), else in-process.
+    With `plan.image`, each step runs in that image (containers.run_config_in_image), else in-process;
+    `data_dir` is what the image mounts (default: the first step's data.data_dir, then $REPROZOO_DATA_DIR).
     """
+    if data_dir is None and plan.steps:
+        found = plan.steps[0].config.data.data_dir or os.environ.get("REPROZOO_DATA_DIR")
+        data_dir = Path(found) if found else None
     from reprozoo.resume import Preempted
 
     if records is None and plan.steps:
@@ -300,9 +309,9 @@ def run_local(plan: SweepPlan, *, records: list[Any] | None = None, runs_dir: Pa
             log(f"{where}: FAILED: {message}")
             report.results.append(StepResult(step.name, "failed", error=message.splitlines()[0]))
             continue
-        log(f"{where}: done, test accuracy {result['metrics']['test']['accuracy']:.4f} ({result['run_dir']})")
-        report.results.append(StepResult(step.name, "done", result.get("task_id"), result["run_dir"],
-                                         result["metrics"]["test"]["accuracy"]))
+        log(f"{where}: done, test accuracy {result.metrics['test']['accuracy']:.4f} ({result.run_dir})")
+        report.results.append(StepResult(step.name, "done", result.task_id, str(result.run_dir),
+                                         result.metrics["test"]["accuracy"]))
     return report
 
 
@@ -313,24 +322,20 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, zoo.UnknownModelError, zoo.WeightsUnavailableError, DataSourceError, TreeFormatError)
 
 
-def _run_in_process(cfg: RunConfig, train_fn: Callable[[RunConfig], dict[str, Any]] | None) -> dict[str, Any]:
+def _run_in_process(cfg: RunConfig, train_fn: Callable[[RunConfig], RunResult] | None) -> RunResult:
     # train() closes its ClearML task on any failure, so the next model's Task.init starts clean.
-    if train_fn is None:
-        from reprozoo.train import train as train_fn
-    return train_fn(cfg)
+    return (train_fn or train)(cfg)
 
 
 def _run_in_image(cfg: RunConfig, image: str, runs_dir: Path, data_dir: Path | None, gpus: str,
-                  log: Callable[[str], None], image_fn: Callable[..., tuple[int, Path]] | None) -> dict[str, Any]:
+                  log: Callable[[str], None], image_fn: Callable[..., tuple[int, Path]] | None) -> RunResult:
     if image_fn is None:
         from reprozoo.containers.run import run_config_in_image as image_fn
     code, run_dir = image_fn(cfg, image, runs_dir=runs_dir, data_dir=data_dir, gpus=gpus, log=log)
     metrics_file = Path(run_dir) / "metrics.json"
     if code != 0 or not metrics_file.is_file():
         raise RuntimeError(f"the container exited with {code}" + ("" if metrics_file.is_file() else f"; no {metrics_file}"))
-    from reprozoo.train import recorded_task_id
-
-    return {"run_dir": str(run_dir), "metrics": json.loads(metrics_file.read_text()), "task_id": recorded_task_id(Path(run_dir))}
+    return RunResult(Path(run_dir), json.loads(metrics_file.read_text()), task_id=recorded_task_id(Path(run_dir)))
 
 
 # --- queue executor (ClearML PipelineController) ---------------------------------------------------
@@ -428,7 +433,58 @@ def launch_pipeline(plan: SweepPlan, *, project: str, controller_queue: str = "s
     return pipe
 
 
+def enqueue(plan: SweepPlan, *, controller_queue: str = "services", log: Callable[[str], None] = print) -> Any:
+    """--queue: pin the steps to one data version on the server, drop those already completed there,
+    and launch the pipeline for the rest (None when none remain). The caller checks the server
+    (session.require_server): this registers data and creates tasks on it."""
+    from reprozoo import session
+    from reprozoo.data import versions
+    from reprozoo.data.sst5 import resolve_data_dir
+
+    session.configure_clearml()
+    first = plan.steps[0].config
+    if first.data.dataset_id:  # --set data.dataset_id=…: exactly that version
+        version = versions.resolve(str(first.data.dataset_id))
+    else:  # agents have no local trees: register (or find) this data version on the server
+        version = versions.register(resolve_data_dir(first.data.data_dir), "server")
+    log(f"data version: {version.dataset_id} (content sha256 {version.content_hash[:12]})")
+    pin_data_version(plan, version.dataset_id)
+    done = done_index(existing_records("server", first.tracking.project))
+    remaining = []
+    for step in plan.steps:
+        found = done.get(run_identity(step.config, version.sha256, step.image))
+        if found:
+            log(f"{step.name}: skipped, already completed as {found.task_id}")
+        else:
+            remaining.append(step)
+    if not remaining:
+        log("sweep: every model already has a completed task for this config, data version and image")
+        return None
+    plan.steps = remaining
+    return launch_pipeline(plan, project=first.tracking.project, controller_queue=controller_queue, log=log)
+
+
 # --- dry run -------------------------------------------------------------------------------------
+def dry_run_lines(plan: SweepPlan) -> list[str]:
+    """The plan as a table (here: which steps a local sweep would skip) and its GPU-hour estimate."""
+    table = format_rows(plan_table(plan, None if plan.queue else local_status(plan)))
+    return [table, f"estimated GPU-hours: {plan.gpu_hours:.3f} (6·params·tokens FLOPs at {EFFECTIVE_FLOPS:.0e} FLOP/s"
+                   f" + {OVERHEAD_HOURS * 60:.0f} min per run; an upper bound: early stopping ends runs sooner)"]
+
+
+def local_status(plan: SweepPlan) -> dict[str, str]:
+    """For --dry-run: which steps a local sweep would skip (a completed record with the same identity)."""
+    from reprozoo.session import resolve_mode
+
+    first = plan.steps[0].config
+    done = done_index(existing_records(resolve_mode(first.tracking.mode), first.tracking.project))
+    status = {}
+    for step in plan.steps:
+        found = done.get(step_identity(step))
+        status[step.name] = f"skip (done: {found.task_id})" if found else "run"
+    return status
+
+
 def plan_table(plan: SweepPlan, status: dict[str, str] | None = None) -> list[list[str]]:
     """Rows for `--dry-run`: header first, totals last."""
     header = ["model", "hub id", "params (M)", "lr", "batch", "max len", "granularity", "epochs", "image", "queue",

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from reprozoo import agent, provenance
-from reprozoo.config import _SECTIONS, ConfigError, RunConfig, _annotation, _parse_value, flatten
+from reprozoo.config import _SECTIONS, ConfigError, RunConfig, _annotation, _parse_value, apply, flatten
 from reprozoo.data import versions
 from reprozoo.data.trees import LABEL_NAMES
 from reprozoo.log import log
@@ -80,41 +80,19 @@ def _parsed(values: dict[str, Any], fields: set[str], parents: list[str]) -> dic
     return out
 
 
-
-
-def _unflat(flat: dict[str, Any]) -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return data
-
-
 def merge_edits(baseline: RunConfig | None, edited_object: RunConfig, edited_sections: dict[str, Any]) -> RunConfig:
     """The RunConfig an agent should run: edits to the config object and to the hyperparameter
     sections, each taken where it differs from the recorded baseline (sections win a conflict)."""
     base = flatten((baseline or edited_object).to_dict())
     obj = flatten(edited_object.to_dict())
-    params = flatten(RunConfig.from_dict(_deep_update(edited_object.to_dict(), edited_sections)).to_dict())
+    params = flatten(apply(edited_object, flatten(edited_sections)).to_dict())
     merged = dict(base)
     for key in base:
         if obj[key] != base[key]:
             merged[key] = obj[key]
         if params[key] != base[key] and (baseline is not None or params[key] != obj[key]):
             merged[key] = params[key]
-    return RunConfig.from_dict(_unflat(merged)).validate()
-
-
-def _deep_update(data: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            _deep_update(data[key], value)
-        else:
-            data[key] = value
-    return data
+    return apply(edited_object, merged).validate()
 
 
 def remote_config(task: Any, local: RunConfig) -> RunConfig:

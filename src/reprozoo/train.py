@@ -1,7 +1,13 @@
 """One training run, top to bottom: RunConfig in, run directory (and tracked task) out.
 
-    config → data files (sha256) → weights → tracker → data module → model → Trainer.fit
-           → best checkpoint → dev + test scores → metrics.json, confusion matrix, export
+    plan_run       config → zoo defaults, data files (sha256), accelerator, precision, run directory name
+    prepare        weights, tokenizer, parsed trees (before any task is opened: bad input leaves no record)
+    start_run      claim the run directory, record config and provenance in the task, seed
+    fit            model → Trainer.fit (checkpoints, early stopping, preemption)
+    score          best checkpoint → dev + test scores
+    write_outputs  metrics.json, timing.json, image.json, confusion matrix, export; then the task closes
+
+`train()` reads as that list; `task_stopped_on_failure` closes the task as stopped on any failure.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,8 +30,7 @@ from reprozoo import zoo
 from reprozoo.config import ConfigError, RunConfig
 from reprozoo.data.sst5 import data_fingerprint, resolve_data_dir
 from reprozoo.data.trees import LABEL_NAMES
-
-log = logging.getLogger("reprozoo")
+from reprozoo.log import log
 
 
 @dataclass
@@ -91,7 +97,7 @@ def _choose_accelerator(cfg: RunConfig) -> str:
         if not has_gpu:
             if cfg.trainer.require_gpu:
                 raise ConfigError("a GPU was required (--require-gpu) but torch sees none; drop --require-gpu to train on CPU")
-            print("reprozoo: no GPU visible to torch; falling back to CPU (pass --require-gpu to make this an error)", file=sys.stderr)
+            log.warning("no GPU visible to torch; falling back to CPU (pass --require-gpu to make this an error)")
             return "cpu"
         return "gpu"
     if wanted == "auto":
@@ -107,7 +113,7 @@ def _choose_precision(cfg: RunConfig, entry: zoo.ZooEntry, accelerator: str) -> 
         raise ConfigError(f"{entry.name} ({entry.family}) is not trained in fp16: it overflows to NaN losses; use --precision bf16-mixed (GPU) or 32-true")
     if requested != "auto":
         if accelerator == "cpu" and "bf16" in requested:
-            print("reprozoo: warning: bf16 on a CPU without bf16 units is ~20x slower than fp32", file=sys.stderr)
+            log.warning("warning: bf16 on a CPU without bf16 units is ~20x slower than fp32")
         return requested
     if accelerator != "gpu":
         return "32-true"
@@ -126,131 +132,210 @@ def ddp_worker() -> bool:
     return any(int(os.environ.get(name) or 0) > 0 for name in ("LOCAL_RANK", "NODE_RANK"))
 
 
-def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+@dataclass
+class RunResult:
+    """What `train` hands back. A DDP worker (rank > 0) writes and records nothing: it has only
+    `run_dir` and its `metrics`, and `ddp_worker` is True."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    timing: dict[str, Any] | None = None
+    task_id: str | None = None
+    dataset_id: str | None = None
+    ddp_worker: bool = False
+
+    def lines(self) -> list[str]:
+        """What `reprozoo train` prints: where the run is, its task and data version, its scores."""
+        if self.ddp_worker:
+            return []  # rank 0 reports
+        m = self.metrics
+        return [f"run directory: {self.run_dir}",
+                *([f"clearml task: {self.task_id}"] if self.task_id else []),
+                *([f"dataset version: {self.dataset_id}"] if self.dataset_id else []),
+                f"dev  accuracy {m['dev']['accuracy']:.4f}  macro-F1 {m['dev']['macro_f1']:.4f}",
+                f"test accuracy {m['test']['accuracy']:.4f}  macro-F1 {m['test']['macro_f1']:.4f}"]
+
+
+@dataclass
+class Inputs:
+    """The run's weights, tokenizer and parsed data: loaded before any task is opened."""
+
+    weights: Any  # zoo.Weights
+    tokenizer: Any
+    datamodule: Any  # data.module.SST5DataModule
+
+
+@dataclass
+class Fitted:
+    trainer: Any  # lightning.Trainer
+    module: Any  # model.SentimentClassifier
+    step_losses: list[float]
+    train_seconds: float
+
+
+def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> RunResult:
     """Run `cfg`; with `resume`, continue the run in `cfg.out_dir` from its last checkpoint.
 
     Several devices (DDP): rank 0 records and writes everything; the other ranks train their share
-    of the batches and score the splits, and write nothing (result["ddp_worker"] is True)."""
+    of the batches and score the splits, and write nothing (RunResult.ddp_worker)."""
     worker = ddp_worker()
     if worker:
-        cfg = RunConfig.from_dict(cfg.to_dict())
-        cfg.out_dir = os.environ.get(DDP_RUN_DIR_ENV) or cfg.out_dir
-        cfg.tracking.mode = "off"  # one task per run: rank 0's
-        overwrite = False
+        cfg, overwrite = _as_ddp_worker(cfg), False
     plan = plan_run(cfg, overwrite=overwrite, resuming=resume or worker)
     started = time.time()
     _quiet_libraries()
-
-    import lightning as L
-    import torch
-    from transformers import AutoTokenizer
-
     from reprozoo import tracking
-    from reprozoo.data.module import SST5DataModule
-    from reprozoo.model import SentimentClassifier
-    from reprozoo.modeling_reprozoo import ReprozooForSequenceClassification
-    from reprozoo.progress import ThroughputMonitor
-    from reprozoo.resume import find_resume_checkpoint
-
-    def prepare(cfg: RunConfig, plan: Plan) -> tuple[Any, Any, SST5DataModule]:
-        weights = zoo.resolve_weights(plan.entry, cfg.model.revision)
-        tokenizer = AutoTokenizer.from_pretrained(str(weights.path))
-        datamodule = SST5DataModule(cfg.data, plan.data_dir, plan.data_sha256, tokenizer,
-                                    plan.max_length, plan.batch_size, cfg.seed)
-        datamodule.prepare_data()  # parses (and so validates) the trees
-        datamodule.setup("fit")
-        return weights, tokenizer, datamodule
 
     # Weights and data are checked before a task is opened: a broken input leaves no record.
-    weights, tokenizer, datamodule = prepare(cfg, plan)
+    inputs = prepare(plan)
     tracker = tracking.open_task(cfg, f"{plan.entry.name} {cfg.data.granularity} seed{cfg.seed}", plan,
                                  continue_task=recorded_task_id(plan.run_dir) if resume else None)
-    # From here on any failure (preemption, a bad batch, a full disk) closes the task: what it holds is
-    # kept, marked stopped, and the next training in this process can open its own.
-    try:
+    with task_stopped_on_failure(tracker, lambda: plan.run_dir):
         if tracker.config != cfg:
             # A ClearML agent running a clone: the task's (UI-edited) RunConfig is the run's config.
-            print("reprozoo: running the RunConfig held by the ClearML task (edited in its clone)", file=sys.stderr)
-            cfg = tracker.config
-            plan = plan_run(cfg, overwrite=True)
-            weights, tokenizer, datamodule = prepare(cfg, plan)
-
-        resume_from = find_resume_checkpoint(plan.run_dir) if resume else None
-        if overwrite and plan.run_dir.exists() and not resume:
-            shutil.rmtree(plan.run_dir)
-        run_dir = plan.run_dir = _claim_run_dir(plan.run_dir, exclusive=cfg.out_dir is None)
-        if not worker:
-            cfg.save(run_dir / "config.yaml")
-
-        # Before the record, so the fingerprint states the determinism flags this run trains with;
-        # seeding stays after it so nothing the tracker does can move an RNG.
-        torch.use_deterministic_algorithms(True, warn_only=plan.accelerator == "gpu")
-        if not worker:
-            tracker.record(cfg, plan, weights)
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-
-        class_weights = None
-        if cfg.data.imbalance == "weighted-loss":
-            counts = datamodule.class_counts()
-            total = sum(counts)
-            class_weights = [total / (len(counts) * max(c, 1.0)) for c in counts]
-
-        id2label = dict(enumerate(LABEL_NAMES))
-        net = ReprozooForSequenceClassification.from_backbone(str(weights.path), plan.pooling, cfg.model.dropout, id2label)
-        module = SentimentClassifier(net, cfg.optim, plan.lr, class_weights)
-
-        trainer = L.Trainer(**_trainer_kwargs(cfg, plan, tracker))
-        fit_started = time.time()
-        os.environ[DDP_RUN_DIR_ENV] = str(run_dir.resolve())
-        try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-        finally:
-            if not worker:
-                os.environ.pop(DDP_RUN_DIR_ENV, None)
-        train_seconds = time.time() - fit_started
-        steps = list(module.step_losses)  # before scoring: loading the best checkpoint restores its own list
-
-        best = _best_checkpoint(trainer)
-        dev = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False) and module.last_eval["val"]
-        test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False) and module.last_eval["test"]
-        tenth = max(1, len(steps) // 10)
-        metrics = {
-            "dev": dev,
-            "test": test,
-            "train": {
-                "examples": len(datamodule.splits["train"].labels),
-                "granularity": cfg.data.granularity,
-                "steps": len(steps),
-                "epochs": trainer.current_epoch,
-                "loss_first": sum(steps[:tenth]) / tenth if steps else None,
-                "loss_last": sum(steps[-tenth:]) / tenth if steps else None,
-            },
-            "best_checkpoint": Path(best).name if best else None,
-        }
+            log.warning("running the RunConfig held by the ClearML task (edited in its clone)")
+            plan = plan_run(tracker.config, overwrite=True)
+            inputs = prepare(plan)
+        resume_from = start_run(plan, tracker, inputs, overwrite=overwrite, resume=resume, worker=worker)
+        fitted = fit(plan, inputs, tracker, resume_from, worker)
+        metrics = score(plan, inputs, fitted)
         if worker:
-            return {"run_dir": str(run_dir), "metrics": metrics, "ddp_worker": True}
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        timing = {"train_seconds": train_seconds, "total_seconds": time.time() - started,
-                  "tokenization_cache_hit": datamodule.cache_hit, "accelerator": plan.accelerator,
-                  "precision": plan.precision, "torch_threads": torch.get_num_threads(),
-                  "throughput": next((c.summary() for c in trainer.callbacks if isinstance(c, ThroughputMonitor)), None)}
-        (run_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
-        from reprozoo.containers.identity import runtime_identity
+            return RunResult(plan.run_dir, metrics, ddp_worker=True)
+        timing, export_dir = write_outputs(plan, inputs, fitted, metrics, started)
+        tracker.finish(metrics, timing, plan.run_dir, export_dir, class_counts=inputs.datamodule.class_counts())
+        return RunResult(plan.run_dir, metrics, timing, tracker.task_id,
+                         tracker.dataset.dataset_id if tracker.dataset else None)
 
-        # Which image (repo digest, as `reprozoo image run` handed it in) or lock this run used.
-        (run_dir / "image.json").write_text(json.dumps(runtime_identity(), indent=2) + "\n")
 
-        from reprozoo.metrics import save_confusion_png
+def _as_ddp_worker(cfg: RunConfig) -> RunConfig:
+    """A rank > 0 trains into rank 0's run directory and records nothing: one task per run."""
+    cfg = RunConfig.from_dict(cfg.to_dict())
+    cfg.out_dir = os.environ.get(DDP_RUN_DIR_ENV) or cfg.out_dir
+    cfg.tracking.mode = "off"
+    return cfg
 
-        save_confusion_png(test["confusion_matrix"], str(run_dir / "confusion_test.png"),
-                           f"{plan.entry.name} SST-5 test (acc {test['accuracy']:.3f})")
-        export_dir = _export(module, tokenizer, run_dir)
-        tracker.finish(metrics, timing, run_dir, export_dir, class_counts=datamodule.class_counts())
-        return {"run_dir": str(run_dir), "metrics": metrics, "timing": timing, "task_id": tracker.task_id,
-                "dataset_id": tracker.dataset.dataset_id if tracker.dataset else None}
+
+@contextlib.contextmanager
+def task_stopped_on_failure(tracker: Any, run_dir: Callable[[], Path]) -> Iterator[None]:
+    """Any failure once the task is open (preemption, a bad batch, a full disk) closes it: what it
+    holds is kept, marked stopped, and the next training in this process can open its own.
+    `run_dir` is asked at the failure: the directory is claimed (and may be renamed) inside."""
+    try:
+        yield
     except BaseException as err:
-        tracker.abort(f"{type(err).__name__}: {err}", plan.run_dir)
+        tracker.abort(f"{type(err).__name__}: {err}", run_dir())
         raise
+
+
+def prepare(plan: Plan) -> Inputs:
+    """Weights, tokenizer and the parsed (so validated) trees."""
+    from transformers import AutoTokenizer
+
+    from reprozoo.data.module import SST5DataModule
+
+    cfg = plan.cfg
+    weights = zoo.resolve_weights(plan.entry, cfg.model.revision)
+    tokenizer = AutoTokenizer.from_pretrained(str(weights.path))
+    datamodule = SST5DataModule(cfg.data, plan.data_dir, plan.data_sha256, tokenizer,
+                                plan.max_length, plan.batch_size, cfg.seed)
+    datamodule.prepare_data()  # parses (and so validates) the trees
+    datamodule.setup("fit")
+    return Inputs(weights, tokenizer, datamodule)
+
+
+def start_run(plan: Plan, tracker: Any, inputs: Inputs, *, overwrite: bool, resume: bool, worker: bool) -> str | None:
+    """Claim the run directory, record the run, seed; the checkpoint to resume from (or None)."""
+    import lightning as L
+    import torch
+
+    from reprozoo.resume import find_resume_checkpoint
+
+    cfg = plan.cfg
+    resume_from = find_resume_checkpoint(plan.run_dir) if resume else None
+    if overwrite and plan.run_dir.exists() and not resume:
+        shutil.rmtree(plan.run_dir)
+    plan.run_dir = _claim_run_dir(plan.run_dir, exclusive=cfg.out_dir is None)
+    if not worker:
+        cfg.save(plan.run_dir / "config.yaml")
+    # Before the record, so the fingerprint states the determinism flags this run trains with;
+    # seeding stays after it so nothing the tracker does can move an RNG.
+    torch.use_deterministic_algorithms(True, warn_only=plan.accelerator == "gpu")
+    if not worker:
+        tracker.record(cfg, plan, inputs.weights)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    return resume_from
+
+
+def fit(plan: Plan, inputs: Inputs, tracker: Any, resume_from: str | None, worker: bool) -> Fitted:
+    import lightning as L
+
+    from reprozoo.model import SentimentClassifier
+    from reprozoo.modeling_reprozoo import ReprozooForSequenceClassification
+
+    cfg = plan.cfg
+    class_weights = None
+    if cfg.data.imbalance == "weighted-loss":
+        counts = inputs.datamodule.class_counts()
+        total = sum(counts)
+        class_weights = [total / (len(counts) * max(c, 1.0)) for c in counts]
+    id2label = dict(enumerate(LABEL_NAMES))
+    net = ReprozooForSequenceClassification.from_backbone(str(inputs.weights.path), plan.pooling, cfg.model.dropout, id2label)
+    module = SentimentClassifier(net, cfg.optim, plan.lr, class_weights)
+    trainer = L.Trainer(**_trainer_kwargs(cfg, plan, tracker))
+    fit_started = time.time()
+    os.environ[DDP_RUN_DIR_ENV] = str(plan.run_dir.resolve())
+    try:
+        trainer.fit(module, datamodule=inputs.datamodule, ckpt_path=resume_from)
+    finally:
+        if not worker:
+            os.environ.pop(DDP_RUN_DIR_ENV, None)
+    # Copied before scoring: loading the best checkpoint restores its own list.
+    return Fitted(trainer, module, list(module.step_losses), time.time() - fit_started)
+
+
+def score(plan: Plan, inputs: Inputs, fitted: Fitted) -> dict[str, Any]:
+    """Dev and test scores of the best checkpoint, and a summary of the training."""
+    trainer, module, datamodule, steps = fitted.trainer, fitted.module, inputs.datamodule, fitted.step_losses
+    best = _best_checkpoint(trainer)
+    dev = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False) and module.last_eval["val"]
+    test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False) and module.last_eval["test"]
+    tenth = max(1, len(steps) // 10)
+    return {
+        "dev": dev,
+        "test": test,
+        "train": {
+            "examples": len(datamodule.splits["train"].labels),
+            "granularity": plan.cfg.data.granularity,
+            "steps": len(steps),
+            "epochs": trainer.current_epoch,
+            "loss_first": sum(steps[:tenth]) / tenth if steps else None,
+            "loss_last": sum(steps[-tenth:]) / tenth if steps else None,
+        },
+        "best_checkpoint": Path(best).name if best else None,
+    }
+
+
+def write_outputs(plan: Plan, inputs: Inputs, fitted: Fitted, metrics: dict[str, Any],
+                  started: float) -> tuple[dict[str, Any], Path]:
+    """metrics.json, timing.json, image.json, the test confusion matrix and the export; (timing, export dir)."""
+    import torch
+
+    from reprozoo.containers.identity import runtime_identity
+    from reprozoo.metrics import save_confusion_png
+    from reprozoo.progress import ThroughputMonitor
+
+    run_dir, test = plan.run_dir, metrics["test"]
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    timing = {"train_seconds": fitted.train_seconds, "total_seconds": time.time() - started,
+              "tokenization_cache_hit": inputs.datamodule.cache_hit, "accelerator": plan.accelerator,
+              "precision": plan.precision, "torch_threads": torch.get_num_threads(),
+              "throughput": next((c.summary() for c in fitted.trainer.callbacks if isinstance(c, ThroughputMonitor)), None)}
+    (run_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+    # Which image (repo digest, as `reprozoo image run` handed it in) or lock this run used.
+    (run_dir / "image.json").write_text(json.dumps(runtime_identity(), indent=2) + "\n")
+    save_confusion_png(test["confusion_matrix"], str(run_dir / "confusion_test.png"),
+                       f"{plan.entry.name} SST-5 test (acc {test['accuracy']:.3f})")
+    return timing, _export(fitted.module, inputs.tokenizer, run_dir)
 
 
 def recorded_task_id(run_dir: Path) -> str | None:

@@ -30,7 +30,8 @@ from typing import Any
 
 from reprozoo import session
 from reprozoo.cache import cache_root
-from reprozoo.data.sst5 import SPLITS, DataSourceError, data_fingerprint
+from reprozoo.config import ConfigError
+from reprozoo.data.sst5 import SPLITS, DataSourceError, data_fingerprint, resolve_data_dir
 
 PROJECT = "reprozoo/datasets"
 NAME = "sst5"
@@ -210,3 +211,16 @@ def _verify(path: Path, expected: dict[str, str], dataset_id: str) -> None:
     if bad:
         raise DataSourceError(f"dataset {dataset_id}: {', '.join(bad)} changed on disk in {path} (sha256 mismatch);"
                               " delete that folder and run `reprozoo data version` on the original trees")
+
+
+def register_trees(data_dir: str | None, tracking: str = "auto") -> DataVersion:
+    """`reprozoo data version`: register the trees in data_dir (default $REPROZOO_DATA_DIR) in the
+    mode `tracking` resolves to (auto: the server when one is configured, else offline)."""
+    from reprozoo.session import configure_clearml, resolve_mode
+
+    if tracking not in ("auto", "offline", "server"):
+        raise ConfigError(f"--tracking {tracking!r}: a data version is recorded offline or on a server; use auto, offline or server")
+    path = resolve_data_dir(data_dir)
+    mode = resolve_mode(tracking)
+    configure_clearml()
+    return register(path, mode)
