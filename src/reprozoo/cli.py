@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ import typer
 
 from reprozoo import session
 from reprozoo.config import ConfigError, RunConfig, apply
+from reprozoo.errors import UserError
 from reprozoo.log import log
 from reprozoo.log import setup as log_setup
 
@@ -57,20 +59,6 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    import zipfile
-
-    from reprozoo.containers.identity import ContainerError
-    from reprozoo.data.sst5 import DataSourceError
-    from reprozoo.data.trees import MissingSplitError, TreeFormatError
-    from reprozoo.resume import CheckpointWriteError, ResumeError
-    from reprozoo.zoo import UnknownModelError, WeightsUnavailableError
-
-    # ConfigError covers records.RecordNotFound.
-    return (ConfigError, ContainerError, DataSourceError, TreeFormatError, MissingSplitError, UnknownModelError,
-            WeightsUnavailableError, CheckpointWriteError, ResumeError, zipfile.BadZipFile)
-
-
 def _say(message: str) -> None:
     # After a ClearML task closes, sys.stdout is still ClearML's PrintPatchLogger and click.echo's
     # own text wrapper around it loses what it writes (verified with clearml 2.1.12); print does not.
@@ -80,16 +68,13 @@ def _say(message: str) -> None:
 def _run(action: Callable[[], Any]) -> Any:
     try:
         return action()
-    except _user_errors() as err:
+    except (UserError, zipfile.BadZipFile) as err:  # a corrupt zip is the user's input, not our bug
         _fail(str(err).strip("'\""))
 
 
 def _need_server(purpose: str, fallback: str = "") -> None:
     """session.require_server, its refusal as the one-line error."""
-    try:
-        session.require_server(purpose, fallback)
-    except session.ServerUnavailable as err:
-        _fail(str(err))
+    _run(lambda: session.require_server(purpose, fallback))
 
 
 def _until_preempted(action: Callable[[], Any], stopped: str, then: str) -> Any:
@@ -551,10 +536,7 @@ def hpo(
         zoo.get(cfg.model.name)  # a misspelt model fails here, not in every trial
         return cfg, search.parse_space(space, cfg)
 
-    try:  # pure Python: a bad space or setting fails before torch, Lightning or ClearML is imported
-        base, dims = build()
-    except (ConfigError, zoo.UnknownModelError) as err:
-        _fail(str(err).strip("'\""))
+    base, dims = _run(build)  # pure Python: a bad space or setting fails before torch, Lightning or ClearML is imported
     target = out or search.default_out(base)
     _say(f"search space ({'queue ' + queue if queue else 'local'}, {trials} trials, objective dev macro-F1):")
     for dim in dims:
@@ -574,10 +556,7 @@ def hpo(
 
         _run(lambda: plan_run(base))  # data, weights' limits, precision: checked once, before the first trial
         run = lambda: search.search_local(base, dims, trials, target)  # noqa: E731
-    try:
-        result = _until_preempted(run, "search stopped", f"finished trials are in {target}/trials.json")
-    except search.SearchFailed as err:
-        _fail(str(err))
+    result = _until_preempted(run, "search stopped", f"finished trials are in {target}/trials.json")
     for line in search.summary_lines(result):
         _say(line)
 

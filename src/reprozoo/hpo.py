@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from reprozoo.config import _SECTIONS, ConfigError, RunConfig, _annotation, _parse_value, apply
+from reprozoo.errors import UserError
 from reprozoo.train import RunResult, train
 
 # Short names for the settings people search most; any `section.key` of RunConfig works as well.
@@ -59,7 +60,7 @@ OBJECTIVE_SERIES = "macro_f1"
 OBJECTIVE_SIGN = "max_global"
 
 
-class SearchFailed(RuntimeError):
+class SearchFailed(UserError, RuntimeError):
     """No trial finished: there is no best configuration to write."""
 
 
