@@ -73,7 +73,7 @@ def test_step_names_are_pipeline_safe_and_unique(tmp_path: Path) -> None:
 
 
 def test_gpu_hour_estimate_follows_its_formula() -> None:
-    cfg = sweeps.build_plan("bert-base-uncased", ["trainer.max_epochs=3"]).steps[0].config
+    cfg = sweeps.build_plan("bert-base-uncased", ["trainer.max_epochs=3"], base=RunConfig()).steps[0].config
     n, tokens = 110e6, sweeps.TOKENS_PER_EXAMPLE["sentences"]
     flops = 6 * n * 8544 * 3 * tokens + 2 * n * (1101 * 4 + 2210) * tokens
     assert sweeps.estimate_gpu_hours(cfg, 110) == pytest.approx(flops / 2e13 / 3600 + 2 / 60)
@@ -87,7 +87,7 @@ def test_gpu_hour_estimate_follows_its_formula() -> None:
 
 # --- run identity --------------------------------------------------------------------------------
 def test_run_identity_ignores_where_and_how_tracked_but_not_what_trains() -> None:
-    cfg = sweeps.build_plan("bert-base-uncased").steps[0].config
+    cfg = sweeps.build_plan("bert-base-uncased", base=RunConfig()).steps[0].config
     key = sweeps.run_identity(cfg, SHA, "none")
     moved = cfg.override(["out_dir=/elsewhere", "tracking.mode=off", "tracking.project=p", "tracking.task_name=t",
                           "data.data_dir=/other/copy", "data.dataset_id=offline-123"])
@@ -99,7 +99,7 @@ def test_run_identity_ignores_where_and_how_tracked_but_not_what_trains() -> Non
 
 
 def test_run_identity_resolves_zoo_defaults_and_digest_spellings() -> None:
-    explicit = sweeps.build_plan("bert-base-uncased").steps[0].config
+    explicit = sweeps.build_plan("bert-base-uncased", base=RunConfig()).steps[0].config
     implicit = RunConfig().override(["model.name=bert-base-uncased"])  # what `reprozoo train --model` records
     assert implicit.optim.lr is None and sweeps.run_identity(implicit, SHA, "none") == sweeps.run_identity(explicit, SHA, "none")
     # A record's provenance says what the run used (the zoo may have changed since): that wins.
@@ -142,7 +142,7 @@ def test_pipeline_steps_are_the_local_plan_pinned_to_queue_image_and_data() -> N
         on_agent = merge_edits(template_cfg, edited, config_from_sections(sections))
         expected = here.config.override(["data.dataset_id=0123dataset", "data.data_dir=null", "out_dir=null"])
         assert on_agent == expected
-        assert step["task_overrides"]["name"] == f"{here.config.model.name} sentences seed42"
+        assert step["task_overrides"]["name"] == f"{here.config.model.name} {here.config.data.granularity} seed42"
 
 
 def test_pipeline_steps_without_image_leave_the_container_alone() -> None:
@@ -286,7 +286,10 @@ def test_a_failed_model_does_not_stop_the_sweep(isolated_clearml: Path, tiny_mod
     # the sweep must close that task, or the next model's Task.init would attach to it.
     broken = isolated_clearml / "broken-bert"
     shutil.copytree(tiny_model_dirs["bert"], broken)
-    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    # A header that reads (the model-directory check passes) over tensors cut short: loading fails.
+    weights = (broken / "model.safetensors").read_bytes()
+    header_end = 8 + int.from_bytes(weights[:8], "little")
+    (broken / "model.safetensors").write_bytes(weights[:header_end + 16])
     args = [a for a in TINY_ARGS if a != "--set"]
     plan = sweeps.build_plan(f"{broken},{tiny_model_dirs['electra']}", args, out_root=isolated_clearml / "runs")
     log: list[str] = []

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from reprozoo import session
+from reprozoo import session, zoo
 from reprozoo.config import ConfigError, RunConfig, apply
 from reprozoo.errors import UserError
 from reprozoo.log import log
@@ -89,8 +89,13 @@ def _until_preempted(action: Callable[[], Any], stopped: str, then: str) -> Any:
 
 
 def _configure(config: Path | None, set_: list[str] | None, **flags: Any) -> RunConfig:
-    """--config (or the defaults), then the TRAIN_FLAGS given (not None, switches on), then --set; validated."""
-    cfg = RunConfig.load(config) if config else RunConfig()
+    """--config (a concrete config, e.g. a run's), else the defaults with the model's zoo recipe; then the
+    TRAIN_FLAGS given (not None, switches on), then --set (which always win); validated."""
+    if config:
+        cfg = RunConfig.load(config)
+    else:
+        cfg = RunConfig()
+        cfg = apply(cfg, zoo.recipe(flags.get("model") or cfg.model.name))
     given = {TRAIN_FLAGS[name]: value for name, value in flags.items() if value is not None and value is not False}
     return apply(cfg, given).override(set_ or []).validate()
 
@@ -162,7 +167,6 @@ def predict(
 @app.command()
 def models(names: Annotated[bool, typer.Option("--names", help="one name per line")] = False) -> None:
     """List the model zoo."""
-    from reprozoo import zoo
 
     if names:
         typer.echo("\n".join(zoo.names()))
@@ -523,7 +527,6 @@ def hpo(
 ) -> None:
     """Search hyperparameters by dev macro-F1 (test is never used); write best.yaml for `train --config`."""
     from reprozoo import hpo as search
-    from reprozoo import zoo
 
     def build() -> tuple[RunConfig, list[Any]]:
         if local and queue:

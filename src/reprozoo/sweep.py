@@ -114,7 +114,7 @@ def step_name(model: str, taken: Iterable[str] = ()) -> str:
 
 def build_plan(models: str, overrides: list[str] | None = None, *, base: RunConfig | None = None, queue: str | None = None,
                image: str | None = None, out_root: str | Path | None = None) -> SweepPlan:
-    """One RunConfig per model: base config, model.name, the zoo's per-model defaults, then --set."""
+    """One RunConfig per model: the model's zoo recipe (or a base config with the zoo's per-model defaults), then --set."""
     overrides = list(overrides or [])
     if any(o.split("=", 1)[0].strip() == "model.name" for o in overrides):
         raise ConfigError("--set model.name: a sweep names its models with --models")
@@ -123,7 +123,10 @@ def build_plan(models: str, overrides: list[str] | None = None, *, base: RunConf
     steps: list[SweepStep] = []
     for model in select_models(models):
         entry = zoo.get(model)
-        cfg = apply_zoo_defaults(apply(base or RunConfig(), {"model.name": model}), entry).override(overrides)
+        if base is None:  # the model's zoo recipe, as `reprozoo train --model` would use it
+            cfg = apply(RunConfig(), {"model.name": model, **zoo.recipe(model)}).override(overrides)
+        else:  # a given base config keeps its settings; the zoo fills only what it leaves unset
+            cfg = apply_zoo_defaults(apply(base, {"model.name": model}), entry).override(overrides)
         name = step_name(model, (s.name for s in steps))
         if out_root is not None:
             cfg.out_dir = str(Path(out_root) / name)
