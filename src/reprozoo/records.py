@@ -78,7 +78,7 @@ class Record:
 # with a size cap and the bounded parsers of reprozoo.safeyaml, and every shape is checked, so a
 # damaged or crafted record gives one ConfigError line, never a traceback, a hang or a memory blow-up.
 MAX_MEMBER_BYTES = 64 * 1024 * 1024  # one file of a session (metrics.jsonl grows with the steps)
-MAX_HOCON_BYTES = 64 * 1024  # the old HOCON config objects are ~1 KB
+MAX_HOCON_BYTES = 16 * 1024  # the old HOCON config objects are ~1 KB; pyparsing takes ~1 s per 64 KB
 Reader = Callable[[str], bytes | None]
 
 
