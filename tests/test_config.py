@@ -196,3 +196,13 @@ def test_an_alias_bomb_is_refused_fast_in_bounded_memory(tmp_path: Path, documen
     assert "billion laughs" in str(err.value) or "merge keys" in str(err.value)
     assert elapsed < 0.5, f"{elapsed:.2f} s of CPU"
     assert peak < 16 * 1024 * 1024, f"{peak / 1e6:.0f} MB"
+
+
+def test_unknown_keys_are_quoted_when_they_would_not_print_as_one_line() -> None:
+    from reprozoo.config import apply
+
+    with pytest.raises(ConfigError, match=r"^'\\n': unknown setting '\\n'; known: data, model") as err:
+        apply(RunConfig(), {"\n": None})
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"^data.'a\\x00': unknown setting"):
+        RunConfig.from_dict({"data": {"a\x00": 1}})

@@ -239,10 +239,10 @@ def apply(cfg: RunConfig, values: dict[str, Any], *, parse: bool = False, origin
         for part in parents:
             if not isinstance(node.get(part), dict):
                 sections = [k for k, v in node.items() if isinstance(v, dict)]
-                raise ConfigError(f"{origin}{key}: unknown section {part!r}; {_suggest(part, sections)}")
+                raise ConfigError(f"{origin}{_key(key)}: unknown section {part!r}; {_suggest(part, sections)}")
             node = node[part]
         if leaf not in node or isinstance(node[leaf], dict):
-            raise ConfigError(f"{origin}{key}: unknown setting {leaf!r}; {_suggest(leaf, list(node))}")
+            raise ConfigError(f"{origin}{_key(key)}: unknown setting {leaf!r}; {_suggest(leaf, list(node))}")
         node[leaf] = _parse_value(value, _annotation(parents, leaf), f"{origin}{key}") if parse and isinstance(value, str) else value
     return RunConfig.from_dict(data)
 
@@ -265,8 +265,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         if not isinstance(key, str) or key not in fields:
-            raise ConfigError(f"{prefix}{_show(key) if not isinstance(key, str) else key}: unknown setting;"
-                              f" {_suggest(str(key), list(fields))}")
+            raise ConfigError(f"{prefix}{_key(key)}: unknown setting; {_suggest(str(key), list(fields))}")
         sub = _SECTIONS.get(key) if cls is RunConfig else None
         kwargs[key] = _build(sub, {} if value is None else value, f"{key}.") if sub else _coerce(value, str(fields[key].type), prefix + key)
     return cls(**kwargs)
@@ -439,6 +438,11 @@ _EXAMPLES: dict[str, Any] = {
 def _suggest(word: str, options: list[str]) -> str:
     close = difflib.get_close_matches(word, options, n=3, cutoff=0.5)
     return f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(options)}"
+
+
+def _key(key: Any) -> str:
+    """A setting name as typed, or quoted when it would not print as one plain line."""
+    return key if isinstance(key, str) and key.isprintable() and key.strip() == key and key else _show(key)
 
 
 def _show(value: Any) -> str:
