@@ -14,3 +14,10 @@ class ReprozooError(Exception):
 
 class UserError(ReprozooError):
     """Bad input or a missing resource: one line that names the fix, exit 2."""
+
+
+class ConfigError(UserError, ValueError):
+    """A setting or an input file the user can fix; the message is one line and names the fix.
+
+    Defined here (and re-exported by `reprozoo.config`) so that the bounded parsers in
+    `reprozoo.safeyaml`, which config imports, can raise it too."""

@@ -7,6 +7,7 @@ linear warm-up then linear decay.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -15,10 +16,15 @@ import torch
 from torch import nn
 
 from reprozoo.config import OptimConfig
+from reprozoo.errors import UserError
 from reprozoo.metrics import confusion_matrix, summarize
 from reprozoo.modeling_reprozoo import ReprozooForSequenceClassification
 
 _LAYER = re.compile(r"\.(?:layer|layers|blocks?)\.(\d+)\.")
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The training loss became nan or inf: the run stops (and is recorded failed) instead of training on."""
 
 
 class SentimentClassifier(L.LightningModule):
@@ -46,9 +52,21 @@ class SentimentClassifier(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["input_ids"], batch["attention_mask"])
         loss = self.loss(logits, batch["labels"], batch["weights"])
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLossError(self._non_finite_message(value, batch_idx))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
-        self.step_losses.append(float(loss.detach()))
+        self.step_losses.append(value)
         return loss
+
+    def _non_finite_message(self, value: float, batch_idx: int) -> str:
+        precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
+        if precision.startswith(("16", "bf16")):
+            cause = (f"{precision} precision overflowed or optim.lr={self.lr:g} is too high;"
+                     " retry with --precision 32-true, or a lower optim.lr")
+        else:
+            cause = f"optim.lr={self.lr:g} is likely too high; lower it (e.g. --lr 3e-5) or lower optim.head_lr_multiplier"
+        return f"the training loss is {value} at global step {self.global_step} (batch {batch_idx}): {cause}"
 
     def _eval_step(self, stage: str, batch: dict[str, torch.Tensor]) -> None:
         logits = self(batch["input_ids"], batch["attention_mask"])

@@ -11,16 +11,17 @@
 from __future__ import annotations
 
 import difflib
-import json
+import math
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from reprozoo import safeyaml
 from reprozoo.config import ConfigError, RunConfig, apply, flatten
+from reprozoo.errors import UserError
 from reprozoo.session import CONFIG_OBJECT, PROVENANCE_OBJECT, configure_clearml, offline_root, server_configured
 
 
@@ -72,116 +73,243 @@ class Record:
 
 
 # --- readers --------------------------------------------------------------------------------------
+# Records come from others (a zip copied from another machine, a server task): every file is read
+# with a size cap and the bounded parsers of reprozoo.safeyaml, and every shape is checked, so a
+# damaged or crafted record gives one ConfigError line, never a traceback, a hang or a memory blow-up.
+MAX_MEMBER_BYTES = 64 * 1024 * 1024  # one file of a session (metrics.jsonl grows with the steps)
+MAX_HOCON_BYTES = 16 * 1024  # the old HOCON config objects are ~1 KB; pyparsing takes ~1 s per 64 KB
 Reader = Callable[[str], bytes | None]
 
 
 def _folder_reader(folder: Path) -> Reader:
+    root = folder.resolve()
+
     def read(rel: str) -> bytes | None:
-        path = folder / rel
-        return path.read_bytes() if path.is_file() else None
+        path = (folder / rel).resolve()
+        if not path.is_relative_to(root):
+            raise ConfigError(f"{folder}: the record names {rel!r}, a file outside its session folder; refused")
+        return safeyaml.read_bytes(path, MAX_MEMBER_BYTES, "session file") if path.is_file() else None
 
     return read
 
 
 def _zip_reader(path: Path) -> Reader:
-    archive = zipfile.ZipFile(path)
-    names = set(archive.namelist())
+    try:
+        archive = zipfile.ZipFile(path)
+        names = set(archive.namelist())
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as err:
+        raise ConfigError(f"{path}: not a readable zip ({err})") from None
 
     def read(rel: str) -> bytes | None:
-        return archive.read(rel) if rel in names else None
+        if rel not in names:
+            return None
+        info = archive.getinfo(rel)
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise ConfigError(f"{path}: {rel} unpacks to {info.file_size:,} bytes, over the {MAX_MEMBER_BYTES:,}-byte cap"
+                              " for a session file; refused")
+        try:
+            with archive.open(info) as member:
+                data = safeyaml.read_capped(member, MAX_MEMBER_BYTES)  # the header's size may lie: cap what is inflated
+        except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError, OSError, ValueError) as err:
+            # RuntimeError: an encrypted member; NotImplementedError: an unknown compression method.
+            raise ConfigError(f"{path}: cannot read {rel} from the zip ({err})") from None
+        if len(data) > MAX_MEMBER_BYTES:
+            raise ConfigError(f"{path}: {rel} unpacks to over {MAX_MEMBER_BYTES:,} bytes; refused")
+        return data
 
     return read
 
 
-def _parse_config_text(text: str) -> dict[str, Any]:
+def _parse_config_text(text: Any, source: str = "record") -> dict[str, Any]:
+    """A recorded config object (RunConfig, Provenance) as a mapping: YAML, or the HOCON of older records."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{source}: expected the config object's text, got {type(text).__name__}")
+    if not text.strip():
+        raise ConfigError(f"{source}: the config object is empty; the record is damaged")
     try:
-        data = yaml.safe_load(text)
+        data = safeyaml.load_yaml(text, source)
         if isinstance(data, dict):
             return data
-    except yaml.YAMLError:
-        pass
-    # Records made before the YAML config object (connect_configuration stores HOCON).
+    except safeyaml.NotYAML:
+        pass  # out-of-bounds YAML (size, aliases, depth) is refused as is; only unparsable text may be HOCON
+    return _parse_hocon(text, source)
+
+
+def _parse_hocon(text: str, source: str) -> dict[str, Any]:
+    # Records made before the YAML config object (connect_configuration stored HOCON). Read as plain
+    # data only: includes would read other files or URLs, and substitutions can expand like aliases.
+    if len(text) > MAX_HOCON_BYTES or "include" in text or "${" in text:
+        raise ConfigError(f"{source}: neither a YAML mapping nor a plain HOCON config (at most {MAX_HOCON_BYTES // 1024} KiB,"
+                          " no include, no ${...}); the record is damaged")
     from clearml.utilities.pyhocon import ConfigFactory, HOCONConverter
 
-    return json.loads(HOCONConverter.to_json(ConfigFactory.parse_string(text)))
+    try:
+        converted = HOCONConverter.to_json(ConfigFactory.parse_string(text))
+    except Exception as err:  # pyhocon and pyparsing raise many types; each one means "not HOCON"
+        problem = " ".join(str(err).split())[:120] or type(err).__name__
+        raise ConfigError(f"{source}: neither a YAML mapping nor a HOCON config ({problem}); the record is damaged") from None
+    data = safeyaml.load_json(converted, source)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def _config_from_text(text: Any, source: str) -> RunConfig:
+    try:
+        return RunConfig.from_dict(_parse_config_text(text, source))
+    except ConfigError as err:
+        message = str(err)
+        raise ConfigError(message if message.startswith(source) else f"{source}: {message}") from None
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    """A section of a record that must be a mapping (absent or null reads as empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what} is {type(value).__name__}, expected a mapping; the record is damaged")
+    return value
+
+
+def _text(value: Any, what: str, default: str = "") -> str:
+    if value is None:
+        return default
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):  # e.g. a YAML commit of digits only, read as a number
+        return str(value)
+    raise ConfigError(f"{what} is {type(value).__name__}, expected text; the record is damaged")
 
 
 def _from_session(read: Reader, source: str, zip_path: str | None) -> Record:
     raw = read("task.json")
     if raw is None:
         raise RecordNotFound(f"{source} holds no task.json; it is not a ClearML offline session")
-    task = json.loads(raw)
-    configuration = task.get("configuration") or {}
+    task = safeyaml.load_json_object(raw, f"{source}/task.json")
+    configuration = _mapping(task.get("configuration"), f"{source}/task.json: configuration")
+    task_id = _text(task.get("id"), f"{source}/task.json: id") or None
     if CONFIG_OBJECT not in configuration:
-        raise RecordNotFound(f"{source}: task {task.get('id')} holds no {CONFIG_OBJECT}; it was not recorded by reprozoo train")
-    config = RunConfig.from_dict(_parse_config_text(configuration[CONFIG_OBJECT]["value"]))
-    prov = _parse_config_text(configuration[PROVENANCE_OBJECT]["value"]) if PROVENANCE_OBJECT in configuration else {}
-    artifacts = {a["key"]: a for a in (task.get("execution") or {}).get("artifacts") or []}
-    folder = str(task.get("offline_folder", "")).rstrip("/") + "/"
+        raise RecordNotFound(f"{source}: task {task_id} holds no {CONFIG_OBJECT}; it was not recorded by reprozoo train")
+
+    def object_text(name: str) -> Any:
+        return _mapping(configuration[name], f"{source}/task.json: configuration.{name}").get("value")
+
+    config = _config_from_text(object_text(CONFIG_OBJECT), f"{source}: {CONFIG_OBJECT}")
+    prov = _parse_config_text(object_text(PROVENANCE_OBJECT), f"{source}: {PROVENANCE_OBJECT}") if PROVENANCE_OBJECT in configuration else {}
+    execution = _mapping(task.get("execution"), f"{source}/task.json: execution")
+    listed = execution.get("artifacts") or []
+    if not isinstance(listed, list) or not all(isinstance(a, dict) for a in listed):
+        raise ConfigError(f"{source}/task.json: execution.artifacts is not a list of artifacts; the record is damaged")
+    artifacts = {a.get("key"): a for a in listed}
+    folder = _text(task.get("offline_folder"), f"{source}/task.json: offline_folder").rstrip("/") + "/"
     metrics = None
     if "metrics" in artifacts:
-        rel = artifacts["metrics"]["uri"].removeprefix("file://").replace(folder, "", 1)
+        uri = _text(artifacts["metrics"].get("uri"), f"{source}/task.json: the metrics artifact's uri")
+        rel = uri.removeprefix("file://").replace(folder, "", 1)
         content = read(rel)
-        metrics = json.loads(content) if content else None
+        metrics = safeyaml.load_json_object(content, f"{source}/{rel}") if content else None
     # Offline sessions carry no status field: a metrics artifact means the run finished; a zip without
     # one means the task closed early (failed); neither means it is running or was killed before close.
     status = "completed" if metrics else ("failed" if zip_path else "incomplete")
-    script = task.get("script") or {}
-    return _record(task.get("id"), config, metrics, prov, script, status, zip_path, source,
-                   name=task.get("name", ""), project=task.get("project_name", ""),
-                   single_values=_session_single_values(read))
+    script = _mapping(task.get("script"), f"{source}/task.json: script")
+    return _record(task_id, config, metrics, prov, script, status, zip_path, source,
+                   name=_text(task.get("name"), f"{source}/task.json: name"),
+                   project=_text(task.get("project_name"), f"{source}/task.json: project_name"),
+                   single_values=_session_single_values(read, source))
 
 
-def _session_single_values(read: Reader) -> dict[str, float]:
+def _session_single_values(read: Reader, source: str = "session") -> dict[str, float]:
     """`Logger.report_single_value` is a scalar titled "Summary" (see clearml.Logger); offline it
     sits in metrics.jsonl among every other scalar, one JSON list of events per line."""
     raw = read("metrics.jsonl")
     values: dict[str, float] = {}
-    for line in (raw or b"").splitlines():
+    for number, line in enumerate((raw or b"").splitlines(), 1):
         if b'"Summary"' not in line:  # most lines are per-step scalars: skip them unparsed
             continue
-        for event in json.loads(line):
-            if event.get("metric") == "Summary" and "value" in event:
-                values[event["variant"]] = float(event["value"])
+        where = f"{source}/metrics.jsonl:{number}"
+        events = safeyaml.load_json(line, where, MAX_MEMBER_BYTES)
+        if not isinstance(events, list):
+            raise ConfigError(f"{where}: expected a JSON list of events, got {type(events).__name__}; the record is damaged")
+        for event in events:
+            if isinstance(event, dict) and event.get("metric") == "Summary" and "value" in event:
+                variant, value = event.get("variant"), event["value"]
+                if not isinstance(variant, str) or not _finite_number(value):
+                    raise ConfigError(f"{where}: the single value {str(variant)[:40]!r}={str(value)[:40]} is not a number;"
+                                      " the record is damaged")
+                values[variant] = float(value)
     return values
+
+
+def _finite_number(value: Any) -> bool:
+    try:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _record(task_id: str | None, config: RunConfig, metrics: dict[str, Any] | None, prov: dict[str, Any],
             script: dict[str, Any], status: str, zip_path: str | None, source: str, name: str = "", project: str = "",
             single_values: dict[str, float] | None = None) -> Record:
-    env, code, data, model = (prov.get(k) or {} for k in ("environment", "code", "data", "model"))
-    diff = script.get("diff") or ""
+    env, code, data, model = (_mapping(prov.get(k), f"{source}: provenance.{k}") for k in ("environment", "code", "data", "model"))
+
+    def text(section: dict[str, Any], key: str, what: str, default: str = "") -> str:
+        return _text(section.get(key), f"{source}: {what}.{key}", default)
+
+    diff = text(script, "diff", "script")
+    sha256 = _mapping(data.get("sha256"), f"{source}: provenance.data.sha256")
+    untracked = code.get("untracked") or []
+    if not isinstance(untracked, list) or not all(isinstance(u, str) for u in untracked):
+        raise ConfigError(f"{source}: provenance.code.untracked is not a list of paths; the record is damaged")
     return Record(
         task_id=task_id, config=config, metrics=metrics,
-        image=env.get("image", "none"), image_digest=env.get("image_digest", "none"), lock_sha256=env.get("lock_sha256", "none"),
-        commit=script.get("version_num") or code.get("commit", ""), diff=diff,
+        image=text(env, "image", "provenance.environment", "none"),
+        image_digest=text(env, "image_digest", "provenance.environment", "none"),
+        lock_sha256=text(env, "lock_sha256", "provenance.environment", "none"),
+        commit=text(script, "version_num", "script") or text(code, "commit", "provenance.code"), diff=diff,
         dirty=bool(diff.strip()) if script else bool(code.get("dirty")),
-        dataset_id=data.get("dataset_id"), data_sha256=data.get("sha256") or {}, model_revision=model.get("revision", ""),
+        dataset_id=text(data, "dataset_id", "provenance.data") or None,
+        data_sha256={str(k): _text(v, f"{source}: provenance.data.sha256.{k}") for k, v in sha256.items()},
+        model_revision=text(model, "revision", "provenance.model"),
         status=status, offline_zip=zip_path, name=name, project=project, source=source,
-        repository=script.get("repository") or code.get("repository", ""), branch=script.get("branch") or code.get("branch", ""),
-        untracked=code.get("untracked") or [], lock_file=env.get("lock_file", "none"), environment=env, provenance=prov,
-        single_values=dict(single_values or {}),
+        repository=text(script, "repository", "script") or text(code, "repository", "provenance.code"),
+        branch=text(script, "branch", "script") or text(code, "branch", "provenance.code"),
+        untracked=list(untracked), lock_file=text(env, "lock_file", "provenance.environment", "none"),
+        environment=env, provenance=prov, single_values=dict(single_values or {}),
     )
 
 
+def _run_dir_json(run_dir: Path, name: str) -> dict[str, Any] | None:
+    path = run_dir / name
+    if not path.is_file():
+        return None
+    return safeyaml.load_json_object(safeyaml.read_bytes(path, MAX_MEMBER_BYTES, name), str(path))
+
+
 def _from_run_dir(run_dir: Path) -> Record:
-    info = json.loads((run_dir / "task.json").read_text()) if (run_dir / "task.json").is_file() else {}
-    if info.get("task_id"):
+    info = _run_dir_json(run_dir, "task.json") or {}
+    task_id = _text(info.get("task_id"), f"{run_dir / 'task.json'}: task_id") or None
+    if task_id:
         try:
-            return load_record(info["task_id"])
+            return load_record(task_id)
         except RecordNotFound:
             pass  # the session is gone (or on a server we cannot reach): fall back to the run directory
     if not (run_dir / "config.yaml").is_file():
         raise RecordNotFound(f"{run_dir} is not a run directory (no config.yaml)")
-    prov = json.loads((run_dir / "provenance.json").read_text()) if (run_dir / "provenance.json").is_file() else {}
-    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else None
-    diff = (run_dir / "git.diff").read_text() if (run_dir / "git.diff").is_file() else ""
-    code = prov.get("code") or {}
-    script = {"diff": diff, "version_num": code.get("commit", "")}
-    timing = json.loads((run_dir / "timing.json").read_text()) if (run_dir / "timing.json").is_file() else {}
-    single_values = {"train_seconds": float(timing["train_seconds"])} if "train_seconds" in timing else {}
-    return _record(info.get("task_id"), RunConfig.load(run_dir / "config.yaml"), metrics, prov, script,
-                   "completed" if metrics else "incomplete", info.get("offline_zip"), str(run_dir), single_values=single_values)
+    prov = _run_dir_json(run_dir, "provenance.json") or {}
+    metrics = _run_dir_json(run_dir, "metrics.json")
+    diff_file = run_dir / "git.diff"
+    diff = safeyaml.read_bytes(diff_file, MAX_MEMBER_BYTES, "diff").decode("utf-8", "replace") if diff_file.is_file() else ""
+    code = _mapping(prov.get("code"), f"{run_dir / 'provenance.json'}: code")
+    script = {"diff": diff, "version_num": _text(code.get("commit"), f"{run_dir / 'provenance.json'}: code.commit")}
+    timing = _run_dir_json(run_dir, "timing.json") or {}
+    single_values = {}
+    if "train_seconds" in timing:
+        if not _finite_number(timing["train_seconds"]):
+            raise ConfigError(f"{run_dir / 'timing.json'}: train_seconds is not a number; the run directory is damaged")
+        single_values["train_seconds"] = float(timing["train_seconds"])
+    offline_zip = _text(info.get("offline_zip"), f"{run_dir / 'task.json'}: offline_zip") or None
+    return _record(task_id, RunConfig.load(run_dir / "config.yaml"), metrics, prov, script,
+                   "completed" if metrics else "incomplete", offline_zip, str(run_dir), single_values=single_values)
 
 
 def _from_server(task_id: str) -> Record:
@@ -204,13 +332,15 @@ def _record_from_task(task: Any) -> Record:
     metrics = None
     if "metrics" in task.artifacts:
         local = task.artifacts["metrics"].get_local_copy()
-        metrics = json.loads(Path(local).read_text()) if local else None
+        metrics = safeyaml.load_json_object(safeyaml.read_bytes(local, MAX_MEMBER_BYTES, "metrics artifact"),
+                                            f"task {task.id} metrics artifact") if local else None
     script = task.data.script
     script_dict = {"repository": script.repository, "branch": script.branch, "version_num": script.version_num,
                    "diff": script.diff or ""}
     single = getattr(task, "get_reported_single_values", None)  # clearml >= 1.x Task API
-    return _record(task.id, RunConfig.from_dict(_parse_config_text(text)), metrics,
-                   _parse_config_text(prov_text) if prov_text else {}, script_dict, str(task.get_status()), None,
+    return _record(task.id, _config_from_text(text, f"task {task.id} {CONFIG_OBJECT}"), metrics,
+                   _parse_config_text(prov_text, f"task {task.id} {PROVENANCE_OBJECT}") if prov_text else {},
+                   script_dict, str(task.get_status()), None,
                    "server", name=task.name, project=task.get_project_name() or "",
                    single_values={k: float(v) for k, v in (single() or {}).items()} if single else {})
 
@@ -256,8 +386,8 @@ def list_offline() -> list[Record]:
     for _, path in sorted(found.values(), reverse=True):
         try:
             records.append(load_record(path))
-        except (RecordNotFound, ValueError, KeyError, zipfile.BadZipFile):
-            continue  # dataset sessions and other projects' tasks
+        except UserError:
+            continue  # dataset sessions, other projects' tasks, damaged sessions
     return records
 
 
