@@ -287,8 +287,9 @@ class Tracker:
                 record["offline_zip"] = str(folder) + ".zip" if Path(str(folder) + ".zip").exists() else None
         (run_dir / "task.json").write_text(json.dumps(record, indent=2) + "\n")
 
-    def abort(self, reason: str, run_dir: Path) -> None:
-        """Training stopped early (preemption, error): close the task so what it holds is kept."""
+    def abort(self, reason: str, run_dir: Path, failed: bool = False) -> None:
+        """Training stopped early: close the task so what it holds is kept, marked failed (an error)
+        or stopped (preemption, Ctrl-C)."""
         if self.closed:
             return  # finish() had closed it: the failure came after the record was complete
         record: dict[str, Any] = {"mode": self.mode, "task_id": self.task_id, "stopped": reason}
@@ -297,7 +298,9 @@ class Tracker:
             self.task.get_logger().report_text(f"training stopped: {reason}")
             if self.mode == "offline":
                 record["offline_folder"] = str(self.task.get_offline_mode_folder())
-            if self.mode == "server":
+            if self.mode == "server" and failed:
+                self.task.mark_failed(status_reason=reason[:200], status_message=reason[:200], force=True)
+            elif self.mode == "server":
                 self.task.mark_stopped(force=True, status_message=reason[:200])
             self.task.close()
             restore_clearml_env(self.env_before)

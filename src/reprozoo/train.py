@@ -26,10 +26,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from reprozoo import zoo
+from reprozoo import provenance, safeyaml, zoo
 from reprozoo.config import ConfigError, RunConfig
 from reprozoo.data.sst5 import data_fingerprint, resolve_data_dir
 from reprozoo.data.trees import LABEL_NAMES
+from reprozoo.errors import UserError
 from reprozoo.log import log
 
 
@@ -70,8 +71,7 @@ def plan_run(cfg: RunConfig, overwrite: bool = False, resuming: bool = False) ->
     else:
         data_dir = resolve_data_dir(cfg.data.data_dir)
     run_dir = Path(cfg.out_dir or Path("runs") / f"{entry.name.replace('/', '_')}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
-    if (run_dir / "metrics.json").exists() and not overwrite and not resuming:
-        raise ConfigError(f"{run_dir} already holds a finished run; pass --overwrite or choose another --out")
+    _check_run_dir(run_dir, explicit=cfg.out_dir is not None, overwrite=overwrite, resuming=resuming)
     return Plan(cfg=cfg, entry=entry, run_dir=run_dir, data_dir=data_dir, data_sha256=data_fingerprint(data_dir),
                 lr=cfg.optim.lr or entry.lr, batch_size=cfg.data.batch_size or entry.batch_size,
                 max_length=max_length, pooling=cfg.model.pooling or entry.pooling,
@@ -181,30 +181,54 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> RunR
     worker = ddp_worker()
     if worker:
         cfg, overwrite = _as_ddp_worker(cfg), False
+    elif on_clearml_agent():
+        cfg = agent_config(cfg)  # before the plan: the data version and run directory are the task's
     plan = plan_run(cfg, overwrite=overwrite, resuming=resume or worker)
+    if resume and (plan.run_dir / "metrics.json").is_file():
+        raise ConfigError(f"{plan.run_dir} holds a finished run (metrics.json): there is nothing to resume, and nothing"
+                          f" was changed; `reprozoo repro {plan.run_dir}` re-runs it, or train again with another --out")
     started = time.time()
     _quiet_libraries()
     from reprozoo import tracking
 
-    # Weights and data are checked before a task is opened: a broken input leaves no record.
+    # Weights, data and the run directory are checked before a task is opened: a run that cannot
+    # start leaves no record and no run directory.
     inputs = prepare(plan)
-    tracker = tracking.open_task(cfg, f"{plan.entry.name} {cfg.data.granularity} seed{cfg.seed}", plan,
-                                 continue_task=recorded_task_id(plan.run_dir) if resume else None)
-    with task_stopped_on_failure(tracker, lambda: plan.run_dir):
-        if tracker.config != cfg:
-            # A ClearML agent running a clone: the task's (UI-edited) RunConfig is the run's config.
-            log.warning("running the RunConfig held by the ClearML task (edited in its clone)")
-            plan = plan_run(tracker.config, overwrite=True)
-            inputs = prepare(plan)
-        resume_from = start_run(plan, tracker, inputs, overwrite=overwrite, resume=resume, worker=worker)
-        fitted = fit(plan, inputs, tracker, resume_from, worker)
-        metrics = score(plan, inputs, fitted)
-        if worker:
-            return RunResult(plan.run_dir, metrics, ddp_worker=True)
-        timing, export_dir = write_outputs(plan, inputs, fitted, metrics, started)
-        tracker.finish(metrics, timing, plan.run_dir, export_dir, class_counts=inputs.datamodule.class_counts())
-        return RunResult(plan.run_dir, metrics, timing, tracker.task_id,
-                         tracker.dataset.dataset_id if tracker.dataset else None)
+    with claimed_run_dir(plan, overwrite=overwrite, resume=resume, worker=worker):
+        tracker = tracking.open_task(cfg, f"{plan.entry.name} {cfg.data.granularity} seed{cfg.seed}", plan,
+                                     continue_task=recorded_task_id(plan.run_dir) if resume else None)
+        with task_stopped_on_failure(tracker, lambda: plan.run_dir):
+            if tracker.config != cfg:
+                # A ClearML agent running a clone: the task's (UI-edited) RunConfig is the run's config.
+                log.warning("running the RunConfig held by the ClearML task (edited in its clone)")
+                plan = plan_run(tracker.config, overwrite=True)
+                inputs = prepare(plan)
+                plan.run_dir.mkdir(parents=True, exist_ok=True)
+            resume_from = start_run(plan, tracker, inputs, resume=resume, worker=worker)
+            fitted = fit(plan, inputs, tracker, resume_from, worker)
+            metrics = score(plan, inputs, fitted)
+            if worker:
+                return RunResult(plan.run_dir, metrics, ddp_worker=True)
+            timing, export_dir = write_outputs(plan, inputs, fitted, metrics, started)
+            tracker.finish(metrics, timing, plan.run_dir, export_dir, class_counts=inputs.datamodule.class_counts())
+            return RunResult(plan.run_dir, metrics, timing, tracker.task_id,
+                             tracker.dataset.dataset_id if tracker.dataset else None)
+
+
+def on_clearml_agent() -> bool:
+    """Whether a ClearML agent started this process for a task (it sets CLEARML_TASK_ID)."""
+    return bool(os.environ.get("CLEARML_TASK_ID") or os.environ.get("TRAINS_TASK_ID"))
+
+
+def agent_config(cfg: RunConfig) -> RunConfig:
+    """The RunConfig held by the agent's task (a clone, maybe edited). Read before planning: planned
+    from the command line's config, a container with no trees tried to download SST-5 instead."""
+    from clearml import Task
+    from clearml.config import get_remote_task_id
+
+    from reprozoo import tracking
+
+    return tracking.remote_config(Task.get_task(task_id=get_remote_task_id()), cfg)
 
 
 def _as_ddp_worker(cfg: RunConfig) -> RunConfig:
@@ -218,12 +242,16 @@ def _as_ddp_worker(cfg: RunConfig) -> RunConfig:
 @contextlib.contextmanager
 def task_stopped_on_failure(tracker: Any, run_dir: Callable[[], Path]) -> Iterator[None]:
     """Any failure once the task is open (preemption, a bad batch, a full disk) closes it: what it
-    holds is kept, marked stopped, and the next training in this process can open its own.
+    holds is kept, marked stopped (interrupted) or failed, and the next training in this process can open its own.
     `run_dir` is asked at the failure: the directory is claimed (and may be renamed) inside."""
+    from reprozoo.resume import Preempted
+
     try:
         yield
     except BaseException as err:
-        tracker.abort(f"{type(err).__name__}: {err}", run_dir())
+        # Stopped from outside (a signal, Ctrl-C): stopped; anything else (a NaN loss, a bad batch): failed.
+        interrupted = isinstance(err, Preempted | KeyboardInterrupt | SystemExit)
+        tracker.abort(f"{type(err).__name__}: {err}", run_dir(), failed=not interrupted)
         raise
 
 
@@ -243,8 +271,8 @@ def prepare(plan: Plan) -> Inputs:
     return Inputs(weights, tokenizer, datamodule)
 
 
-def start_run(plan: Plan, tracker: Any, inputs: Inputs, *, overwrite: bool, resume: bool, worker: bool) -> str | None:
-    """Claim the run directory, record the run, seed; the checkpoint to resume from (or None)."""
+def start_run(plan: Plan, tracker: Any, inputs: Inputs, *, resume: bool, worker: bool) -> str | None:
+    """Write the run's config, record the run, seed; the checkpoint to resume from (or None)."""
     import lightning as L
     import torch
 
@@ -252,11 +280,9 @@ def start_run(plan: Plan, tracker: Any, inputs: Inputs, *, overwrite: bool, resu
 
     cfg = plan.cfg
     resume_from = find_resume_checkpoint(plan.run_dir) if resume else None
-    if overwrite and plan.run_dir.exists() and not resume:
-        shutil.rmtree(plan.run_dir)
-    plan.run_dir = _claim_run_dir(plan.run_dir, exclusive=cfg.out_dir is None)
     if not worker:
-        cfg.save(plan.run_dir / "config.yaml")
+        # Scrubbed at the source: what the run directory holds is what may be recorded, now and on resume.
+        (plan.run_dir / "config.yaml").write_text(provenance.redact(cfg.to_yaml()))
     # Before the record, so the fingerprint states the determinism flags this run trains with;
     # seeding stays after it so nothing the tracker does can move an RNG.
     torch.use_deterministic_algorithms(True, warn_only=plan.accelerator == "gpu")
@@ -343,19 +369,74 @@ def recorded_task_id(run_dir: Path) -> str | None:
     for name in ("task.json", "provenance.json"):
         path = run_dir / name
         if path.is_file():
-            with contextlib.suppress(ValueError):
-                task_id = json.loads(path.read_text()).get("task_id")
-                if task_id:
-                    return str(task_id)
+            with contextlib.suppress(UserError):
+                task_id = safeyaml.load_json_object(safeyaml.read_bytes(path, 1 << 20, name), str(path)).get("task_id")
+                if isinstance(task_id, str) and task_id:
+                    return task_id
     return None
 
 
-def _claim_run_dir(run_dir: Path, exclusive: bool) -> Path:
-    """Create the run directory. A default (timestamped) name gets a suffix when another run
-    started in the same second, so concurrent runs never share a directory."""
-    if not exclusive:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return run_dir
+def _check_run_dir(run_dir: Path, *, explicit: bool, overwrite: bool, resuming: bool) -> None:
+    """Before anything is opened: --out is a directory this user can write, and holds no other run."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file, not a directory; choose another --out")
+    if (run_dir / "metrics.json").exists() and not overwrite and not resuming:
+        raise ConfigError(f"{run_dir} already holds a finished run; pass --overwrite or choose another --out")
+    if explicit and (run_dir / "config.yaml").exists() and not overwrite and not resuming:
+        raise ConfigError(f"{run_dir} holds an interrupted run (config.yaml, no metrics.json): continue it with"
+                          f" `reprozoo train --resume {run_dir}`, start over with --overwrite, or choose another --out")
+    existing = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {run_dir} ({existing} is not writable by uid {os.getuid()}); pass a writable --out"
+                          " (`reprozoo image run`: make --runs-dir writable by the image's user, `chown 10001:10001 DIR`)")
+
+
+@contextlib.contextmanager
+def claimed_run_dir(plan: Plan, *, overwrite: bool, resume: bool, worker: bool) -> Iterator[Path]:
+    """One run, one directory: create `plan.run_dir` and hold an exclusive lock on it while the run lives.
+
+    A default (timestamped) name gets a suffix when another run started in the same second; an
+    explicit --out that a live run holds is a one-line error naming it. The lock is flock(2) on the
+    directory itself (released by the kernel when the process dies, so a kill -9 leaves nothing
+    stale). DDP workers train into rank 0's directory and take no lock. A run that fails before
+    writing anything leaves no directory behind."""
+    import fcntl
+
+    run_dir = plan.run_dir
+    created = not run_dir.exists()
+    try:
+        if plan.cfg.out_dir is None and not worker:
+            run_dir = plan.run_dir = _new_run_dir(run_dir)
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the run directory {run_dir}: {err.strerror or err}; choose a writable --out") from None
+    if worker:
+        yield run_dir
+        return
+    handle = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            task = recorded_task_id(run_dir)
+            raise ConfigError(f"{run_dir} is in use by a live run{f' (task {task})' if task else ''}; wait for it to end,"
+                              " or choose another --out") from None
+        if overwrite and not resume:
+            for child in run_dir.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        try:
+            yield run_dir
+        except BaseException:
+            if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+            raise
+    finally:
+        os.close(handle)  # releases the lock
+
+
+def _new_run_dir(run_dir: Path) -> Path:
+    """A fresh directory: `run_dir`, else `run_dir-2`, `-3`, … (concurrent runs never share one)."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     for n in range(1, 1000):
         candidate = run_dir if n == 1 else run_dir.with_name(f"{run_dir.name}-{n}")
