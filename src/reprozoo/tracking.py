@@ -291,11 +291,13 @@ class Tracker:
                 self.task.upload_artifact("config", artifact_object=str(recorded), wait_on_upload=True)
             self.task.upload_artifact("provenance", artifact_object=str(run_dir / "provenance.json"), wait_on_upload=True)
             if self.mode == "server":
-                # Exercised against a real server: no (none can run on this machine).
                 from clearml import OutputModel
 
                 model = OutputModel(task=self.task, name=f"{self.task.name}-export", framework="PyTorch")
-                model.update_weights_package(weights_path=str(export_dir), auto_delete_file=False)
+                # Without an output_uri ClearML registers the model as a file:// path to a temporary
+                # zip on this machine (seen on a real server); upload it where the artifacts go.
+                destination = self.task.output_uri or self.task.get_logger().get_default_upload_destination()
+                model.update_weights_package(weights_path=str(export_dir), upload_uri=destination, auto_delete_file=False)
             else:
                 # ClearML 2.1.12 cannot register an OutputModel offline: update_weights fails with
                 # "'DummyModel' object has no attribute 'locked'" (verified). The export travels

@@ -9,6 +9,7 @@ tests skip and say why, as the Docker tests do.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -189,24 +190,73 @@ def clearml_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSe
         server.shutdown()
 
 
+class ServerCLI:
+    """`reprozoo` subprocesses against the server, each ServerCLI with its own HOME, reprozoo cache
+    and ClearML cache (offline sessions) under `root`; `src` picks the checkout that runs."""
+
+    def __init__(self, server: LocalServer, root: Path, src: Path = REPO / "src", cwd: Path | None = None) -> None:
+        self.root, self.cwd = root, cwd or root
+        for name in ("home", "cache", "clearml-cache"):
+            (root / name).mkdir(parents=True, exist_ok=True)
+        self.env = server.env()
+        self.env.update(HOME=str(root / "home"), REPROZOO_CACHE_DIR=str(root / "cache"),
+                        CLEARML_CACHE_DIR=str(root / "clearml-cache"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                        PYTHONPATH=os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])))
+
+    @property
+    def offline_dir(self) -> Path:
+        return self.root / "clearml-cache" / "offline"
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "reprozoo", *args]
+
+    def __call__(self, *args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(*args), capture_output=True, text=True, check=False, timeout=timeout,
+                              env={**self.env, **(env or {})}, cwd=self.cwd)
+
+    def popen(self, *args: str, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(*args), env={**self.env, **(env or {})}, cwd=self.cwd, text=True, **kwargs)
+
+    def python(self, code: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """`python -c code args…` with the ClearML SDK configured for this server (reads back what it holds)."""
+        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False, timeout=timeout,
+                              env=self.env, cwd=self.cwd)
+
+
+@pytest.fixture(scope="session")
+def server_cli(clearml_server: LocalServer) -> Callable[..., ServerCLI]:
+    """server_cli(root, src=…, cwd=…) → a ServerCLI (module-scoped runs build theirs with this)."""
+    return lambda root, **kwargs: ServerCLI(clearml_server, root, **kwargs)
+
+
 @pytest.fixture
 def server_env(clearml_server: LocalServer, tmp_path: Path) -> dict[str, str]:
     """clearml_server.env() for one test: its own HOME, reprozoo cache and ClearML cache (offline sessions)."""
-    env = clearml_server.env()
-    for name in ("home", "cache", "clearml-cache"):
-        (tmp_path / name).mkdir(exist_ok=True)
-    env.update(HOME=str(tmp_path / "home"), REPROZOO_CACHE_DIR=str(tmp_path / "cache"),
-               CLEARML_CACHE_DIR=str(tmp_path / "clearml-cache"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
-    return env
+    return ServerCLI(clearml_server, tmp_path).env
 
 
 @pytest.fixture
-def reprozoo_server(server_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess]:
+def reprozoo_server(clearml_server: LocalServer, tmp_path: Path) -> ServerCLI:
     """`reprozoo_server("train", …)`: the CLI against the server, like tests/test_cli.py's reprozoo(*args)."""
+    return ServerCLI(clearml_server, tmp_path)
 
-    def run(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "reprozoo", *args], capture_output=True, text=True, check=False,
-                              timeout=timeout, env={**server_env, **(env or {})})
 
-    return run
+DIRTY_LINE = "# reprozoo server tests: an uncommitted change, recorded as the task's git diff\n"
+
+
+@pytest.fixture(scope="session")
+def dirty_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scratch git repository of this checkout's code, committed, plus one uncommitted change:
+    a run from its src/ records a known commit and diff (the real checkout may be clean or not)."""
+    root = tmp_path_factory.mktemp("checkout")
+    for name in ("pyproject.toml", "envs/cpu.lock", "envs/cpu.txt"):
+        if (REPO / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    git = ["git", "-C", str(root), "-c", "user.name=reprozoo tests", "-c", "user.email=tests@reprozoo.invalid"]
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "scratch"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    with (root / "src" / "reprozoo" / "__init__.py").open("a") as init:
+        init.write(DIRTY_LINE)
+    return root
