@@ -53,6 +53,7 @@ def assert_complete(server: dict, out: Path, files_url: str) -> None:
     assert len(server["models"]) == 1
 
 
+@pytest.mark.slow  # ~2 min: 15 s down, then ClearML's retry back-off
 def test_apiserver_killed_mid_training_and_restarted(reprozoo_server: Any, clearml_server: Any, data_dir: Path,
                                                      tmp_path: Path) -> None:
     """Found: the run carries on (ClearML retries every call), finishes, and its record ends up
@@ -74,6 +75,7 @@ def test_apiserver_killed_mid_training_and_restarted(reprozoo_server: Any, clear
     assert_complete(read_back(reprozoo_server, record["task_id"]), out, clearml_server.files_url)
 
 
+@pytest.mark.slow  # ~80 s
 def test_fileserver_down_during_the_artifact_uploads(reprozoo_server: Any, clearml_server: Any, data_dir: Path,
                                                      tmp_path: Path) -> None:
     """Down from mid-training (after the data version and pip-freeze went up) until 15 s after the
