@@ -570,6 +570,12 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as err:
+        known = session.as_user_error(err)  # e.g. ClearML's LoginError, from any command that logs in
+        if known is None:
+            raise
+        typer.echo(f"error: {known}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

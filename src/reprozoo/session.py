@@ -8,6 +8,8 @@ and how to leave `os.environ` as they found it.
 from __future__ import annotations
 
 import os
+import re
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -25,6 +27,28 @@ SERVER_SETTINGS = "set CLEARML_API_HOST, CLEARML_API_ACCESS_KEY, CLEARML_API_SEC
 
 class ServerUnavailable(UserError, RuntimeError):
     """A command that needs a ClearML server has none configured, or it does not answer."""
+
+
+class ServerRejectedCredentials(UserError, PermissionError):
+    """The ClearML server answers but refuses the configured access key / secret key."""
+
+
+def as_user_error(err: BaseException) -> UserError | None:
+    """ClearML's LoginError (raised from deep inside whichever SDK call logs in first) as one line
+    that names the fix; it names the server and the status, never the keys. None: not one of those."""
+    login_error = getattr(sys.modules.get("clearml.backend_api.session.session"), "LoginError", None)
+    if login_error is None or not isinstance(err, login_error):
+        return None
+    found = re.search(r"error (\d+) from ([^)\s]+)", str(err))
+    status, host = (found.group(1), found.group(2)) if found else ("", "the ClearML server")
+    if status in ("401", "403"):
+        conf = os.environ.get("CLEARML_CONFIG_FILE") or str(Path.home() / "clearml.conf")
+        return ServerRejectedCredentials(
+            f"the ClearML server {host} rejected the credentials (HTTP {status}); set CLEARML_API_ACCESS_KEY and"
+            f" CLEARML_API_SECRET_KEY (or api.credentials in {conf}) to a key pair created on that server"
+            " (web UI: Settings > Workspace > Create new credentials)")
+    return ServerUnavailable(f"the ClearML server {host} refused the login (HTTP {status or '?'}); retry when it is up,"
+                             " or pass --tracking offline and `reprozoo tasks import` the session later")
 
 
 def server_configured() -> bool:

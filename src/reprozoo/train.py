@@ -482,6 +482,7 @@ def _trainer_kwargs(cfg: RunConfig, plan: Plan, tracker: Any) -> dict[str, Any]:
     from reprozoo.progress import ThroughputMonitor
 
     callbacks.append(ThroughputMonitor())  # examples, tokens, step vs data time → timing.json
+    callbacks.extend(tracker.lightning_callbacks())  # scalars on the server before each checkpoint
     return {
         "max_epochs": t.max_epochs,
         "max_steps": t.max_steps,

@@ -1,0 +1,115 @@
+"""Faults against the real server, nothing lost: the apiserver killed (kill -9) mid-training and
+restarted, the fileserver down while the run uploads its artifacts, wrong credentials.
+(The server unreachable at start: tests/server/test_import_server.py.)
+
+These stop and restart processes of the session's server, so each restores it before it ends."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SMALL = ["--limit-train-samples", "160", "--limit-eval-samples", "32", "--max-length", "32", "--batch-size", "16",
+         "--max-epochs", "1", "--checkpoint-every", "2", "--set", "trainer.log_every_n_steps=1"]
+STEPS = 10
+READ_BACK = """
+import json, sys
+from clearml import Task
+task = Task.get_task(task_id=sys.argv[1])
+print(json.dumps({"status": task.get_status(), "scalars": task.get_reported_scalars(),
+                  "single_values": task.get_reported_single_values(),
+                  "artifact_urls": {k: a.url for k, a in task.artifacts.items()},
+                  "models": [m.url for m in task.models["output"]]}))
+"""
+
+
+def read_back(cli: Any, task_id: str) -> dict:
+    read = cli.python(READ_BACK, task_id)
+    assert read.returncode == 0, read.stderr[-3000:]
+    return json.loads(read.stdout.strip().splitlines()[-1])
+
+
+def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 600) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended early: {proc.communicate()[1][-3000:]}")
+        assert time.monotonic() < deadline, f"no {path} in {seconds} s"
+        time.sleep(0.1)
+
+
+def assert_complete(server: dict, out: Path, files_url: str) -> None:
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert server["status"] == "completed"
+    assert server["scalars"]["train"]["loss"]["x"] == list(range(STEPS))  # every step, once
+    assert server["single_values"]["test_accuracy"] == metrics["test"]["accuracy"]
+    assert set(server["artifact_urls"]) >= {"metrics", "config", "pip-freeze", "provenance"}
+    assert all(url.startswith(files_url) for url in [*server["artifact_urls"].values(), *server["models"]])
+    assert len(server["models"]) == 1
+
+
+@pytest.mark.slow  # ~2 min: 15 s down, then ClearML's retry back-off
+def test_apiserver_killed_mid_training_and_restarted(reprozoo_server: Any, clearml_server: Any, data_dir: Path,
+                                                     tmp_path: Path) -> None:
+    """Found: the run carries on (ClearML retries every call), finishes, and its record ends up
+    complete on the server, in the same task: no offline session, nothing to import."""
+    out = tmp_path / "run"
+    proc = reprozoo_server.popen("train", "--tracking", "server", "--data-dir", str(data_dir), "--out", str(out), *SMALL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(out / "checkpoints" / "last.ckpt", proc)  # training, its task open on the server
+        clearml_server.stop_api()
+        time.sleep(15)
+    finally:
+        clearml_server.start_api()
+    stdout, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stderr[-3000:]
+    record = json.loads((out / "task.json").read_text())
+    assert record["mode"] == "server" and f"clearml task: {record['task_id']}" in stdout
+    assert not list(reprozoo_server.offline_dir.glob("*.zip"))  # nothing left to import
+    assert_complete(read_back(reprozoo_server, record["task_id"]), out, clearml_server.files_url)
+
+
+@pytest.mark.slow  # ~80 s
+def test_fileserver_down_during_the_artifact_uploads(reprozoo_server: Any, clearml_server: Any, data_dir: Path,
+                                                     tmp_path: Path) -> None:
+    """Down from mid-training (after the data version and pip-freeze went up) until 15 s after the
+    run has written metrics.json, so the metrics, config, provenance and model uploads meet it down.
+    Found: ClearML retries each upload; the run finishes and every artifact is on the fileserver."""
+    out = tmp_path / "run"
+    proc = reprozoo_server.popen("train", "--tracking", "server", "--data-dir", str(data_dir), "--out", str(out),
+                                 *SMALL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(out / "checkpoints" / "last.ckpt", proc)
+        clearml_server.stop_files()
+        wait_for(out / "metrics.json", proc)  # trained and evaluated: the uploads come next
+        time.sleep(15)
+    finally:
+        clearml_server.start_files()
+    _, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stderr[-3000:]
+    record = json.loads((out / "task.json").read_text())
+    assert_complete(read_back(reprozoo_server, record["task_id"]), out, clearml_server.files_url)
+
+
+@pytest.mark.parametrize("command", [["tasks", "list", "--server"], ["train", "--tracking", "server"]])
+def test_wrong_credentials_are_one_line_without_the_key(command: list[str], reprozoo_server: Any, clearml_server: Any,
+                                                        data_dir: Path, tmp_path: Path) -> None:
+    secret = "WrongSecretKeyThatMustNotBeEchoed0123456789"
+    conf = clearml_server.config_file.read_text()
+    start = conf.index('secret_key: "') + len('secret_key: "')
+    bad = tmp_path / "bad-clearml.conf"
+    bad.write_text(conf[:start] + secret + conf[conf.index('"', start):])
+    extra = ["--data-dir", str(data_dir), "--out", str(tmp_path / "run"), *SMALL] if command[0] == "train" else []
+    result = reprozoo_server(*command, *extra, env={"CLEARML_CONFIG_FILE": str(bad)}, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [result.stderr.strip().splitlines()[-1]] and len(errors) == 1, result.stderr[-3000:]
+    assert f"the ClearML server {clearml_server.api_url} rejected the credentials (HTTP 401)" in errors[0]
+    assert "CLEARML_API_SECRET_KEY" in errors[0] and "Traceback" not in result.stderr
+    assert secret not in result.stderr + result.stdout and "EGRTCO8JMSIGI6S39GTP43NFWXDQOW" not in result.stderr + result.stdout
