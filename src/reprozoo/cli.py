@@ -55,7 +55,8 @@ TRAIN_FLAGS = {
 
 
 def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    # print, not typer.echo: after a ClearML task closed, click's wrapper around the patched stderr loses text.
+    print(f"error: {message}", file=sys.stderr, flush=True)
     raise typer.Exit(2)
 
 

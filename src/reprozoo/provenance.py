@@ -135,11 +135,18 @@ def git_state(start: Path | None = None) -> GitState:
         commit=_git(path, "rev-parse", "HEAD").strip(),
         # Staged and unstaged changes to tracked files, against the commit: what `git apply` replays.
         diff=redact(_git(path, "diff", "HEAD", "--no-color", "--no-ext-diff")),
-        untracked=[line for line in _git(path, "ls-files", "--others", "--exclude-standard").splitlines() if line],
+        untracked=_capped([line for line in _git(path, "ls-files", "--others", "--exclude-standard").splitlines() if line]),
     )
 
 
 # --- environment --------------------------------------------------------------------------------
+MAX_LISTED_PATHS = 200  # a record stays far below the readers' caps, however untidy the checkout
+
+
+def _capped(paths: list[str]) -> list[str]:
+    return paths if len(paths) <= MAX_LISTED_PATHS else [*paths[:MAX_LISTED_PATHS], f"… and {len(paths) - MAX_LISTED_PATHS} more"]
+
+
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

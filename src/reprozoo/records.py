@@ -458,8 +458,15 @@ def import_session(zip_path: Path) -> tuple[str, str | None]:
         previous = load_record(zip_path).provenance.get("resumes")
     except (ConfigError, KeyError, ValueError):
         previous = None  # a session reprozoo did not write (a dataset, another script): imported as it is
+    with zipfile.ZipFile(zip_path) as archive:  # refused here, before ClearML unpacks anything
+        unsafe = [n for n in archive.namelist() if n.startswith(("/", "\\")) or ".." in Path(n).parts]
+    if unsafe:
+        raise ConfigError(f"{zip_path}: member {unsafe[0]!r} points outside the session (path traversal); refused, nothing imported")
     Task.set_offline(False)
-    return Task.import_offline_session(str(zip_path), previous_task_id=previous), previous
+    try:
+        return Task.import_offline_session(str(zip_path), previous_task_id=previous), previous
+    except ValueError as err:  # ClearML's own refusals ("Path traversal detected!", a missing task.json)
+        raise ConfigError(f"{zip_path}: ClearML refused the session ({err}); nothing imported") from None
 
 
 # --- as text (`reprozoo tasks list | show | diff`) -----------------------------------------------------

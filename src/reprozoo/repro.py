@@ -10,7 +10,6 @@ the image digest, with the agent told not to reinstall Python packages over the 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -24,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from reprozoo import safeyaml
 from reprozoo.config import ConfigError, RunConfig
 from reprozoo.records import Record
 from reprozoo.session import configure_clearml
@@ -303,7 +303,7 @@ def replayed_metrics(plan: ReproPlan) -> dict[str, Any]:
     path = plan.run_dir / "metrics.json"
     if not path.is_file():
         raise ReproError(f"the replay finished without {path}; see its output above")
-    return json.loads(path.read_text())
+    return safeyaml.load_json_object(safeyaml.read_bytes(path, 1 << 24, path.name), str(path))
 
 
 def replayed_task(plan: ReproPlan) -> str | None:

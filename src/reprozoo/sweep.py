@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reprozoo import zoo
+from reprozoo import safeyaml, zoo
 from reprozoo.config import ConfigError, RunConfig, _suggest, apply, flatten
+from reprozoo.errors import UserError
 from reprozoo.train import RunResult, recorded_task_id, train
 
 # RunConfig fields the zoo fills when left None (train.plan_run does the same), and where a
@@ -307,7 +308,7 @@ def run_local(plan: SweepPlan, *, records: list[Any] | None = None, runs_dir: Pa
             raise  # the user (or the scheduler) stops the whole sweep
         except Exception as err:
             message = f"{type(err).__name__}: {err}".strip()
-            if not isinstance(err, _user_errors()):
+            if not isinstance(err, UserError):
                 message += "\n" + "".join(traceback.format_exc().splitlines(keepends=True)[-6:])
             log(f"{where}: FAILED: {message}")
             report.results.append(StepResult(step.name, "failed", error=message.splitlines()[0]))
@@ -316,13 +317,6 @@ def run_local(plan: SweepPlan, *, records: list[Any] | None = None, runs_dir: Pa
         report.results.append(StepResult(step.name, "done", result.task_id, str(result.run_dir),
                                          result.metrics["test"]["accuracy"]))
     return report
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from reprozoo.data.sst5 import DataSourceError
-    from reprozoo.data.trees import TreeFormatError
-
-    return (ConfigError, zoo.UnknownModelError, zoo.WeightsUnavailableError, DataSourceError, TreeFormatError)
 
 
 def _run_in_process(cfg: RunConfig, train_fn: Callable[[RunConfig], RunResult] | None) -> RunResult:
@@ -338,7 +332,8 @@ def _run_in_image(cfg: RunConfig, image: str, runs_dir: Path, data_dir: Path | N
     metrics_file = Path(run_dir) / "metrics.json"
     if code != 0 or not metrics_file.is_file():
         raise RuntimeError(f"the container exited with {code}" + ("" if metrics_file.is_file() else f"; no {metrics_file}"))
-    return RunResult(Path(run_dir), json.loads(metrics_file.read_text()), task_id=recorded_task_id(Path(run_dir)))
+    metrics = safeyaml.load_json_object(safeyaml.read_bytes(metrics_file, 1 << 24, "metrics.json"), str(metrics_file))
+    return RunResult(Path(run_dir), metrics, task_id=recorded_task_id(Path(run_dir)))
 
 
 # --- queue executor (ClearML PipelineController) ---------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from reprozoo import agent, provenance
+from reprozoo import agent, provenance, safeyaml
 from reprozoo.config import _SECTIONS, ConfigError, RunConfig, _annotation, _parse_value, apply, flatten
 from reprozoo.data import versions
 from reprozoo.data.trees import LABEL_NAMES
@@ -100,9 +100,9 @@ def remote_config(task: Any, local: RunConfig) -> RunConfig:
     text = task.get_configuration_object(CONFIG_OBJECT)
     if not text:
         return local  # not a task reprozoo recorded; run what the command line says
-    edited = RunConfig.from_dict(yaml.safe_load(text) or {})
+    edited = RunConfig.from_dict(safeyaml.load_yaml_mapping(text, f"task {task.id} {CONFIG_OBJECT}"))
     base_text = task.get_configuration_object(BASELINE_OBJECT)
-    baseline = RunConfig.from_dict(yaml.safe_load(base_text) or {}) if base_text else None
+    baseline = RunConfig.from_dict(safeyaml.load_yaml_mapping(base_text, f"task {task.id} {BASELINE_OBJECT}")) if base_text else None
     return merge_edits(baseline, edited, config_from_sections(task.get_parameters_as_dict()))
 
 
