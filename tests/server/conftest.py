@@ -1,0 +1,212 @@
+"""A real ClearML server on 127.0.0.1 for the `server` tests: the kit in ../shared/clearml-server
+(the open-source apiserver + fileserver, SSPL; called, never copied), installed and started cold
+once per session on a free port base, stopped by its recorded PIDs even when tests fail.
+
+Where the kit cannot be installed or started (no kit, no network for its venvs, no redis) the
+tests skip and say why, as the Docker tests do.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+KIT = Path(os.environ.get("REPROZOO_CLEARML_SERVER_KIT") or REPO.parent / "shared" / "clearml-server")
+PORTS = 6  # api, files, redis, mongo, es, es proxy (the kit's CLEARML_LOCAL_PORT_BASE + 0..5)
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every test in this folder talks to the server: `-m "not server"` deselects them all.
+    for item in items:
+        if HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.server)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def _answers(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answered, with an error status (the fileserver's / is a 404/405)
+    except OSError:
+        return False
+
+
+def free_port_base(start: int = 20000, stop: int = 60000) -> int:
+    """A base port whose PORTS consecutive ports all bind on 127.0.0.1 (pid-spread so that
+    concurrent sessions probe different places first)."""
+    span = stop - start
+    first = start + (os.getpid() * 97) % span // 10 * 10
+    for offset in range(0, span, 10):
+        base = start + (first - start + offset) % span
+        socks = []
+        try:
+            for port in range(base, base + PORTS):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {PORTS} consecutive free ports on 127.0.0.1 in {start}..{stop}")
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    """A running kit server. `env()` is what a subprocess needs to use it."""
+
+    state: Path
+    config_file: Path
+    api_url: str
+    files_url: str
+    port_base: int
+    # name → (argv, environ, cwd) of a process stopped by stop_api/stop_files, for the restart
+    _stopped: dict[str, tuple[list[str], dict[str, str], str]] = field(default_factory=dict, repr=False, compare=False)
+    _started: list[subprocess.Popen] = field(default_factory=list, repr=False, compare=False)
+
+    def env(self) -> dict[str, str]:
+        """os.environ, pointed at this server alone: its clearml.conf, no CLEARML_API_* or offline
+        override from the caller's shell, and ClearML's cache (offline sessions too) under state."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_API_", "TRAINS_API_"))}
+        for key in ("CLEARML_OFFLINE_MODE", "TRAINS_OFFLINE_MODE", "CLEARML_PROC_MASTER_ID", "TRAINS_PROC_MASTER_ID",
+                    "CLEARML_TASK_ID", "TRAINS_TASK_ID"):
+            env.pop(key, None)
+        env["CLEARML_CONFIG_FILE"] = str(self.config_file)
+        env["CLEARML_CACHE_DIR"] = str(self.state / "clearml-cache")
+        env["CLEARML_LOG_ENVIRONMENT"] = ""
+        return env
+
+    def pid(self, name: str) -> int:
+        return int((self.state / "run" / f"{name}.pid").read_text())
+
+    def _stop(self, name: str) -> None:
+        pid = self.pid(name)
+        if not _alive(pid):
+            return
+        proc = Path(f"/proc/{pid}")
+        argv = (proc / "cmdline").read_bytes().rstrip(b"\0").decode().split("\0")
+        environ = dict(item.split("=", 1) for item in (proc / "environ").read_bytes().decode().split("\0") if "=" in item)
+        self._stopped[name] = (argv, environ, os.readlink(proc / "cwd"))
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for child in self._started:
+            child.poll()  # reap a restarted one
+
+    def _start(self, name: str, probe: str) -> None:
+        if name not in self._stopped:
+            return  # never stopped: still running
+        argv, environ, cwd = self._stopped.pop(name)
+        with open(self.state / "logs" / f"{name}.log", "ab") as log:
+            child = subprocess.Popen(argv, env=environ, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self._started.append(child)
+        (self.state / "run" / f"{name}.pid").write_text(f"{child.pid}\n")
+        deadline = time.monotonic() + 60
+        while not _answers(probe):
+            if child.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the restarted {name} server did not answer; see {self.state}/logs/{name}.log")
+            time.sleep(0.1)
+
+    def stop_api(self) -> None:
+        """kill -9 the apiserver alone (redis, mongo, es keep its data)."""
+        self._stop("api")
+
+    def start_api(self) -> None:
+        """Start the apiserver stopped by stop_api again, exactly as start.sh had, and wait for it."""
+        self._start("api", f"{self.api_url}/debug.ping")
+
+    def stop_files(self) -> None:
+        self._stop("files")
+
+    def start_files(self) -> None:
+        self._start("files", f"{self.files_url}/")
+
+    def recorded_pids(self) -> list[int]:
+        return [int(p.read_text()) for p in (self.state / "run").glob("*.pid") if p.read_text().strip().isdigit()]
+
+    def shutdown(self) -> None:
+        pids = self.recorded_pids()
+        subprocess.run([str(KIT / "stop.sh"), str(self.state)], capture_output=True, check=False, timeout=60)
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        for child in self._started:
+            child.poll()
+
+
+def _install_or_skip() -> None:
+    if not (KIT / "install.sh").is_file():
+        pytest.skip(f"server tests need the local ClearML server kit at {KIT} (or REPROZOO_CLEARML_SERVER_KIT)")
+    try:
+        done = subprocess.run([str(KIT / "install.sh")], capture_output=True, text=True, timeout=1200, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"server tests: {KIT}/install.sh ran for over 20 minutes")
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        pytest.skip(f"server tests: the ClearML server kit could not be installed ({KIT}/install.sh: {tail[0]})")
+
+
+@pytest.fixture(scope="session")
+def clearml_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    _install_or_skip()
+    state = tmp_path_factory.mktemp("clearml-server")
+    base = free_port_base()
+    server = LocalServer(state=state, config_file=state / "clearml.conf", api_url=f"http://127.0.0.1:{base}",
+                         files_url=f"http://127.0.0.1:{base + 1}", port_base=base)
+    try:
+        started = subprocess.run([str(KIT / "start.sh"), str(state)], capture_output=True, text=True, timeout=180,
+                                 check=False, env={**os.environ, "CLEARML_LOCAL_PORT_BASE": str(base)})
+        if started.returncode != 0:
+            tail = (started.stderr or started.stdout).strip().splitlines()[-1:] or ["no output"]
+            pytest.skip(f"server tests: the local ClearML server did not start ({tail[0]})")
+        yield server
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def server_env(clearml_server: LocalServer, tmp_path: Path) -> dict[str, str]:
+    """clearml_server.env() for one test: its own HOME, reprozoo cache and ClearML cache (offline sessions)."""
+    env = clearml_server.env()
+    for name in ("home", "cache", "clearml-cache"):
+        (tmp_path / name).mkdir(exist_ok=True)
+    env.update(HOME=str(tmp_path / "home"), REPROZOO_CACHE_DIR=str(tmp_path / "cache"),
+               CLEARML_CACHE_DIR=str(tmp_path / "clearml-cache"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
+    return env
+
+
+@pytest.fixture
+def reprozoo_server(server_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess]:
+    """`reprozoo_server("train", …)`: the CLI against the server, like tests/test_cli.py's reprozoo(*args)."""
+
+    def run(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "reprozoo", *args], capture_output=True, text=True, check=False,
+                              timeout=timeout, env={**server_env, **(env or {})})
+
+    return run
