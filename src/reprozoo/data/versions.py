@@ -153,13 +153,19 @@ def _create_offline_dataset(path: Path, digest: str, parent: str | None) -> tupl
     return dataset.id, str(folder)
 
 
+def _parent(dataset: Any) -> str | None:
+    """The version a server dataset was derived from (clearml 2.1.12's Dataset has no get_parents;
+    its dependency graph maps each id to its parents' ids)."""
+    return (dataset.get_dependency_graph().get(dataset.id) or [None])[0]
+
+
 def _register_server(data_dir: Path, sha256: dict[str, str], digest: str) -> DataVersion:
-    # Exercised against a real server: no (none can run on this machine); see README.
+    # Exercised against the local ClearML server in tests/server.
     from clearml import Dataset
 
     try:
         found = Dataset.get(dataset_project=PROJECT, dataset_name=NAME, dataset_tags=[f"content:{digest}"], only_completed=True)
-        return DataVersion(found.id, digest, sha256, (found.get_parents() or [None])[0], str(data_dir), "server")
+        return DataVersion(found.id, digest, sha256, _parent(found), str(data_dir), "server")
     except ValueError:
         pass
     try:
@@ -203,7 +209,7 @@ def resolve(dataset_id: str) -> DataVersion:
     tags = [t for t in dataset.tags if t.startswith("content:")]
     if tags and tags[0] != f"content:{content_hash(sha256)}":
         raise DataSourceError(f"dataset {dataset_id}: fetched files do not match its content tag; the local copy at {path} is corrupt")
-    return DataVersion(dataset_id, content_hash(sha256), sha256, (dataset.get_parents() or [None])[0], str(path), "server")
+    return DataVersion(dataset_id, content_hash(sha256), sha256, _parent(dataset), str(path), "server")
 
 
 def _verify(path: Path, expected: dict[str, str], dataset_id: str) -> None:
