@@ -38,11 +38,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from reprozoo.containers import ContainerError
     from reprozoo.data.sst5 import DataSourceError
     from reprozoo.data.trees import MissingSplitError, TreeFormatError
+    from reprozoo.errors import UserError
     from reprozoo.resume import CheckpointWriteError, ResumeError
     from reprozoo.zoo import UnknownModelError, WeightsUnavailableError
 
     # ConfigError covers records.RecordNotFound.
-    return (ConfigError, ContainerError, DataSourceError, TreeFormatError, MissingSplitError, UnknownModelError,
+    return (UserError, ConfigError, ContainerError, DataSourceError, TreeFormatError, MissingSplitError, UnknownModelError,
             WeightsUnavailableError, CheckpointWriteError, ResumeError, zipfile.BadZipFile)
 
 
@@ -386,12 +387,14 @@ def repro(
 
     record = _load(task)
     if enqueue:
+        from reprozoo.agent import require_queue
         from reprozoo.session import configure_clearml, server_configured
 
         spec = _run(lambda: replay.enqueue_spec(record, enqueue))
         if not server_configured():
             _fail("--enqueue needs a ClearML server: set CLEARML_API_HOST, CLEARML_API_ACCESS_KEY, CLEARML_API_SECRET_KEY")
         configure_clearml()
+        _run(lambda: require_queue(enqueue))  # before the clone: an unknown queue leaves no draft behind
         _say(f"cloning {record.task_id} for queue {enqueue}" + (f" in {spec['docker_image']}" if spec["docker_image"] else ""))
         _say(f"enqueued task {replay.enqueue(spec)}")
         return
@@ -610,6 +613,7 @@ def _sweep_status(plan: Any) -> dict[str, str]:
 
 def _sweep_queue(plan: Any, controller_queue: str) -> None:
     from reprozoo import sweep as sweeps
+    from reprozoo.agent import require_queue
     from reprozoo.data import versions
     from reprozoo.data.sst5 import resolve_data_dir
     from reprozoo.session import api_server, configure_clearml, server_configured, server_reachable
@@ -620,6 +624,8 @@ def _sweep_queue(plan: Any, controller_queue: str) -> None:
     if not server_reachable(api_server()):
         _fail(f"the ClearML server {api_server()} is unreachable; nothing was enqueued")
     configure_clearml()
+    for name in {plan.queue} | ({controller_queue} - {"local"}):
+        _run(lambda name=name: require_queue(name))
     first = plan.steps[0].config
     if first.data.dataset_id:  # --set data.dataset_id=…: exactly that version
         version = _run(lambda: versions.resolve(str(first.data.dataset_id)))
@@ -739,6 +745,11 @@ def hpo(
                   " (or run clearml-init); or search here with --local")
         if not server_reachable(api_server()):
             _fail(f"the ClearML server {api_server()} is unreachable; retry when it is up, or search here with --local")
+        from reprozoo.agent import require_queue
+        from reprozoo.session import configure_clearml
+
+        configure_clearml()
+        _run(lambda: require_queue(queue))
         run = lambda: search.search_server(base, dims, trials, queue, target, base_task, concurrency,  # noqa: E731
                                            time_limit_per_trial, image)
     else:
