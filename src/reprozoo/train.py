@@ -66,6 +66,7 @@ def plan_run(cfg: RunConfig, overwrite: bool = False, resuming: bool = False) ->
     run_dir = Path(cfg.out_dir or Path("runs") / f"{entry.name.replace('/', '_')}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
     if (run_dir / "metrics.json").exists() and not overwrite and not resuming:
         raise ConfigError(f"{run_dir} already holds a finished run; pass --overwrite or choose another --out")
+    _check_writable(run_dir)
     return Plan(cfg=cfg, entry=entry, run_dir=run_dir, data_dir=data_dir, data_sha256=data_fingerprint(data_dir),
                 lr=cfg.optim.lr or entry.lr, batch_size=cfg.data.batch_size or entry.batch_size,
                 max_length=max_length, pooling=cfg.model.pooling or entry.pooling,
@@ -263,6 +264,14 @@ def recorded_task_id(run_dir: Path) -> str | None:
                 if task_id:
                     return str(task_id)
     return None
+
+
+def _check_writable(run_dir: Path) -> None:
+    """Before any task is opened: a run directory this user cannot create is a one-line error."""
+    existing = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {run_dir} ({existing} is not writable by uid {os.getuid()}); pass a writable --out"
+                          " (`reprozoo image run`: make --runs-dir writable by the image's user, `chown 10001:10001 DIR`)")
 
 
 def _claim_run_dir(run_dir: Path, exclusive: bool) -> Path:
