@@ -127,6 +127,22 @@ def ddp_worker() -> bool:
     return any(int(os.environ.get(name) or 0) > 0 for name in ("LOCAL_RANK", "NODE_RANK"))
 
 
+def on_clearml_agent() -> bool:
+    """Whether a ClearML agent started this process for a task (it sets CLEARML_TASK_ID)."""
+    return bool(os.environ.get("CLEARML_TASK_ID") or os.environ.get("TRAINS_TASK_ID"))
+
+
+def agent_config(cfg: RunConfig) -> RunConfig:
+    """The RunConfig held by the agent's task (a clone, maybe edited). Read before planning: planned
+    from the command line's config, a container with no trees tried to download SST-5 instead."""
+    from clearml import Task
+    from clearml.config import get_remote_task_id
+
+    from reprozoo import tracking
+
+    return tracking.remote_config(Task.get_task(task_id=get_remote_task_id()), cfg)
+
+
 def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Run `cfg`; with `resume`, continue the run in `cfg.out_dir` from its last checkpoint.
 
@@ -138,6 +154,8 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict
         cfg.out_dir = os.environ.get(DDP_RUN_DIR_ENV) or cfg.out_dir
         cfg.tracking.mode = "off"  # one task per run: rank 0's
         overwrite = False
+    elif on_clearml_agent():
+        cfg = agent_config(cfg)  # before the plan: the data version and run directory are the task's
     plan = plan_run(cfg, overwrite=overwrite, resuming=resume or worker)
     started = time.time()
     _quiet_libraries()

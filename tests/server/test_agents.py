@@ -72,7 +72,9 @@ def agents(agent_binary: Path, env: dict[str, str], tmp_path: Path) -> Iterator[
 
 
 def serve(agents: list[Agent], agent_binary: Path, env: dict[str, str], tmp_path: Path, queue: str, name: str) -> Agent:
-    agent = Agent(agent_binary, env, queue, tmp_path / name, name).start()
+    # No REPROZOO_DATA_DIR: the clone trains on the data version its task names (it tried to download SST-5).
+    agent_env = {k: v for k, v in env.items() if k != "REPROZOO_DATA_DIR"}
+    agent = Agent(agent_binary, agent_env, queue, tmp_path / name, name).start()
     agents.append(agent)
     agent.wait_listening()
     return agent
