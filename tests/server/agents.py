@@ -41,25 +41,31 @@ def _git_mirror(home: Path) -> None:
 
 
 class Agent:
-    """`clearml-agent daemon --queue Q --foreground`, its own HOME (venv builds, caches) and worker id."""
+    """`clearml-agent daemon --queue Q --foreground` (or `command`, e.g. `make agent`), its own HOME
+    (venv builds, caches) and worker id."""
 
     def __init__(self, binary: Path, env: dict[str, str], queue: str, folder: Path, name: str,
-                 docker: str | None = None, config_file: Path | None = None, extra_env: dict[str, str] | None = None) -> None:
+                 docker: str | None = None, config_file: Path | None = None, extra_env: dict[str, str] | None = None,
+                 command: list[str] | None = None) -> None:
         self.folder, self.name, self.queue = folder, name, queue
         home = folder / "home"
         home.mkdir(parents=True, exist_ok=True)
         _git_mirror(home)
-        self.env = {**env, "HOME": str(home), "CLEARML_WORKER_ID": f"reprozoo-test:{name}",
-                    # venv mode: no venv, no pip (no index here); the task's code is the agent's clone,
-                    # whose src/ (relative to the task's working directory, the clone's root) holds reprozoo.
-                    "CLEARML_AGENT_SKIP_PIP_VENV_INSTALL": sys.executable, "CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL": "1",
-                    "PYTHONPATH": "src", **(extra_env or {})}
+        self.env = {**env, "HOME": str(home), "CLEARML_WORKER_ID": f"reprozoo-test:{name}"}
+        if docker is None and command is None:
+            # venv mode: no venv, no pip (no index here); the task's code is the agent's clone, whose
+            # src/ (relative to the task's working directory, the clone's root) holds reprozoo.
+            self.env.update(CLEARML_AGENT_SKIP_PIP_VENV_INSTALL=sys.executable, CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL="1",
+                            PYTHONPATH="src")
+        else:
+            self.env.pop("PYTHONPATH", None)  # docker mode: the task's settings come with the task (agent.DOCKER_ARGUMENTS)
+        self.env.update(extra_env or {})
         for key in ("CLEARML_TASK_ID", "CLEARML_PROC_MASTER_ID"):
             self.env.pop(key, None)
         if config_file is not None:
             self.env["CLEARML_CONFIG_FILE"] = str(config_file)
-        self.command = [str(binary), "daemon", "--queue", queue, "--create-queue", "--foreground"]
-        if docker:
+        self.command = command or [str(binary), "daemon", "--queue", queue, "--create-queue", "--foreground"]
+        if docker and command is None:
             self.command += ["--docker", docker]
         self.log_path = folder / f"{name}.log"
         self.process: subprocess.Popen | None = None

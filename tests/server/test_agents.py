@@ -8,6 +8,7 @@ queue is one line naming the queues that exist, for `repro --enqueue`, `sweep --
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -131,3 +132,51 @@ def test_an_unknown_queue_is_one_line_naming_the_queues_that_exist(original: dic
                                     "--queue", "no-such-q", "--out", "/nonexistent/hpo"))
     assert "no queue 'no-such-q'" in line
 
+
+
+SMALL = ["--set", "data.limit_train_samples=32", "--set", "data.limit_eval_samples=16", "--set", "data.max_length=32",
+         "--set", "trainer.max_epochs=1", "--set", "tracking.mode=server"]
+
+
+def test_sweep_on_a_queue_is_served_by_an_agent_rerun_skips_leaderboard_lists(env: dict[str, str], agents: list[Agent],
+                                                                              agent_binary: Path, tmp_path: Path,
+                                                                              tiny_model_dirs: dict[str, Path]) -> None:
+    agent = serve(agents, agent_binary, env, tmp_path, "sweep-q", "sweep")
+    models = ",".join(str(tiny_model_dirs[family]) for family in ("bert", "electra"))
+    args = ["sweep", "--models", models, "--queue", "sweep-q", "--controller-queue", "local", *SMALL,
+            "--set", "tracking.project=agents-sweep"]
+    first = reprozoo(env, *args, timeout=1200)
+    assert first.returncode == 0, first.stderr[-3000:]
+    ran = agent.ran()
+    assert len(ran) == 2, agent.log()[-3000:]
+    tasks = server_tasks(env, ran, wait=300)
+    assert {t["status"] for t in tasks.values()} == {"completed"}
+    assert sorted(t["name"].split()[0] for t in tasks.values()) == sorted(str(tiny_model_dirs[f]) for f in ("bert", "electra"))
+
+    again = reprozoo(env, *args, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("skipped, already completed as") == 2 and "every model already has a completed task" in again.stdout
+    assert agent.ran() == ran  # nothing enqueued again
+
+    board = reprozoo(env, "leaderboard", "--server", "--project", "agents-sweep", "--out", str(tmp_path / "board"))
+    assert board.returncode == 0, board.stderr[-3000:]
+    assert all(task_id in board.stdout for task_id in ran) and "2 run(s)" in board.stdout
+
+
+def test_hpo_on_a_queue_runs_three_trials_on_an_agent_and_best_yaml_replays(env: dict[str, str], agents: list[Agent],
+                                                                           agent_binary: Path, tmp_path: Path) -> None:
+    agent = serve(agents, agent_binary, env, tmp_path, "hpo-q", "hpo")
+    out = tmp_path / "hpo"
+    done = reprozoo(env, "hpo", "--model", "all-minilm-l6-v2", "--space", "lr=1e-5:1e-4:log", "--trials", "3", "--queue", "hpo-q",
+                    "--max-epochs", "1", "--limit-train-samples", "32", "--limit-eval-samples", "16", "--set", "data.max_length=32",
+                    "--tracking", "server", "--out", str(out), timeout=1800)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "3/3 trials finished" in done.stdout
+    trials = json.loads((out / "trials.json").read_text())
+    trial_tasks = sorted(t["task_id"] for t in trials["trials"])
+    assert sorted(agent.ran()) == trial_tasks and len(set(trial_tasks)) == 3
+    best = max(trials["trials"], key=lambda t: t["dev_macro_f1"])
+    replay = reprozoo(env, "train", "--config", str(out / "best.yaml"), "--out", str(tmp_path / "replay"))
+    assert replay.returncode == 0, replay.stderr[-3000:]
+    recorded = server_tasks(env, [best["task_id"]])[best["task_id"]]["metrics"]
+    assert (tmp_path / "replay" / "metrics.json").read_text() == recorded  # the best trial, again, byte for byte
