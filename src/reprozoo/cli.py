@@ -750,6 +750,13 @@ def hpo(
 
         configure_clearml()
         _run(lambda: require_queue(queue))
+        if not base.data.dataset_id:  # agents have no local trees: every trial trains on this version, on the server
+            from reprozoo.data import versions
+            from reprozoo.data.sst5 import resolve_data_dir
+
+            version = _run(lambda: versions.register(resolve_data_dir(base.data.data_dir), "server"))
+            base.data.dataset_id, base.data.data_dir = version.dataset_id, None
+            _say(f"data version: {version.dataset_id} (content sha256 {version.content_hash[:12]})")
         run = lambda: search.search_server(base, dims, trials, queue, target, base_task, concurrency,  # noqa: E731
                                            time_limit_per_trial, image)
     else:
