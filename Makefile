@@ -109,6 +109,8 @@ IMAGE ?= $(REPROZOO_IMAGE)
 GPUS ?= all
 AGENT ?=
 AGENT_VENV ?= .agent-venv
+# The agent's settings (docker/clearml/agent.conf); another file for another setup (e.g. tests/server: a local server).
+AGENT_CONF ?= $(CLEARML_DIR)/agent.conf
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 CLEARML_DIR := docker/clearml
 
@@ -122,7 +124,7 @@ agent: ## serve QUEUE (default gpu) from this GPU host: clearml-agent (envs/cola
 	    { echo "make agent: set CLEARML_API_HOST, CLEARML_API_ACCESS_KEY and CLEARML_API_SECRET_KEY in the environment" >&2; exit 2; }
 	test -x $(AGENT_VENV)/bin/clearml-agent || { $(PYTHON) -m venv $(AGENT_VENV) && \
 	    $(AGENT_VENV)/bin/pip install --quiet --require-hashes --no-deps -r envs/colab-agent.lock; }
-	CLEARML_CONFIG_FILE=$(abspath $(CLEARML_DIR)/agent.conf) $(AGENT_VENV)/bin/clearml-agent daemon --queue $(QUEUE) \
+	CLEARML_CONFIG_FILE=$(abspath $(AGENT_CONF)) $(AGENT_VENV)/bin/clearml-agent daemon --queue $(QUEUE) \
 	    --create-queue --docker $(IMAGE) --gpus $(GPUS) --force-current-version --foreground
 
 clearml-server: ## self-hosted ClearML server (docker/clearml/docker-compose.yml, settings in docker/clearml/.env); AGENT=1 adds a GPU agent

@@ -104,6 +104,7 @@ def test_agent_settings_keep_the_image_environment_untouched() -> None:
     assert "export LOCAL_PYTHON=/tmp/clearml-agent-venv/bin/python" in init and not any("/opt/venv" in line for line in init)
     assert not any("{" in line for line in init)  # the agent str.format()s this script
     assert conf.get("agent.bootstrap.use_bootstrap") is False and conf.get("agent.docker_force_pull") is False
+    assert list(conf.get("agent.forbidden_docker_args")) == []  # else the agent strips our --entrypoint=
     assert list(conf) == ["agent"] and not re.search(r"(?i)(access_key|secret_key)\s*[:=]", (CLEARML / "agent.conf").read_text())
     args = agent.docker_arguments().split()
     assert args[0] == "--ipc=host" and "--entrypoint=" in args and "--user=0:0" in args

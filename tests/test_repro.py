@@ -137,6 +137,12 @@ class RecordingTask:
         cls.calls.append(("clone", (source_task, name)))
         return cls("clone-of-" + source_task)
 
+    def set_configuration_object(self, name: str, config_text: str, **kwargs: Any) -> None:
+        self.calls.append(("set_configuration_object", (name, config_text)))
+
+    def set_parameters_as_dict(self, sections: dict[str, Any]) -> None:
+        self.calls.append(("set_parameters_as_dict", sections))
+
     def set_base_docker(self, docker_image: str, docker_arguments: str) -> None:
         self.calls.append(("set_base_docker", (docker_image, docker_arguments)))
 
@@ -157,8 +163,11 @@ def test_enqueue_pins_the_image_and_skips_installs(data_dir: Path) -> None:
     assert "--entrypoint=" in args  # the image's `reprozoo` entrypoint would swallow the agent's command
     RecordingTask.calls = []
     assert repro.enqueue(spec, RecordingTask) == "clone-of-0123456789abcdef0123456789abcdef"
-    assert [c[0] for c in RecordingTask.calls] == ["clone", "set_base_docker", "add_tags", "enqueue"]
-    assert RecordingTask.calls[1][1][0] == pinned and RecordingTask.calls[3][1][1] == "gpu"
+    assert [c[0] for c in RecordingTask.calls] == ["clone", "set_configuration_object", "set_configuration_object",
+                                                   "set_parameters_as_dict", "set_base_docker", "add_tags", "enqueue"]
+    assert RecordingTask.calls[4][1][0] == pinned and RecordingTask.calls[6][1][1] == "gpu"
+    # The clone trains into a fresh run directory (the recorded one holds the finished run), on the data version.
+    assert RecordingTask.calls[3][1]["run"]["out_dir"] == "null"
     with pytest.raises(repro.ReproError, match="offline record; upload it first with `reprozoo tasks import"):
         repro.enqueue_spec(record(data_dir, task_id="offline-0123"), "gpu")
     with pytest.raises(repro.ReproError, match="never pushed"):

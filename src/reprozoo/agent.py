@@ -24,6 +24,8 @@ older than the training tree: installed there it would downgrade them).
 
 from __future__ import annotations
 
+from reprozoo.errors import UserError
+
 IMAGE_PYTHON = "/opt/venv/bin/python"  # docker/Dockerfile: the locked tree lives in /opt/venv
 IMAGE_WORKDIR = "/work"  # docker/Dockerfile: WORKDIR, writable by any user
 AGENT_VERSION = "3.0.3"  # envs/colab-agent.in (the agent's own lock)
@@ -44,3 +46,20 @@ DOCKER_ARGUMENTS: tuple[str, ...] = (
 def docker_arguments() -> str:
     """The arguments as one string, for Task.set_base_docker(docker_arguments=…)."""
     return " ".join(DOCKER_ARGUMENTS)
+
+
+class QueueError(UserError, LookupError):
+    """A queue the ClearML server does not have."""
+
+
+def require_queue(name: str) -> str:
+    """The id of queue `name` on the configured server; else one line naming the queues it has.
+    Called before anything is cloned, so an unknown queue leaves no stray draft task behind."""
+    from clearml.backend_api.session.client import APIClient
+
+    queues = {q.name: q.id for q in APIClient().queues.get_all(only_fields=["id", "name"])}
+    if name in queues:
+        return queues[name]
+    have = ", ".join(sorted(queues)) or "none"
+    raise QueueError(f"the ClearML server has no queue {name!r} (it has: {have}); pick one of those, or start an agent"
+                     f" that creates it: `clearml-agent daemon --queue {name} --create-queue` (`make agent QUEUE={name}`)")

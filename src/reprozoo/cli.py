@@ -17,7 +17,9 @@ from typing import Annotated, Any
 import typer
 
 from reprozoo import session, zoo
+from reprozoo.agent import require_queue
 from reprozoo.config import ConfigError, RunConfig, apply
+from reprozoo.data.versions import register_trees
 from reprozoo.errors import UserError
 from reprozoo.log import log
 from reprozoo.log import setup as log_setup
@@ -304,6 +306,8 @@ def repro(
     if enqueue:
         spec = _run(lambda: replay.enqueue_spec(record, enqueue))
         _need_server("--enqueue", "without it, repro runs the task here")
+        session.configure_clearml()
+        _run(lambda: require_queue(enqueue))  # before the clone: an unknown queue leaves no draft behind
         _say(f"cloning {record.task_id} for queue {enqueue}" + (f" in {spec['docker_image']}" if spec["docker_image"] else ""))
         _say(f"enqueued task {replay.enqueue(spec)}")
         return
@@ -553,6 +557,12 @@ def hpo(
         return
     if queue:
         _need_server("--queue", "or search here with --local")
+        session.configure_clearml()
+        _run(lambda: require_queue(queue))
+        if not base.data.dataset_id:  # agents have no local trees: every trial trains on this version, on the server
+            version = _run(lambda: register_trees(base.data.data_dir, "server"))
+            base.data.dataset_id, base.data.data_dir = version.dataset_id, None
+            _say(f"data version: {version.dataset_id} (content sha256 {version.content_hash[:12]})")
         run = lambda: search.search_server(base, dims, trials, queue, target, base_task, concurrency,  # noqa: E731
                                            time_limit_per_trial, image)
     else:

@@ -462,8 +462,8 @@ def search_server(base: RunConfig, space: list[Dimension], n_trials: int, queue:
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Clone the template task N times through ClearML's optimizer; agents on `queue` train them.
 
-    Exercised against a real server: no (none can run on this machine); tests drive it with
-    recording stand-ins for Task, HyperParameterOptimizer and the record reader."""
+    Run against the local server with a real agent in tests/server/test_agents.py; tests/test_hpo.py
+    drives it with recording stand-ins for Task, HyperParameterOptimizer and the record reader."""
     base = base.validate()
     _claim_out(out)
     if api is None:
@@ -485,7 +485,11 @@ def search_server(base: RunConfig, space: list[Dimension], n_trials: int, queue:
     optimizer.start()
     optimizer.wait()
     optimizer.stop()
-    details = optimizer.get_top_experiments_details(top_k=n_trials, all_metrics=True)
+    # all_metrics=True raises inside clearml 2.1.12 (TypeError: 'NoneType' object is not subscriptable):
+    # the details carry the objective, each trial's task its other scalars (Summary/dev_*).
+    details = optimizer.get_top_experiments_details(top_k=n_trials)
+    for detail in details:
+        detail["metrics"] = {**_last_scalars(api.Task.get_task(task_id=detail["task_id"])), **(detail.get("metrics") or {})}
     by_name = {d.clearml_name: d.key for d in space}
     trials = [_server_trial(i, d, by_name) for i, d in enumerate(details)]
     meta = {"mode": "server", "model": base.model.name, "n_trials": n_trials, "queue": queue, "base_task": base_task_id,
@@ -497,6 +501,12 @@ def search_server(base: RunConfig, space: list[Dimension], n_trials: int, queue:
     if best is None:
         raise SearchFailed(f"no trial reported {OBJECTIVE_TITLE}/{OBJECTIVE_SERIES}; see optimizer task {controller.id}")
     return {"out": str(out), "best": best, "trials": trials, "best_yaml": str(out / "best.yaml")}
+
+
+def _last_scalars(task: Any) -> dict[str, dict[str, Any]]:
+    """A task's scalars in get_top_experiments_details' shape: 'title/series' → value, min_value, max_value."""
+    return {f"{title}/{series}": {"value": v.get("last"), "min_value": v.get("min"), "max_value": v.get("max")}
+            for title, all_series in (task.get_last_scalar_metrics() or {}).items() for series, v in all_series.items()}
 
 
 def _server_trial(number: int, detail: dict[str, Any], by_name: dict[str, str]) -> Trial:

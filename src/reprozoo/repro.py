@@ -326,17 +326,22 @@ def enqueue_spec(record: Record, queue: str) -> dict[str, Any]:
                          " push it (`reprozoo image push`) and re-run the task in it")
     return {"source_task": record.task_id, "name": f"repro of {record.name or record.task_id}", "queue": queue,
             "docker_image": image, "docker_arguments": docker_arguments() if image else None,
-            "tags": ["repro", f"repro-of:{record.task_id}"]}
+            "tags": ["repro", f"repro-of:{record.task_id}"],
+            # A fresh run directory (the recorded one holds the finished run) and the recorded data version.
+            "config": record.replay_config()}
 
 
 def enqueue(spec: dict[str, Any], task_api: Any = None) -> str:
-    """Clone the task, pin its image, enqueue it. Exercised against a real server: no (none can run here).
-    The caller checks the server (session.require_server)."""
+    """Clone the task, give it the replay's RunConfig, pin its image, enqueue it (run by real agents in
+    tests/server/test_agents.py). The caller checks the server (session.require_server) and the queue."""
     if task_api is None:
         from clearml import Task as task_api
 
         configure_clearml()
+    from reprozoo.tracking import write_config
+
     clone = task_api.clone(source_task=spec["source_task"], name=spec["name"])
+    write_config(clone, spec["config"], "the replay's RunConfig: the recorded one, a fresh run directory, the data version")
     if spec["docker_image"]:
         clone.set_base_docker(docker_image=spec["docker_image"], docker_arguments=spec["docker_arguments"])
     clone.add_tags(spec["tags"])

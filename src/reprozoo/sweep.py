@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from reprozoo import safeyaml, zoo
+from reprozoo.agent import require_queue
 from reprozoo.config import ConfigError, RunConfig, _suggest, apply, flatten
 from reprozoo.errors import UserError
 from reprozoo.train import RunResult, recorded_task_id, train
@@ -440,6 +441,8 @@ def enqueue(plan: SweepPlan, *, controller_queue: str = "services", log: Callabl
     from reprozoo.data.sst5 import resolve_data_dir
 
     session.configure_clearml()
+    for name in sorted({plan.queue} | ({controller_queue} - {"local"})):  # before anything is registered or created
+        require_queue(name)
     first = plan.steps[0].config
     if first.data.dataset_id:  # --set data.dataset_id=…: exactly that version
         version = versions.resolve(str(first.data.dataset_id))

@@ -241,9 +241,10 @@ class Tracker:
         if self.task is None:
             return self.provenance
         task = self.task
+        # On an agent `cfg` is the task's RunConfig merged with its edits (object and sections, e.g. an HPO
+        # trial's optim/lr): record what ran, else the record would hold the template's config.
+        write_config(task, cfg, "the whole RunConfig; edit a clone's copy to change the re-run")
         if not self.remote:
-            # On an agent the task already holds the (edited) config: writing ours would undo the edit.
-            write_config(task, cfg, "the whole RunConfig; edit a clone's copy to change the re-run")
             # ClearML detects the repo in a background thread from sys.argv[0]; let it finish, then
             # replace what it found with the repository of the reprozoo source that actually runs.
             task._wait_for_repo_detection(timeout=30)

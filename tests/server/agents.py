@@ -1,0 +1,139 @@
+"""Real `clearml-agent` daemons for the server tests (and bench/agent_latency.py): the pinned agent
+(envs/colab-agent.lock) in a venv of its own, serving a queue of the local server in venv mode
+(the task runs with this interpreter, in the agent's clone of the recorded commit + diff) or in
+docker mode (the task runs in the image named on it), each stopped by its process group id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+LOCK = REPO / "envs" / "colab-agent.lock"
+TINY = ["--model", "all-minilm-l6-v2", "--limit-train-samples", "32", "--limit-eval-samples", "16", "--max-length", "32",
+        "--max-epochs", "1", "--tracking", "server"]
+
+
+def install_agent(folder: Path) -> Path:
+    """clearml-agent 3.0.3 (hash-checked, its own venv: it pins requests/setuptools older than ours)."""
+    binary = folder / "bin" / "clearml-agent"
+    if not binary.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+        subprocess.run([str(folder / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", "--require-hashes",
+                        "--no-deps", "-r", str(LOCK)], check=True, capture_output=True, text=True, timeout=600)
+    return binary
+
+
+def _git_mirror(home: Path) -> None:
+    """The agent clones the recorded repository: send its remote URL (unreachable in CI) to this checkout."""
+    remote = subprocess.run(["git", "-C", str(REPO), "remote", "get-url", "origin"], capture_output=True, text=True).stdout.strip()
+    lines = ["[advice]\n\tdetachedHead = false\n"]
+    if remote:
+        lines.append(f'[url "file://{REPO}"]\n\tinsteadOf = {remote}\n')
+    (home / ".gitconfig").write_text("".join(lines))
+
+
+class Agent:
+    """`clearml-agent daemon --queue Q --foreground` (or `command`, e.g. `make agent`), its own HOME
+    (venv builds, caches) and worker id."""
+
+    def __init__(self, binary: Path, env: dict[str, str], queue: str, folder: Path, name: str,
+                 docker: str | None = None, config_file: Path | None = None, extra_env: dict[str, str] | None = None,
+                 command: list[str] | None = None) -> None:
+        self.folder, self.name, self.queue = folder, name, queue
+        home = folder / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        _git_mirror(home)
+        self.env = {**env, "HOME": str(home), "CLEARML_WORKER_ID": f"reprozoo-test:{name}"}
+        if docker is None and command is None:
+            # venv mode: no venv, no pip (no index here); the task's code is the agent's clone, whose
+            # src/ (relative to the task's working directory, the clone's root) holds reprozoo.
+            self.env.update(CLEARML_AGENT_SKIP_PIP_VENV_INSTALL=sys.executable, CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL="1",
+                            PYTHONPATH="src")
+        else:
+            self.env.pop("PYTHONPATH", None)  # docker mode: the task's settings come with the task (agent.DOCKER_ARGUMENTS)
+        self.env.update(extra_env or {})
+        for key in ("CLEARML_TASK_ID", "CLEARML_PROC_MASTER_ID"):
+            self.env.pop(key, None)
+        if config_file is not None:
+            self.env["CLEARML_CONFIG_FILE"] = str(config_file)
+        self.command = command or [str(binary), "daemon", "--queue", queue, "--create-queue", "--foreground"]
+        if docker and command is None:
+            self.command += ["--docker", docker]
+        self.log_path = folder / f"{name}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Agent:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(self.command, env=self.env, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        return self
+
+    def wait_listening(self, timeout: float = 120) -> None:
+        """Until the daemon polls its queue (it created the queue by then)."""
+        deadline = time.monotonic() + timeout
+        while "No tasks in queue" not in self.log() and "Running task id" not in self.log():
+            assert self.process is not None
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"agent {self.name} did not start polling {self.queue}: {self.log()[-2000:]}")
+            time.sleep(0.5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def ran(self) -> list[str]:
+        """The task ids this daemon started, in order."""
+        return [line.split("[", 1)[1].split("]", 1)[0] for line in self.log().splitlines() if line.startswith("Running task id [")]
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)  # its own session: the daemon and the task it runs
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def __enter__(self) -> Agent:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# Runs in a subprocess with the server's env: what the server holds about tasks, read through the SDK.
+_READ = r"""
+import json, sys, time
+from clearml import Task
+ids, deadline = sys.argv[1].split(","), time.time() + float(sys.argv[2])
+final = ("completed", "failed", "stopped", "closed")
+while True:
+    tasks = {i: Task.get_task(task_id=i) for i in ids}
+    if all(t.get_status() in final for t in tasks.values()) or time.time() > deadline:
+        break
+    time.sleep(1)
+out = {}
+for i, t in tasks.items():
+    d = t.data
+    path = t.artifacts["metrics"].get_local_copy() if "metrics" in t.artifacts else None
+    out[i] = {"status": t.get_status(), "name": t.name, "parent": d.parent, "tags": list(t.get_tags() or []),
+              "started": d.started.timestamp() if d.started else None, "last_worker": d.last_worker,
+              "container": dict(d.container or {}), "metrics": open(path, "rb").read().decode() if path else None}
+print(json.dumps(out))
+"""
+
+
+def server_tasks(env: dict[str, str], ids: list[str], wait: float = 0) -> dict[str, dict[str, Any]]:
+    """Status, parent, tags, start time, worker, container section and metrics.json artifact of each
+    task, once every one is finished (or after `wait` seconds)."""
+    done = subprocess.run([sys.executable, "-c", _READ, ",".join(ids), str(wait)], env=env, capture_output=True, text=True,
+                          timeout=wait + 300, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])

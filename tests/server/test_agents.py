@@ -1,0 +1,182 @@
+"""ClearML queues served by real `clearml-agent` daemons (venv mode), against the local server.
+
+One tiny MiniLM run recorded on the server is the original; `repro --enqueue Q` clones it, an agent
+on Q trains the clone from the recorded commit + diff, and the clone's metrics.json must equal the
+original's byte for byte. Two agents on one queue with four clones run each exactly once. An unknown
+queue is one line naming the queues that exist, for `repro --enqueue`, `sweep --queue` and `hpo --queue`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agents import REPO, TINY, Agent, install_agent, server_tasks
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def env(clearml_server: Any, tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("agents-env")
+    env = clearml_server.env()
+    for name in ("home", "cache", "clearml-cache"):
+        (root / name).mkdir()
+    env.update(HOME=str(root / "home"), REPROZOO_CACHE_DIR=str(root / "cache"), CLEARML_CACHE_DIR=str(root / "clearml-cache"),
+               HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", REPROZOO_DATA_DIR=str(data_dir),
+               PYTHONPATH=str(REPO / "src"))
+    return env
+
+
+def reprozoo(env: dict[str, str], *args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "reprozoo", *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def agent_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    try:
+        return install_agent(tmp_path_factory.getbasetemp() / "clearml-agent-venv")
+    except subprocess.CalledProcessError as err:
+        pytest.skip(f"agent tests: clearml-agent could not be installed from envs/colab-agent.lock: {err.stderr.strip()[-200:]}")
+
+
+@pytest.fixture(scope="module")
+def original(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The run every clone replays: recorded on the server, its metrics.json kept as bytes."""
+    work = tmp_path_factory.mktemp("original")
+    done = reprozoo(env, "train", *TINY, "--out", str(work / "runs" / "orig"), cwd=work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    task_id = re.search(r"clearml task: ([0-9a-f]{32})", done.stdout).group(1)
+    return {"task_id": task_id, "run_dir": work / "runs" / "orig", "metrics": (work / "runs" / "orig" / "metrics.json").read_text()}
+
+
+def enqueue(env: dict[str, str], task_id: str, queue: str) -> tuple[str, float]:
+    done = reprozoo(env, "repro", task_id, "--enqueue", queue)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return re.search(r"enqueued task ([0-9a-f]{32})", done.stdout).group(1), time.time()
+
+
+@pytest.fixture
+def agents(agent_binary: Path, env: dict[str, str], tmp_path: Path) -> Iterator[list[Agent]]:
+    started: list[Agent] = []
+    yield started
+    for agent in started:
+        agent.stop()
+
+
+def serve(agents: list[Agent], agent_binary: Path, env: dict[str, str], tmp_path: Path, queue: str, name: str) -> Agent:
+    # No REPROZOO_DATA_DIR: the clone trains on the data version its task names (it tried to download SST-5).
+    agent_env = {k: v for k, v in env.items() if k != "REPROZOO_DATA_DIR"}
+    agent = Agent(agent_binary, agent_env, queue, tmp_path / name, name).start()
+    agents.append(agent)
+    agent.wait_listening()
+    return agent
+
+
+def test_repro_enqueue_is_replayed_by_a_venv_agent_bit_for_bit(original: dict[str, Any], env: dict[str, str], agents: list[Agent],
+                                                                agent_binary: Path, tmp_path: Path) -> None:
+    agent = serve(agents, agent_binary, env, tmp_path, "venv-q", "venv")
+    clone, enqueued = enqueue(env, original["task_id"], "venv-q")
+    task = server_tasks(env, [clone], wait=600)[clone]
+    assert task["status"] == "completed", agent.log()[-4000:]
+    assert task["metrics"] == original["metrics"]  # byte for byte
+    assert task["parent"] == original["task_id"] and f"repro-of:{original['task_id']}" in task["tags"]
+    assert task["name"].startswith("repro of ")
+    assert agent.ran() == [clone] and task["last_worker"] == "reprozoo-test:venv"
+    # The clone trained into a run directory of its own: the original's is untouched.
+    assert (original["run_dir"] / "metrics.json").read_text() == original["metrics"]
+    print(f"agent pick-up latency (venv mode, enqueue → started): {task['started'] - enqueued:.1f} s")
+
+
+def test_two_agents_on_one_queue_run_each_of_four_tasks_once(original: dict[str, Any], env: dict[str, str], agents: list[Agent],
+                                                              agent_binary: Path, tmp_path: Path) -> None:
+    first = serve(agents, agent_binary, env, tmp_path, "pair-q", "pair-1")
+    second = serve(agents, agent_binary, env, tmp_path, "pair-q", "pair-2")
+    clones = [enqueue(env, original["task_id"], "pair-q")[0] for _ in range(4)]
+    tasks = server_tasks(env, clones, wait=900)
+    assert {t["status"] for t in tasks.values()} == {"completed"}, first.log()[-2000:] + second.log()[-2000:]
+    ran = first.ran() + second.ran()
+    assert sorted(ran) == sorted(clones)  # each exactly once, by one of the two
+    for clone in clones:
+        worker = "reprozoo-test:pair-1" if clone in first.ran() else "reprozoo-test:pair-2"
+        assert tasks[clone]["last_worker"] == worker
+        assert tasks[clone]["metrics"] == original["metrics"]
+
+
+def _one_line_error(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def test_an_unknown_queue_is_one_line_naming_the_queues_that_exist(original: dict[str, Any], env: dict[str, str]) -> None:
+    count = "from clearml import Task; print(len(Task.get_tasks(tags=['repro-of:{}'])))".format(original["task_id"])
+    before = subprocess.run([sys.executable, "-c", count], env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
+    line = _one_line_error(reprozoo(env, "repro", original["task_id"], "--enqueue", "no-such-q"))
+    assert "no queue 'no-such-q'" in line and "default" in line and "--create-queue" in line
+    after = subprocess.run([sys.executable, "-c", count], env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
+    assert after == before  # nothing was cloned
+    line = _one_line_error(reprozoo(env, "sweep", "--models", "all-minilm-l6-v2", "--queue", "no-such-q", "--controller-queue", "local"))
+    assert "no queue 'no-such-q'" in line and "--create-queue" in line
+    line = _one_line_error(reprozoo(env, "hpo", "--model", "all-minilm-l6-v2", "--space", "lr=1e-5:1e-4:log", "--trials", "1",
+                                    "--queue", "no-such-q", "--out", "/nonexistent/hpo"))
+    assert "no queue 'no-such-q'" in line
+
+
+
+SMALL = ["--set", "data.limit_train_samples=32", "--set", "data.limit_eval_samples=16", "--set", "data.max_length=32",
+         "--set", "trainer.max_epochs=1", "--set", "tracking.mode=server"]
+
+
+def test_sweep_on_a_queue_is_served_by_an_agent_rerun_skips_leaderboard_lists(env: dict[str, str], agents: list[Agent],
+                                                                              agent_binary: Path, tmp_path: Path,
+                                                                              tiny_model_dirs: dict[str, Path]) -> None:
+    agent = serve(agents, agent_binary, env, tmp_path, "sweep-q", "sweep")
+    models = ",".join(str(tiny_model_dirs[family]) for family in ("bert", "electra"))
+    args = ["sweep", "--models", models, "--queue", "sweep-q", "--controller-queue", "local", *SMALL,
+            "--set", "tracking.project=agents-sweep"]
+    first = reprozoo(env, *args, timeout=1200)
+    assert first.returncode == 0, first.stderr[-3000:]
+    ran = agent.ran()
+    assert len(ran) == 2, agent.log()[-3000:]
+    tasks = server_tasks(env, ran, wait=300)
+    assert {t["status"] for t in tasks.values()} == {"completed"}
+    assert sorted(t["name"].split()[0] for t in tasks.values()) == sorted(str(tiny_model_dirs[f]) for f in ("bert", "electra"))
+
+    again = reprozoo(env, *args, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("skipped, already completed as") == 2 and "every model already has a completed task" in again.stdout
+    assert agent.ran() == ran  # nothing enqueued again
+
+    board = reprozoo(env, "leaderboard", "--server", "--project", "agents-sweep", "--out", str(tmp_path / "board"))
+    assert board.returncode == 0, board.stderr[-3000:]
+    assert all(task_id in board.stdout for task_id in ran) and "2 run(s)" in board.stdout
+
+
+def test_hpo_on_a_queue_runs_three_trials_on_an_agent_and_best_yaml_replays(env: dict[str, str], agents: list[Agent],
+                                                                           agent_binary: Path, tmp_path: Path) -> None:
+    agent = serve(agents, agent_binary, env, tmp_path, "hpo-q", "hpo")
+    out = tmp_path / "hpo"
+    done = reprozoo(env, "hpo", "--model", "all-minilm-l6-v2", "--space", "lr=1e-5:1e-4:log", "--trials", "3", "--queue", "hpo-q",
+                    "--max-epochs", "1", "--limit-train-samples", "32", "--limit-eval-samples", "16", "--set", "data.max_length=32",
+                    "--tracking", "server", "--out", str(out), timeout=1800)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "3/3 trials finished" in done.stdout
+    trials = json.loads((out / "trials.json").read_text())
+    trial_tasks = sorted(t["task_id"] for t in trials["trials"])
+    assert sorted(agent.ran()) == trial_tasks and len(set(trial_tasks)) == 3
+    best = max(trials["trials"], key=lambda t: t["dev_macro_f1"])
+    replay = reprozoo(env, "train", "--config", str(out / "best.yaml"), "--out", str(tmp_path / "replay"))
+    assert replay.returncode == 0, replay.stderr[-3000:]
+    recorded = server_tasks(env, [best["task_id"]])[best["task_id"]]["metrics"]
+    assert (tmp_path / "replay" / "metrics.json").read_text() == recorded  # the best trial, again, byte for byte

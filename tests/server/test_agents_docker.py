@@ -1,0 +1,181 @@
+"""ClearML agents in docker mode, against the local server: the CPU image built here, pushed to a
+local registry, a training inside it recorded on the server with the image by digest, and `make agent`
+(clearml-agent 3.0.3, docker mode, docker/clearml/agent.conf) replaying `repro --enqueue` of that run
+inside the image pulled by digest, bit for bit.
+
+Needs a Docker engine (`docker/engine.sh start`, as the container tests); skips, saying why, without one.
+The image build is shared with the engine's layer cache (tests/test_docker.py builds the same context).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agents import REPO, TINY, Agent, install_agent, server_tasks
+
+from reprozoo import agent as agent_settings
+
+pytestmark = [pytest.mark.server, pytest.mark.docker, pytest.mark.slow]
+
+BASE = "reprozoo-base:bookworm-py311"
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 1800, **kwargs: Any) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), env=env, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
+
+
+def reprozoo(env: dict[str, str], *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+    return run(sys.executable, "-m", "reprozoo", *args, env=env, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def engine() -> None:
+    if run("docker", "info", timeout=60).returncode != 0:
+        started = run(str(REPO / "docker" / "engine.sh"), "start", timeout=900)
+        if run("docker", "info", timeout=60).returncode != 0:
+            reason = (started.stderr or started.stdout).strip().splitlines()[-1:] or ["docker info failed"]
+            pytest.skip(f"docker-mode agent tests need a Docker engine and none could start: {reason[0]}")
+
+
+@pytest.fixture(scope="module")
+def env(clearml_server: Any, tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str, str]:
+    """The server as environment variables too: `reprozoo image run` passes CLEARML_API_* into the container."""
+    root = tmp_path_factory.mktemp("agents-docker-env")
+    env = clearml_server.env()
+    text = Path(env["CLEARML_CONFIG_FILE"]).read_text()
+
+    def value(key: str) -> str:
+        return re.search(rf'{key}:\s*"([^"]+)"', text).group(1)
+
+    env.update(HOME=str(root), REPROZOO_CACHE_DIR=str(root / "cache"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               REPROZOO_DATA_DIR=str(data_dir), PYTHONPATH=str(REPO / "src"),
+               CLEARML_API_HOST=value("api_server"), CLEARML_FILES_HOST=value("files_server"), CLEARML_WEB_HOST=value("web_server"),
+               CLEARML_API_ACCESS_KEY=value("access_key"), CLEARML_API_SECRET_KEY=value("secret_key"))
+    return env
+
+
+@pytest.fixture(scope="module")
+def registry(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = shutil.which("docker-registry")
+    if not binary:
+        pytest.fail("docker-registry is missing: `apt-get install docker-registry` (docker/engine.sh start installs it)")
+    folder = tmp_path_factory.mktemp("agents-registry")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (folder / "config.yml").write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {folder / 'data'}\n"
+                                       f"http:\n  addr: 127.0.0.1:{port}\n")
+    process = subprocess.Popen([binary, "serve", str(folder / "config.yml")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.2)
+    yield f"127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=10)
+    refs = run("docker", "images", "--format", "{{.Repository}}:{{.Tag}}", timeout=60).stdout.split()
+    for ref in refs:
+        if ref.startswith(f"127.0.0.1:{port}/"):
+            run("docker", "image", "rm", "--no-prune", ref, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def pinned(engine: None, registry: str, env: dict[str, str]) -> str:
+    """The CPU image of this checkout, pushed: repo@sha256:…."""
+    if run("docker", "image", "inspect", BASE, timeout=60).returncode != 0:
+        if not shutil.which("debootstrap"):
+            pytest.fail("debootstrap is missing: `apt-get install debootstrap` (docker/engine.sh start installs it)")
+        built = run(str(REPO / "docker" / "base" / "bookworm-python.sh"), BASE)
+        assert built.returncode == 0, built.stderr[-2000:]
+    for step in (("image", "wheelhouse", "--flavour", "cpu"), ("image", "build", "--flavour", "cpu", "--base", BASE)):
+        done = reprozoo(env, *step)
+        assert done.returncode == 0, done.stderr[-3000:]
+    pushed = reprozoo(env, "image", "push", "--flavour", "cpu", "--base", BASE, "--registry", registry)
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    reference = pushed.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(rf"{re.escape(registry)}/reprozoo@sha256:[0-9a-f]{{64}}", reference), pushed.stdout
+    return reference
+
+
+@pytest.fixture(scope="module")
+def agent_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    try:
+        return install_agent(tmp_path_factory.getbasetemp() / "clearml-agent-venv")
+    except subprocess.CalledProcessError as err:
+        pytest.skip(f"agent tests: clearml-agent could not be installed from envs/colab-agent.lock: {err.stderr.strip()[-200:]}")
+
+
+@pytest.fixture(scope="module")
+def agent_conf(agent_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """docker/clearml/agent.conf as it is, plus what this machine needs (docker/clearml/agent.conf is for a
+    GPU host reaching its server and PyPI): the server on 127.0.0.1 (--network=host), and the agent's own
+    wheels (envs/colab-agent.lock, hash-checked) for the helper it installs inside the container, which
+    has no package index here."""
+    folder = tmp_path_factory.mktemp("agent-docker-conf")
+    wheels = folder / "wheels"
+    pip = agent_binary.parent / "pip"
+    done = run(str(pip), "download", "--quiet", "--disable-pip-version-check", "--require-hashes", "--no-deps", "-r",
+               str(REPO / "envs" / "colab-agent.lock"), "-d", str(wheels), timeout=600)
+    if done.returncode != 0:
+        pytest.skip(f"agent tests: the agent's wheels could not be downloaded: {done.stderr.strip()[-200:]}")
+    extra = [*agent_settings.DOCKER_ARGUMENTS, "--network=host", "-v", f"{wheels}:/agent-wheels:ro",
+             "-e", "PIP_NO_INDEX=1", "-e", "PIP_FIND_LINKS=/agent-wheels"]
+    conf = folder / "agent.conf"
+    conf.write_text((REPO / "docker" / "clearml" / "agent.conf").read_text() + f"\nagent.extra_docker_arguments: {json.dumps(extra)}\n")
+    return conf
+
+
+@pytest.fixture(scope="module")
+def original(pinned: str, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`train --tracking server` inside the image, by digest: the run every docker-mode clone replays."""
+    runs = tmp_path_factory.mktemp("image-runs")
+    runs.chmod(0o777)  # the image's user (10001) writes the run directory
+    done = reprozoo(env, "image", "run", "--image", pinned, "--network", "host", "--runs-dir", str(runs), "--", "train", *TINY,
+                    "--out", "/work/runs/orig")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    task_id = re.search(r"clearml task: ([0-9a-f]{32})", done.stdout + done.stderr).group(1)
+    return {"task_id": task_id, "metrics": (runs / "orig" / "metrics.json").read_text()}
+
+
+def test_train_in_the_image_records_the_image_by_digest(original: dict[str, Any], pinned: str, env: dict[str, str]) -> None:
+    task = server_tasks(env, [original["task_id"]])[original["task_id"]]
+    assert task["status"] == "completed" and task["metrics"] == original["metrics"]
+    assert task["container"]["image"] == pinned  # ref@digest, what an agent pulls
+    assert task["container"]["arguments"] == agent_settings.docker_arguments()
+
+
+def test_make_agent_replays_repro_enqueue_in_the_image_bit_for_bit(original: dict[str, Any], pinned: str, env: dict[str, str],
+                                                                    agent_binary: Path, agent_conf: Path, tmp_path: Path) -> None:
+    make = ["make", "-C", str(REPO), "-o", ".venv/.installed", "agent", "QUEUE=docker-q", f"IMAGE={pinned}",
+            f"AGENT_VENV={agent_binary.parent.parent}", f"AGENT_CONF={agent_conf}"]
+    agent_env = {k: v for k, v in env.items() if k != "CLEARML_CONFIG_FILE"}  # make agent: credentials from the environment
+    # A CPU-only host: `make agent` passes --gpus all, which the agent then leaves out of `docker run`.
+    with Agent(agent_binary, agent_env, "docker-q", tmp_path / "make-agent", "make-agent", command=make,
+               extra_env={"CLEARML_DOCKER_SKIP_GPUS_FLAG": "1"}) as agent:
+        agent.wait_listening()
+        done = reprozoo(env, "repro", original["task_id"], "--enqueue", "docker-q")
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"in {pinned}" in done.stdout
+        clone = re.search(r"enqueued task ([0-9a-f]{32})", done.stdout).group(1)
+        enqueued = time.time()
+        task = server_tasks(env, [clone], wait=900)[clone]
+        assert task["status"] == "completed", agent.log()[-5000:]
+    assert agent.ran() == [clone]
+    assert f"docker_cmd = {pinned} " in agent.log()  # run in the recorded image, pulled by digest
+    assert task["metrics"] == original["metrics"]  # byte for byte
+    assert task["parent"] == original["task_id"] and f"repro-of:{original['task_id']}" in task["tags"]
+    assert task["container"]["image"] == pinned
+    print(f"agent pick-up latency (docker mode, enqueue → started): {task['started'] - enqueued:.1f} s")
