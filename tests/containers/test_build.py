@@ -99,7 +99,7 @@ def test_build_context_keeps_secrets_and_runs_out(tmp_path: Path, copy_checkout:
             data = tar.extractfile(name).read() if members[name].isfile() else b""  # type: ignore[union-attr]
             assert SENTINEL.encode() not in data, name
     assert not set(planted) & set(members)
-    assert {"docker/Dockerfile", "envs/cpu.lock", "pyproject.toml", "src/reprozoo/cli.py",
+    assert {"docker/Dockerfile", "envs/cpu.lock", "pyproject.toml", "src/reprozoo/cli/__init__.py",
             "docker/wheelhouse/cpu/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"} <= set(members)
     assert {m.mtime for m in members.values()} == {1_700_000_000} and {m.uid for m in members.values()} == {0}
 
