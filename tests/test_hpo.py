@@ -412,6 +412,9 @@ class RecordingOptimizer:
         self.kwargs, self.calls = kwargs, []
         self.instances.append(self)
 
+    def set_report_period(self, report_period_minutes: float) -> None:
+        self.report_period_minutes = report_period_minutes
+
     def start(self) -> bool:
         self.calls.append("start")
         return True
