@@ -13,18 +13,15 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import free_port as _free_port
-from helpers import reprozoo
+from helpers import local_registry, reprozoo
 from reprozoo.containers.audit import find_secrets
 from reprozoo.containers.build import BuildResult, build_image, download_wheelhouse
 from reprozoo.containers.engine import client, find_image
@@ -116,29 +113,9 @@ def built(engine: Any, base_image: str, checkout: Path, wheelhouse: Path) -> Bui
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory, engine: Any) -> Iterator[str]:
     """Debian's docker-registry (distribution 2.8) on 127.0.0.1, storage in a temp folder."""
-    binary = shutil.which("docker-registry")
-    if not binary:
-        pytest.fail("docker-registry is missing: `apt-get install docker-registry` (docker/engine.sh start installs it)")
-    folder = tmp_path_factory.mktemp("registry")
-    port = _free_port()
-    config = folder / "config.yml"
-    config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {folder / 'data'}\n"
-                      f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n")
-    log = (folder / "registry.log").open("w")
-    process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail(f"docker-registry did not listen on 127.0.0.1:{port}: {(folder / 'registry.log').read_text()[-300:]}")
-    yield f"127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=10)
+    with local_registry(tmp_path_factory.mktemp("registry")) as address:
+        yield address
+    port = int(address.rpartition(":")[2])
     # The registry (and its port) are gone: drop the references to it, keep the image and its cache.
     for image in engine.images.list():
         refs = [*image.tags, *(image.attrs.get("RepoDigests") or [])]

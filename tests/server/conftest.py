@@ -260,3 +260,14 @@ def dirty_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with (root / "src" / "reprozoo" / "__init__.py").open("a") as init:
         init.write(DIRTY_LINE)
     return root
+
+
+@pytest.fixture(scope="session")
+def agent_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """clearml-agent 3.0.3 in a venv of its own (envs/colab-agent.lock), installed once per session."""
+    from agents import install_agent
+
+    try:
+        return install_agent(tmp_path_factory.getbasetemp() / "clearml-agent-venv")
+    except subprocess.CalledProcessError as err:
+        pytest.skip(f"agent tests: clearml-agent could not be installed from envs/colab-agent.lock: {err.stderr.strip()[-200:]}")

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agents import REPO, TINY, Agent, install_agent, server_tasks
+from agents import REPO, TINY, Agent, server_tasks
+
+from helpers import reprozoo
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -35,31 +37,18 @@ def env(clearml_server: Any, tmp_path_factory: pytest.TempPathFactory, data_dir:
     return env
 
 
-def reprozoo(env: dict[str, str], *args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reprozoo", *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, check=False)
-
-
-@pytest.fixture(scope="module")
-def agent_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        return install_agent(tmp_path_factory.getbasetemp() / "clearml-agent-venv")
-    except subprocess.CalledProcessError as err:
-        pytest.skip(f"agent tests: clearml-agent could not be installed from envs/colab-agent.lock: {err.stderr.strip()[-200:]}")
-
-
 @pytest.fixture(scope="module")
 def original(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The run every clone replays: recorded on the server, its metrics.json kept as bytes."""
     work = tmp_path_factory.mktemp("original")
-    done = reprozoo(env, "train", *TINY, "--out", str(work / "runs" / "orig"), cwd=work)
+    done = reprozoo("train", *TINY, "--out", str(work / "runs" / "orig"), cwd=work, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     task_id = re.search(r"clearml task: ([0-9a-f]{32})", done.stdout).group(1)
     return {"task_id": task_id, "run_dir": work / "runs" / "orig", "metrics": (work / "runs" / "orig" / "metrics.json").read_text()}
 
 
 def enqueue(env: dict[str, str], task_id: str, queue: str) -> tuple[str, float]:
-    done = reprozoo(env, "repro", task_id, "--enqueue", queue)
+    done = reprozoo("repro", task_id, "--enqueue", queue, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return re.search(r"enqueued task ([0-9a-f]{32})", done.stdout).group(1), time.time()
 
@@ -122,14 +111,14 @@ def _one_line_error(done: subprocess.CompletedProcess) -> str:
 def test_an_unknown_queue_is_one_line_naming_the_queues_that_exist(original: dict[str, Any], env: dict[str, str]) -> None:
     count = "from clearml import Task; print(len(Task.get_tasks(tags=['repro-of:{}'])))".format(original["task_id"])
     before = subprocess.run([sys.executable, "-c", count], env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
-    line = _one_line_error(reprozoo(env, "repro", original["task_id"], "--enqueue", "no-such-q"))
+    line = _one_line_error(reprozoo("repro", original["task_id"], "--enqueue", "no-such-q", env=env))
     assert "no queue 'no-such-q'" in line and "default" in line and "--create-queue" in line
     after = subprocess.run([sys.executable, "-c", count], env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
     assert after == before  # nothing was cloned
-    line = _one_line_error(reprozoo(env, "sweep", "--models", "all-minilm-l6-v2", "--queue", "no-such-q", "--controller-queue", "local"))
+    line = _one_line_error(reprozoo("sweep", "--models", "all-minilm-l6-v2", "--queue", "no-such-q", "--controller-queue", "local", env=env))
     assert "no queue 'no-such-q'" in line and "--create-queue" in line
-    line = _one_line_error(reprozoo(env, "hpo", "--model", "all-minilm-l6-v2", "--space", "lr=1e-5:1e-4:log", "--trials", "1",
-                                    "--queue", "no-such-q", "--out", "/nonexistent/hpo"))
+    line = _one_line_error(reprozoo("hpo", "--model", "all-minilm-l6-v2", "--space", "lr=1e-5:1e-4:log", "--trials", "1",
+                                    "--queue", "no-such-q", "--out", "/nonexistent/hpo", env=env))
     assert "no queue 'no-such-q'" in line
 
 
@@ -145,7 +134,7 @@ def test_sweep_on_a_queue_is_served_by_an_agent_rerun_skips_leaderboard_lists(en
     models = ",".join(str(tiny_model_dirs[family]) for family in ("bert", "electra"))
     args = ["sweep", "--models", models, "--queue", "sweep-q", "--controller-queue", "local", *SMALL,
             "--set", "tracking.project=agents-sweep"]
-    first = reprozoo(env, *args, timeout=1200)
+    first = reprozoo(*args, timeout=1200, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
     ran = agent.ran()
     assert len(ran) == 2, agent.log()[-3000:]
@@ -153,12 +142,12 @@ def test_sweep_on_a_queue_is_served_by_an_agent_rerun_skips_leaderboard_lists(en
     assert {t["status"] for t in tasks.values()} == {"completed"}
     assert sorted(t["name"].split()[0] for t in tasks.values()) == sorted(str(tiny_model_dirs[f]) for f in ("bert", "electra"))
 
-    again = reprozoo(env, *args, timeout=600)
+    again = reprozoo(*args, timeout=600, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("skipped, already completed as") == 2 and "every model already has a completed task" in again.stdout
     assert agent.ran() == ran  # nothing enqueued again
 
-    board = reprozoo(env, "leaderboard", "--server", "--project", "agents-sweep", "--out", str(tmp_path / "board"))
+    board = reprozoo("leaderboard", "--server", "--project", "agents-sweep", "--out", str(tmp_path / "board"), env=env)
     assert board.returncode == 0, board.stderr[-3000:]
     assert all(task_id in board.stdout for task_id in ran) and "2 run(s)" in board.stdout
 
@@ -167,16 +156,16 @@ def test_hpo_on_a_queue_runs_three_trials_on_an_agent_and_best_yaml_replays(env:
                                                                            agent_binary: Path, tmp_path: Path) -> None:
     agent = serve(agents, agent_binary, env, tmp_path, "hpo-q", "hpo")
     out = tmp_path / "hpo"
-    done = reprozoo(env, "hpo", "--model", "all-minilm-l6-v2", "--space", "lr=1e-5:1e-4:log", "--trials", "3", "--queue", "hpo-q",
+    done = reprozoo("hpo", "--model", "all-minilm-l6-v2", "--space", "lr=1e-5:1e-4:log", "--trials", "3", "--queue", "hpo-q",
                     "--max-epochs", "1", "--limit-train-samples", "32", "--limit-eval-samples", "16", "--set", "data.max_length=32",
-                    "--tracking", "server", "--out", str(out), timeout=1800)
+                    "--tracking", "server", "--out", str(out), timeout=1800, env=env)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "3/3 trials finished" in done.stdout
     trials = json.loads((out / "trials.json").read_text())
     trial_tasks = sorted(t["task_id"] for t in trials["trials"])
     assert sorted(agent.ran()) == trial_tasks and len(set(trial_tasks)) == 3
     best = max(trials["trials"], key=lambda t: t["dev_macro_f1"])
-    replay = reprozoo(env, "train", "--config", str(out / "best.yaml"), "--out", str(tmp_path / "replay"))
+    replay = reprozoo("train", "--config", str(out / "best.yaml"), "--out", str(tmp_path / "replay"), env=env)
     assert replay.returncode == 0, replay.stderr[-3000:]
     recorded = server_tasks(env, [best["task_id"]])[best["task_id"]]["metrics"]
     assert (tmp_path / "replay" / "metrics.json").read_text() == recorded  # the best trial, again, byte for byte

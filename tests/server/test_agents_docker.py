@@ -12,17 +12,16 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from agents import REPO, TINY, Agent, install_agent, server_tasks
+from agents import REPO, TINY, Agent, server_tasks
 
+from helpers import local_registry, reprozoo
 from reprozoo import agent as agent_settings
 
 pytestmark = [pytest.mark.server, pytest.mark.docker, pytest.mark.slow]
@@ -32,10 +31,6 @@ BASE = "reprozoo-base:bookworm-py311"
 
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 1800, **kwargs: Any) -> subprocess.CompletedProcess:
     return subprocess.run(list(args), env=env, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
-
-
-def reprozoo(env: dict[str, str], *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-    return run(sys.executable, "-m", "reprozoo", *args, env=env, timeout=timeout, cwd=REPO)
 
 
 @pytest.fixture(scope="module")
@@ -66,26 +61,9 @@ def env(clearml_server: Any, tmp_path_factory: pytest.TempPathFactory, data_dir:
 
 @pytest.fixture(scope="module")
 def registry(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("docker-registry")
-    if not binary:
-        pytest.fail("docker-registry is missing: `apt-get install docker-registry` (docker/engine.sh start installs it)")
-    folder = tmp_path_factory.mktemp("agents-registry")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    (folder / "config.yml").write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {folder / 'data'}\n"
-                                       f"http:\n  addr: 127.0.0.1:{port}\n")
-    process = subprocess.Popen([binary, "serve", str(folder / "config.yml")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.2)
-    yield f"127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=10)
+    with local_registry(tmp_path_factory.mktemp("agents-registry")) as address:
+        yield address
+    port = int(address.rpartition(":")[2])
     refs = run("docker", "images", "--format", "{{.Repository}}:{{.Tag}}", timeout=60).stdout.split()
     for ref in refs:
         if ref.startswith(f"127.0.0.1:{port}/"):
@@ -101,21 +79,13 @@ def pinned(engine: None, registry: str, env: dict[str, str]) -> str:
         built = run(str(REPO / "docker" / "base" / "bookworm-python.sh"), BASE)
         assert built.returncode == 0, built.stderr[-2000:]
     for step in (("image", "wheelhouse", "--flavour", "cpu"), ("image", "build", "--flavour", "cpu", "--base", BASE)):
-        done = reprozoo(env, *step)
+        done = reprozoo(*step, env=env, timeout=1800)
         assert done.returncode == 0, done.stderr[-3000:]
-    pushed = reprozoo(env, "image", "push", "--flavour", "cpu", "--base", BASE, "--registry", registry)
+    pushed = reprozoo("image", "push", "--flavour", "cpu", "--base", BASE, "--registry", registry, env=env, timeout=1800)
     assert pushed.returncode == 0, pushed.stderr[-3000:]
     reference = pushed.stdout.strip().splitlines()[-1]
     assert re.fullmatch(rf"{re.escape(registry)}/reprozoo@sha256:[0-9a-f]{{64}}", reference), pushed.stdout
     return reference
-
-
-@pytest.fixture(scope="module")
-def agent_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        return install_agent(tmp_path_factory.getbasetemp() / "clearml-agent-venv")
-    except subprocess.CalledProcessError as err:
-        pytest.skip(f"agent tests: clearml-agent could not be installed from envs/colab-agent.lock: {err.stderr.strip()[-200:]}")
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +113,8 @@ def original(pinned: str, env: dict[str, str], tmp_path_factory: pytest.TempPath
     """`train --tracking server` inside the image, by digest: the run every docker-mode clone replays."""
     runs = tmp_path_factory.mktemp("image-runs")
     runs.chmod(0o777)  # the image's user (10001) writes the run directory
-    done = reprozoo(env, "image", "run", "--image", pinned, "--network", "host", "--runs-dir", str(runs), "--", "train", *TINY,
-                    "--out", "/work/runs/orig")
+    done = reprozoo("image", "run", "--image", pinned, "--network", "host", "--runs-dir", str(runs), "--", "train", *TINY,
+                    "--out", "/work/runs/orig", env=env, timeout=1800)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     task_id = re.search(r"clearml task: ([0-9a-f]{32})", done.stdout + done.stderr).group(1)
     return {"task_id": task_id, "metrics": (runs / "orig" / "metrics.json").read_text()}
@@ -166,7 +136,7 @@ def test_make_agent_replays_repro_enqueue_in_the_image_bit_for_bit(original: dic
     with Agent(agent_binary, agent_env, "docker-q", tmp_path / "make-agent", "make-agent", command=make,
                extra_env={"CLEARML_DOCKER_SKIP_GPUS_FLAG": "1"}) as agent:
         agent.wait_listening()
-        done = reprozoo(env, "repro", original["task_id"], "--enqueue", "docker-q")
+        done = reprozoo("repro", original["task_id"], "--enqueue", "docker-q", env=env, timeout=1800)
         assert done.returncode == 0, done.stderr[-3000:]
         assert f"in {pinned}" in done.stdout
         clone = re.search(r"enqueued task ([0-9a-f]{32})", done.stdout).group(1)
@@ -187,7 +157,7 @@ def test_repro_verify_of_the_server_task_runs_in_its_image_bit_for_bit(original:
     runs = tmp_path / "replays"
     runs.mkdir()
     runs.chmod(0o777)  # the image's user (10001) writes the replay's run directory
-    done = reprozoo(env, "repro", original["task_id"], "--verify", "--network", "host", "--runs-dir", str(runs))
+    done = reprozoo("repro", original["task_id"], "--verify", "--network", "host", "--runs-dir", str(runs), env=env, timeout=1800)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert pinned in output and "verdict: bit-identical" in output, output[-3000:]
