@@ -25,6 +25,9 @@ def test_devices_reach_the_lightning_trainer(data_dir: Path, tmp_path: Path, acc
         def lightning_logger(self, run_dir: Path) -> list:
             return []
 
+        def lightning_callbacks(self) -> list:
+            return []
+
     kwargs = _trainer_kwargs(cfg, plan, NoTracker())
     assert kwargs["accelerator"] == accelerator and kwargs["devices"] == expected
     assert kwargs["use_distributed_sampler"] is False  # our sampler shards by rank; evaluation stays whole
