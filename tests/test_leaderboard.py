@@ -32,7 +32,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, tiny_model_di
         isolate_clearml(mp, root)
         mp.setenv("REPROZOO_DATA_DIR", str(data_dir))
         mp.setenv("HF_HUB_OFFLINE", "1")
-        common = ["data.limit_train_samples=300", "trainer.max_epochs=1", "data.max_length=64", "optim.lr=1e-3",
+        common = ["data.granularity=sentences", "data.limit_train_samples=300", "trainer.max_epochs=1", "data.max_length=64", "optim.lr=1e-3",
                   "tracking.mode=offline", "tracking.project=reprozoo-tests"]
         # Different dev/test subsets, so the two runs score differently.
         first = sweeps.build_plan(str(tiny_model_dirs["bert"]), [*common, "data.limit_eval_samples=100"], out_root=root / "runs")

@@ -323,6 +323,8 @@ def test_queue_cli_pins_the_data_version_skips_done_models_and_launches_the_rest
         return versions.DataVersion("dataset-7", versions.content_hash(SHA), SHA, None, str(path), mode)
 
     monkeypatch.setattr(versions, "register", register)
+    queues_checked: list[str] = []
+    monkeypatch.setattr(sweeps, "require_queue", lambda name: queues_checked.append(name) or f"id-{name}")
     # electra-small already ran on an agent with this config, data and image.
     done_cfg = sweeps.pin_data_version(sweeps.build_plan("electra-small", ["trainer.max_epochs=2"]), "dataset-7").steps[0].config
     done = SimpleNamespace(status="completed", metrics={"test": {"accuracy": 0.5}}, config=done_cfg, data_sha256=SHA,
@@ -334,6 +336,7 @@ def test_queue_cli_pins_the_data_version_skips_done_models_and_launches_the_rest
                                           "--image", IMAGE, "--set", "trainer.max_epochs=2", "--set",
                                           f"data.data_dir={data_dir}"])
     assert result.exit_code == 0, result.output
+    assert queues_checked == ["gpu", "services"]  # the step and controller queues, before anything is created
     assert registered == [data_dir] and "electra-small: skipped, already completed as server-task-1" in result.output
     ((plan, kwargs),) = launched
     assert [s.name for s in plan.steps] == ["convbert-small"] and kwargs["controller_queue"] == "services"

@@ -29,11 +29,11 @@ from reprozoo.cli.common import (
     SeedOpt,
     SetOpt,
     TrackingOpt,
+    call,
     configure,
     fail,
     load_record,
     need_server,
-    run,
     say,
     until_preempted,
 )
@@ -93,7 +93,7 @@ def train(
 
     from reprozoo.train import train as run_training
 
-    cfg = run(build)
+    cfg = call(build)
     result = until_preempted(lambda: run_training(cfg, overwrite=overwrite, resume=resume is not None), "stopped",
                               f"checkpoint saved, resume with: reprozoo train --resume {cfg.out_dir}")
     for line in result.lines():
@@ -108,7 +108,7 @@ def predict(
     """Print the label and class probabilities for each text."""
     from reprozoo import predict as inference
 
-    for p in run(lambda: inference.predict(run, texts)):
+    for p in call(lambda: inference.predict(run, texts)):
         spread = "  ".join(f"{label}={probability:.3f}" for label, probability in p.probabilities.items())
         typer.echo(f"{p.label}\t{p.text}\n    {spread}")
 
@@ -154,20 +154,20 @@ def repro(
 
     record = load_record(task)
     if enqueue:
-        spec = run(lambda: replay.enqueue_spec(record, enqueue))
+        spec = call(lambda: replay.enqueue_spec(record, enqueue))
         need_server("--enqueue", "without it, repro runs the task here")
         session.configure_clearml()
-        run(lambda: require_queue(enqueue))  # before the clone: an unknown queue leaves no draft behind
+        call(lambda: require_queue(enqueue))  # before the clone: an unknown queue leaves no draft behind
         say(f"cloning {record.task_id} for queue {enqueue}" + (f" in {spec['docker_image']}" if spec["docker_image"] else ""))
         say(f"enqueued task {replay.enqueue(spec)}")
         return
-    plan = run(lambda: replay.plan_repro(record, data_dir=data_dir, runs_dir=runs_dir, out=out, use_image=image))
+    plan = call(lambda: replay.plan_repro(record, data_dir=data_dir, runs_dir=runs_dir, out=out, use_image=image))
     for line in plan.summary():
         say(line)
     if dry_run:
         say(plan.config.to_yaml().rstrip())
         return
-    metrics, replay_task = run(lambda: replay.replay(plan, gpus=gpus, network=network,
+    metrics, replay_task = call(lambda: replay.replay(plan, gpus=gpus, network=network,
                                                       log=lambda m: typer.echo(m, err=True)))
     say(f"replay run directory: {plan.run_dir}")
     if replay_task:
@@ -201,16 +201,16 @@ def sweep(
 
     if queue and local:
         fail("--queue and --local exclude each other: enqueue for agents, or train here")
-    base = run(lambda: RunConfig.load(config)) if config else None
-    plan = run(lambda: sweeps.build_plan(models, set_ or [], base=base, queue=queue, image=image,
+    base = call(lambda: RunConfig.load(config)) if config else None
+    plan = call(lambda: sweeps.build_plan(models, set_ or [], base=base, queue=queue, image=image,
                                           out_root=None if queue else out))
     if dry_run:
-        for line in run(lambda: sweeps.dry_run_lines(plan)):
+        for line in call(lambda: sweeps.dry_run_lines(plan)):
             say(line)
         return
     if queue:
         need_server("--queue", "nothing was enqueued; --local trains here")
-        run(lambda: sweeps.enqueue(plan, controller_queue=controller_queue, log=say))
+        call(lambda: sweeps.enqueue(plan, controller_queue=controller_queue, log=say))
         return
     report = until_preempted(lambda: sweeps.run_local(plan, runs_dir=out or Path("runs"), gpus=gpus, log=say), "sweep stopped",
                               "the current model saved a checkpoint (`reprozoo train --resume RUN_DIR` finishes it);"
@@ -239,13 +239,13 @@ def leaderboard(
         need_server("leaderboard --server", "without --server it ranks this machine's offline records")
     if references is not None and not references.is_file():
         fail(f"--references {references}: no such file")
-    rows = run(lambda: board.gather(server, project))
+    rows = call(lambda: board.gather(server, project))
     if not rows:
         say("no finished runs" + (f" in project {project}" if project else "") + (" on the server" if server else " offline"))
         return
     paths, note = board.write_all(rows, out, references or board.default_references_path())
     say(formats[format_](rows).rstrip())
-    say(f"{len(rows)} run(s); wrote {', '.join(str(p) for p in paths.values())}; {note}")
+    say(f"{len(rows)} call(s); wrote {', '.join(str(p) for p in paths.values())}; {note}")
     if server:
         task_id = board.report_to_clearml(rows, paths, project or "reprozoo")
         say(f"reported to ClearML task {task_id}")
@@ -289,23 +289,23 @@ def hpo(
         zoo.get(cfg.model.name)  # a misspelt model fails here, not in every trial
         return cfg, search.parse_space(space, cfg)
 
-    base, dims = run(build)  # pure Python: a bad space or setting fails before torch, Lightning or ClearML is imported
+    base, dims = call(build)  # pure Python: a bad space or setting fails before torch, Lightning or ClearML is imported
     target = out or search.default_out(base)
     say(f"search space ({'queue ' + queue if queue else 'local'}, {trials} trials, objective dev macro-F1):")
     for dim in dims:
         say(f"  {dim.describe()}")
     if dry_run:
         if queue:
-            plan = run(lambda: search.server_plan(dims, base, queue, trials, base_task or "<template from the RunConfig>",
+            plan = call(lambda: search.server_plan(dims, base, queue, trials, base_task or "<template from the RunConfig>",
                                                    concurrency, time_limit_per_trial))
             say(json.dumps(search.describe_plan(plan, base.seed), indent=2))
         return
     if queue:
         need_server("--queue", "or search here with --local")
         session.configure_clearml()
-        run(lambda: require_queue(queue))
+        call(lambda: require_queue(queue))
         if not base.data.dataset_id:  # agents have no local trees: every trial trains on this version, on the server
-            version = run(lambda: register_trees(base.data.data_dir, "server"))
+            version = call(lambda: register_trees(base.data.data_dir, "server"))
             base.data.dataset_id, base.data.data_dir = version.dataset_id, None
             say(f"data version: {version.dataset_id} (content sha256 {version.content_hash[:12]})")
         search_fn = lambda: search.search_server(base, dims, trials, queue, target, base_task, concurrency,  # noqa: E731
@@ -313,7 +313,7 @@ def hpo(
     else:
         from reprozoo.train import plan_run
 
-        run(lambda: plan_run(base))  # data, weights' limits, precision: checked once, before the first trial
+        call(lambda: plan_run(base))  # data, weights' limits, precision: checked once, before the first trial
         search_fn = lambda: search.search_local(base, dims, trials, target)  # noqa: E731
     result = until_preempted(search_fn, "search stopped", f"finished trials are in {target}/trials.json")
     for line in search.summary_lines(result):

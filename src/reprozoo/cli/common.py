@@ -52,7 +52,7 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-def run(action: Callable[[], Any]) -> Any:
+def call(action: Callable[[], Any]) -> Any:
     try:
         return action()
     except (UserError, zipfile.BadZipFile) as err:  # a corrupt zip is the user's input, not our bug
@@ -61,15 +61,15 @@ def run(action: Callable[[], Any]) -> Any:
 
 def need_server(purpose: str, fallback: str = "") -> None:
     """session.require_server, its refusal as the one-line error."""
-    run(lambda: session.require_server(purpose, fallback))
+    call(lambda: session.require_server(purpose, fallback))
 
 
 def until_preempted(action: Callable[[], Any], stopped: str, then: str) -> Any:
-    """`run(action)`; stopped by SIGTERM/SIGINT (resume.Preempted, after a checkpoint): a note, exit 128+signal."""
+    """`call(action)`; stopped by SIGTERM/SIGINT (resume.Preempted, after a checkpoint): a note, exit 128+signal."""
     from reprozoo.resume import Preempted
 
     try:
-        return run(action)
+        return call(action)
     except Preempted as stop:
         log.warning(f"{stopped} by {stop}; {then}")
         raise typer.Exit(128 + stop.signum) from None
@@ -91,7 +91,7 @@ def configure(config: Path | None, set_: list[str] | None, **flags: Any) -> RunC
 def load_record(ref: str) -> Any:
     from reprozoo import records
 
-    return run(lambda: records.load_record(ref))
+    return call(lambda: records.load_record(ref))
 
 
 RecordRef = Annotated[str, typer.Argument(help="task id, run directory or offline session zip")]

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from reprozoo.cli.common import fail, run
+from reprozoo.cli.common import call, fail
 
 image_app = typer.Typer(no_args_is_help=True, help="Docker images: build, push, run (Docker SDK).")
 
@@ -23,7 +23,7 @@ def image_tag(flavour: FlavourOpt = "cpu", base: BaseOpt = None) -> None:
     """Print the content-addressed tag this checkout builds (no engine needed)."""
     from reprozoo.containers.identity import image_spec, project_root
 
-    spec = run(lambda: image_spec(project_root(), flavour, base))
+    spec = call(lambda: image_spec(project_root(), flavour, base))
     typer.echo(spec.ref)
 
 
@@ -33,8 +33,8 @@ def image_wheelhouse(flavour: FlavourOpt = "cpu") -> None:
     from reprozoo.containers.build import download_wheelhouse
     from reprozoo.containers.identity import project_root
 
-    root = run(project_root)
-    dest = run(lambda: download_wheelhouse(root, flavour))
+    root = call(project_root)
+    dest = call(lambda: download_wheelhouse(root, flavour))
     wheels = list(dest.glob("*.whl"))
     typer.echo(f"{dest}: {len(wheels)} wheels, {sum(w.stat().st_size for w in wheels) / 2**20:.0f} MiB")
 
@@ -52,8 +52,8 @@ def image_build(
     from reprozoo.containers.build import build_image
     from reprozoo.containers.identity import project_root
 
-    root = run(project_root)
-    result = run(lambda: build_image(root, flavour, base, use_wheelhouse=wheelhouse, no_cache=no_cache, source=source,
+    root = call(project_root)
+    result = call(lambda: build_image(root, flavour, base, use_wheelhouse=wheelhouse, no_cache=no_cache, source=source,
                                       log=lambda line: typer.echo(line, err=True)))
     typer.echo(f"image {result.ref} id {result.image_id} ({result.seconds:.0f} s{', all steps cached' if result.cached else ''})")
 
@@ -75,9 +75,9 @@ def image_push(
     registry = registry or os.environ.get("REPROZOO_REGISTRY")
     if not registry:
         fail("no registry: pass --registry (e.g. ghcr.io/OWNER) or set REPROZOO_REGISTRY")
-    engine = run(client)
-    found = run(lambda: resolve_local_image(engine, project_root(), flavour, base, image))
-    pinned = run(lambda: push_image(engine, found, str(registry), log=lambda line: typer.echo(line, err=True)))
+    engine = call(client)
+    found = call(lambda: resolve_local_image(engine, project_root(), flavour, base, image))
+    pinned = call(lambda: push_image(engine, found, str(registry), log=lambda line: typer.echo(line, err=True)))
     typer.echo(pinned)
 
 
@@ -103,7 +103,7 @@ def image_run(
     command = list(args or [])
     if not command:
         fail("nothing to run: add the command after --, e.g. `reprozoo image run -- train --model all-minilm-l6-v2`")
-    code = run(lambda: run_command_in_image(
+    code = call(lambda: run_command_in_image(
         command, flavour=flavour, base=base, image=image, gpus=gpus, data_dir=data_dir, hf_cache=hf_cache,
         runs_dir=runs_dir, clearml_dir=clearml_dir, network=network, shm_size=shm_size, ipc_host=ipc_host, user=user,
         log=lambda line: typer.echo(line, err=True)))

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from reprozoo import session
-from reprozoo.cli.common import DataDirOpt, RecordRef, fail, load_record, need_server, run, say
+from reprozoo.cli.common import DataDirOpt, RecordRef, call, fail, load_record, need_server, say
 
 data_app = typer.Typer(no_args_is_help=True, help="SST-5 data: statistics, versions.")
 tasks_app = typer.Typer(no_args_is_help=True, help="Run records (ClearML tasks): offline sessions and the server.")
@@ -23,7 +23,7 @@ def data_stats(
     """Class distribution per split and granularity, as a table and a bar chart PNG."""
     from reprozoo.data import stats
 
-    table = run(lambda: stats.class_distribution(data_dir))
+    table = call(lambda: stats.class_distribution(data_dir))
     typer.echo(stats.format_table(table))
     stats.save_bar_chart(table, out)
     typer.echo(f"bar chart: {out}")
@@ -38,7 +38,7 @@ def data_version(
     """Register the trees as a ClearML Dataset version (reprozoo/datasets, sst5), keyed by content."""
     from reprozoo.data import versions
 
-    version = run(lambda: versions.register_trees(data_dir, tracking))
+    version = call(lambda: versions.register_trees(data_dir, tracking))
     say(f"dataset id: {version.dataset_id}")
     say(f"{'new version' if version.created else 'same content as the existing version'} ({version.mode});"
          f" content sha256 {version.content_hash}; parent {version.parent or 'none'}")
@@ -56,7 +56,7 @@ def tasks_list(
 
     if server:
         need_server("tasks list --server", "without --server it lists this machine's offline sessions")
-    found = run(lambda: records.list_server(project) if server else records.list_offline())
+    found = call(lambda: records.list_server(project) if server else records.list_offline())
     if not found:
         typer.echo(f"no records{' on the server' if server else f' under {session.offline_root()}'}")
         return
@@ -98,7 +98,7 @@ def tasks_import(zip_path: Annotated[Path, typer.Argument(help="an offline sessi
     if not zip_path.is_file():
         fail(f"{zip_path} does not exist; `reprozoo tasks show ID` prints a session's zip")
     need_server("importing", f"the session stays in {zip_path}")
-    task_id, resumed = run(lambda: records.import_session(zip_path))
+    task_id, resumed = call(lambda: records.import_session(zip_path))
     typer.echo(f"imported into task {task_id} (the run it resumes)" if resumed else f"imported as task {task_id}")
 
 
