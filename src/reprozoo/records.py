@@ -317,6 +317,7 @@ def _from_server(task_id: str) -> Record:
     # stand-in Task object that answers the same calls.
     from clearml import Task
 
+    Task.set_offline(False)  # a run recorded offline earlier in this process left ClearML offline: the server holds this one
     try:
         task = Task.get_task(task_id=task_id)
     except ValueError as err:
@@ -394,6 +395,7 @@ def list_offline() -> list[Record]:
 def list_server(project: str | None, limit: int = 50) -> list[Record]:
     from clearml import Task
 
+    Task.set_offline(False)  # as in _from_server
     tasks = Task.get_tasks(project_name=project, task_filter={"type": ["training"], "order_by": ["-last_update"],
                                                               "page_size": limit, "page": 0})
     records = []
