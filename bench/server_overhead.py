@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,21 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 KIT = Path(os.environ.get("REPROZOO_CLEARML_SERVER_KIT") or REPO.parent / "shared" / "clearml-server")
 TINY = ["--limit-train-samples", "64", "--limit-eval-samples", "32", "--max-length", "32", "--max-epochs", "1",
         "--batch-size", "16"]
-
-
-def free_port_base() -> int:
-    for base in range(21000, 60000, 10):
-        try:
-            socks = [socket.socket() for _ in range(6)]
-            for i, sock in enumerate(socks):
-                sock.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise SystemExit("no 6 free consecutive ports on 127.0.0.1")
+sys.path.insert(0, str(REPO / "tests"))
+from helpers import free_port_base  # noqa: E402  (the tests' probe for the kit's consecutive ports)
 
 
 def timed_run(env: dict[str, str], mode: str, data_dir: str, out: Path) -> float:
@@ -68,7 +54,7 @@ def main() -> int:
         else:
             subprocess.run([str(KIT / "install.sh")], check=True, capture_output=True)
             subprocess.run([str(KIT / "start.sh"), str(state)], check=True, capture_output=True,
-                           env={**os.environ, "CLEARML_LOCAL_PORT_BASE": str(free_port_base())})
+                           env={**os.environ, "CLEARML_LOCAL_PORT_BASE": str(free_port_base(6))})
             config = state / "clearml.conf"
         try:
             env = {k: v for k, v in os.environ.items() if not k.startswith("CLEARML_API_")}

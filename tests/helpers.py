@@ -7,6 +7,7 @@ Fixtures built on them (`isolated_clearml`) live in conftest.py; test files impo
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -74,3 +75,25 @@ def local_registry(folder: Path) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def free_port_base(count: int, start: int = 20000, stop: int = 60000) -> int:
+    """A base port whose COUNT consecutive ports all bind on 127.0.0.1 (pid-spread so that
+    concurrent sessions probe different places first)."""
+    span = stop - start
+    first = start + (os.getpid() * 97) % span // 10 * 10
+    for offset in range(0, span, 10):
+        base = start + (first - start + offset) % span
+        socks = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports on 127.0.0.1 in {start}..{stop}")

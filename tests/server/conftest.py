@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from helpers import free_port_base
 
 REPO = Path(__file__).resolve().parents[2]
 KIT = Path(os.environ.get("REPROZOO_CLEARML_SERVER_KIT") or REPO.parent / "shared" / "clearml-server")
@@ -51,28 +52,6 @@ def _answers(url: str, timeout: float = 1.0) -> bool:
         return True  # it answered, with an error status (the fileserver's / is a 404/405)
     except OSError:
         return False
-
-
-def free_port_base(start: int = 20000, stop: int = 60000) -> int:
-    """A base port whose PORTS consecutive ports all bind on 127.0.0.1 (pid-spread so that
-    concurrent sessions probe different places first)."""
-    span = stop - start
-    first = start + (os.getpid() * 97) % span // 10 * 10
-    for offset in range(0, span, 10):
-        base = start + (first - start + offset) % span
-        socks = []
-        try:
-            for port in range(base, base + PORTS):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError(f"no {PORTS} consecutive free ports on 127.0.0.1 in {start}..{stop}")
 
 
 @dataclass(frozen=True)
@@ -176,7 +155,7 @@ def _install_or_skip() -> None:
 def clearml_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     _install_or_skip()
     state = tmp_path_factory.mktemp("clearml-server")
-    base = free_port_base()
+    base = free_port_base(PORTS)
     server = LocalServer(state=state, config_file=state / "clearml.conf", api_url=f"http://127.0.0.1:{base}",
                          files_url=f"http://127.0.0.1:{base + 1}", port_base=base)
     try:
