@@ -41,6 +41,19 @@ def isolate_clearml(mp: pytest.MonkeyPatch, root: Path) -> Path:
     return root / "clearml" / "offline"
 
 
+@contextlib.contextmanager
+def scratch(factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """A folder for a module- or session-scoped fixture, removed when that fixture ends. pytest removes
+    only a passing test's own tmp_path (pyproject: tmp_path_retention_policy = "failed") and keeps
+    every `mktemp` folder until the session ends; with real runs (a MiniLM run directory plus its
+    offline session is ~0.8 GB, an MPNet run ~4 GB) the folders of finished modules filled CI's disk."""
+    root = factory.mktemp(name)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def free_port() -> int:
     """A loopback port nothing listens on (bound, then released)."""
     with socket.socket() as sock:

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import pytest
 
-from helpers import isolate_clearml, reprozoo
+from helpers import isolate_clearml, reprozoo, scratch
 from reprozoo import leaderboard as board
 from reprozoo.data.trees import LABEL_NAMES
 
@@ -27,8 +27,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, tiny_model_di
     from reprozoo import sweep as sweeps
     from reprozoo.records import list_offline
 
-    root = tmp_path_factory.mktemp("leaderboard")
-    with pytest.MonkeyPatch.context() as mp:
+    with scratch(tmp_path_factory, "leaderboard") as root, pytest.MonkeyPatch.context() as mp:
         isolate_clearml(mp, root)
         mp.setenv("REPROZOO_DATA_DIR", str(data_dir))
         mp.setenv("HF_HUB_OFFLINE", "1")
@@ -181,6 +180,7 @@ def test_leaderboard_cli(runs: dict, tmp_path: Path) -> None:
     assert lines[0].startswith("| # | model |") and len([line for line in lines if line.startswith("| 1 ") or
                                                          line.startswith("| 2 ")]) == 2
     assert (tmp_path / "board" / "leaderboard.md").read_text().splitlines() == lines[:4]
+    assert lines[4].startswith(f"2 run(s); wrote {tmp_path / 'board' / 'leaderboard.md'}"), lines[4:]
     assert cli("--project", "no-such-project").stdout.strip() == "no finished runs in project no-such-project offline"
     for args, message in ((["--format", "xml"], "--format 'xml'"), (["--server"], "no ClearML server is configured"),
                           (["--references", str(tmp_path / "nope.md")], "no such file")):

@@ -10,10 +10,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from helpers import scratch
 from reprozoo import zoo
 from reprozoo.data.trees import LABEL_NAMES
 
@@ -31,23 +33,23 @@ def run(env: dict[str, str], *args: str, timeout: int = 900) -> subprocess.Compl
 
 
 @pytest.fixture(scope="module")
-def mpnet(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict:
-    root = tmp_path_factory.mktemp("mpnet")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEARML_API_")}
-    # No hub at all; an empty Hugging Face cache (the snapshot is built from the parts); ClearML offline.
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(root / "hf"), CLEARML_CACHE_DIR=str(root / "clearml"),
-               CLEARML_CONFIG_FILE=str(root / "absent-clearml.conf"), TOKENIZERS_PARALLELISM="false")
-    code = ("import json; from reprozoo import zoo\n"
-            "w = zoo.resolve_weights(zoo.get('all-mpnet-base-v2'))\n"
-            "print(json.dumps([str(w.path), w.source, w.revision]))\n")
-    resolved = json.loads(run(env, "-c", code).stdout.splitlines()[-1])
-    out = root / "run"
-    result = run(env, "-m", "reprozoo", "train", "--model", "all-mpnet-base-v2", "--data-dir", str(data_dir),
-                 "--out", str(out), "--tracking", "offline", "--granularity", "sentences", "--batch-size", "16",
-                 "--lr", "5e-5", "--max-epochs", "1", "--max-length", "32", "--limit-train-samples", "64",
-                 "--limit-eval-samples", "32", "--set", "data.phrase_weighting=count",
-                 "--set", "trainer.val_check_interval=1.0", "--set", "tracking.project=reprozoo-tests")
-    return {"root": root, "env": env, "resolved": resolved, "run_dir": out, "train": result}
+def mpnet(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[dict]:
+    with scratch(tmp_path_factory, "mpnet") as root:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CLEARML_API_")}
+        # No hub at all; an empty Hugging Face cache (the snapshot is built from the parts); ClearML offline.
+        env.update(HF_HUB_OFFLINE="1", HF_HOME=str(root / "hf"), CLEARML_CACHE_DIR=str(root / "clearml"),
+                   CLEARML_CONFIG_FILE=str(root / "absent-clearml.conf"), TOKENIZERS_PARALLELISM="false")
+        code = ("import json; from reprozoo import zoo\n"
+                "w = zoo.resolve_weights(zoo.get('all-mpnet-base-v2'))\n"
+                "print(json.dumps([str(w.path), w.source, w.revision]))\n")
+        resolved = json.loads(run(env, "-c", code).stdout.splitlines()[-1])
+        out = root / "run"
+        result = run(env, "-m", "reprozoo", "train", "--model", "all-mpnet-base-v2", "--data-dir", str(data_dir),
+                     "--out", str(out), "--tracking", "offline", "--granularity", "sentences", "--batch-size", "16",
+                     "--lr", "5e-5", "--max-epochs", "1", "--max-length", "32", "--limit-train-samples", "64",
+                     "--limit-eval-samples", "32", "--set", "data.phrase_weighting=count",
+                     "--set", "trainer.val_check_interval=1.0", "--set", "tracking.project=reprozoo-tests")
+        yield {"root": root, "env": env, "resolved": resolved, "run_dir": out, "train": result}
 
 
 def test_resolves_from_the_parts_with_no_hub(mpnet: dict) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import free_port, isolate_clearml, reprozoo
+from helpers import free_port, isolate_clearml, reprozoo, scratch
 from reprozoo.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,8 +42,7 @@ def small_config(data_dir: Path, out: Path) -> RunConfig:
 def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict:
     from reprozoo.train import train
 
-    root = tmp_path_factory.mktemp("records")
-    with pytest.MonkeyPatch.context() as mp:
+    with scratch(tmp_path_factory, "records") as root, pytest.MonkeyPatch.context() as mp:
         isolate_clearml(mp, root)
         mp.setenv("CLEARML_API_HOST", f"http://127.0.0.1:{free_port()}")  # configured, and down
         mp.setenv("HF_HUB_OFFLINE", "1")

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from helpers import scratch
 from reprozoo.config import RunConfig
 from reprozoo.data.trees import LABEL_NAMES
 from reprozoo.train import RunResult
@@ -24,11 +26,11 @@ def small_config(data_dir: Path, out: Path, tracking: str = "offline") -> RunCon
 
 
 @pytest.fixture(scope="module")
-def minilm_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> RunResult:
+def minilm_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[RunResult]:
     from reprozoo.train import train
 
-    out = tmp_path_factory.mktemp("run") / "minilm"
-    return train(small_config(data_dir, out))
+    with scratch(tmp_path_factory, "run") as root:
+        yield train(small_config(data_dir, root / "minilm"))
 
 
 def test_run_directory_holds_every_artifact(minilm_run: RunResult, data_dir: Path) -> None:

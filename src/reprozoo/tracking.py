@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +295,7 @@ class Tracker:
                 recorded.write_text(provenance.redact((run_dir / "config.yaml").read_text()))
                 self.task.upload_artifact("config", artifact_object=str(recorded), wait_on_upload=True)
             self.task.upload_artifact("provenance", artifact_object=str(run_dir / "provenance.json"), wait_on_upload=True)
+            package_dir = None
             if self.mode == "server":
                 from clearml import OutputModel
 
@@ -300,7 +303,13 @@ class Tracker:
                 # Without an output_uri ClearML registers the model as a file:// path to a temporary
                 # zip on this machine (seen on a real server); upload it where the artifacts go.
                 destination = self.task.output_uri or self.task.get_logger().get_default_upload_destination()
-                model.update_weights_package(weights_path=str(export_dir), upload_uri=destination, auto_delete_file=False)
+                # The package is zipped here, not by update_weights_package: that one leaves its
+                # zip (model_package.*.zip, the size of the export) in /tmp on every run (seen: 42
+                # of them, 88 MB each), and its auto_delete_file would delete the export itself.
+                package_dir = Path(tempfile.mkdtemp(prefix="reprozoo-model-"))
+                package = _zip_folder(export_dir, package_dir / "model_package.zip")
+                model.update_weights(weights_filename=str(package), upload_uri=destination, target_filename=package.name,
+                                     auto_delete_file=False, is_package=True)
             else:
                 # ClearML 2.1.12 cannot register an OutputModel offline: update_weights fails with
                 # "'DummyModel' object has no attribute 'locked'" (verified). The export travels
@@ -310,7 +319,9 @@ class Tracker:
             folder = self.task.get_offline_mode_folder() if self.mode == "offline" else None
             closing = time.monotonic()
             self.closed = True
-            self.task.close()
+            self.task.close()  # waits for the model upload too
+            if package_dir is not None:
+                shutil.rmtree(package_dir, ignore_errors=True)
             restore_clearml_env(self.env_before)
             record["close_seconds"] = round(time.monotonic() - closing, 3)
             if folder is not None:
@@ -415,3 +426,12 @@ def open_task(cfg: RunConfig, task_name: str, plan: Any, continue_task: str | No
     tracker.dataset, tracker.env_before = dataset, env_before
     tracker.resumes = continue_task if continue_task and not reopen else None
     return tracker
+
+
+def _zip_folder(folder: Path, archive: Path) -> Path:
+    """FOLDER's files as ARCHIVE, stored (weights do not compress) and named relative to FOLDER: the
+    layout of ClearML's model packages, which `InputModel.get_local_copy()` unpacks."""
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            zf.write(path, arcname=path.relative_to(folder).as_posix())
+    return archive

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from helpers import local_registry, reprozoo
+from helpers import local_registry, reprozoo, scratch
 from reprozoo.containers.audit import find_secrets
 from reprozoo.containers.build import BuildResult, build_image, download_wheelhouse
 from reprozoo.containers.engine import client, find_image
@@ -110,10 +110,10 @@ def built(engine: Any, base_image: str, checkout: Path, wheelhouse: Path) -> Bui
                 os.environ[key] = value
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory, engine: Any) -> Iterator[str]:
     """Debian's docker-registry (distribution 2.8) on 127.0.0.1, storage in a temp folder."""
-    with local_registry(tmp_path_factory.mktemp("registry")) as address:
+    with scratch(tmp_path_factory, "registry") as folder, local_registry(folder) as address:
         yield address
     port = int(address.rpartition(":")[2])
     # The registry (and its port) are gone: drop the references to it, keep the image and its cache.
@@ -188,7 +188,7 @@ def test_rebuild_gives_the_same_tag_and_image(engine: Any, built: BuildResult, c
     assert again.cached and again.image_id == built.image_id
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pinned(engine: Any, built: BuildResult, registry: str) -> str:
     """`reprozoo image push` to the local registry: the `repo@sha256:…` it prints."""
     pushed = reprozoo("image", "push", "--flavour", "cpu", "--base", LOCAL_BASE, "--registry", registry)
@@ -203,9 +203,9 @@ def _forget_locally(engine: Any, built: BuildResult) -> None:
     assert find_image(engine, built.ref) is None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def inside(engine: Any, built: BuildResult, pinned: str, data_dir: Path,
-           tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A short MiniLM training inside the image pulled back by digest, ClearML offline."""
     # Forget the image locally, then get it back from the registry by digest alone.
     _forget_locally(engine, built)
@@ -213,19 +213,19 @@ def inside(engine: Any, built: BuildResult, pinned: str, data_dir: Path,
     assert pulled.id == built.image_id  # the registry served the very image that was built
     pulled.tag("reprozoo", built.ref.split(":", 1)[1])  # keep the content tag for later use
 
-    root = tmp_path_factory.mktemp("inside")
-    env = {**os.environ, "CLEARML_CACHE_DIR": str(root / "clearml" / "cache"), "HF_HOME": str(root / "hf"),
-           "REPROZOO_DATA_DIR": str(data_dir), "CLEARML_CONFIG_FILE": str(root / "absent-clearml.conf")}
-    for name in ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY"):
-        env.pop(name, None)
-    result = subprocess.run([sys.executable, "-m", "reprozoo", "image", "run", "--image", pinned, "--network", "none",
-                             "--data-dir", str(data_dir), "--hf-cache", str(root / "hf"), "--runs-dir", str(root / "runs"),
-                             "--clearml-dir", str(root / "clearml"), "--", "train", "--model", "all-minilm-l6-v2",
-                             "--limit-train-samples", "200", "--limit-eval-samples", "100", "--max-epochs", "1",
-                             "--tracking", "offline", "--out", "runs/minilm"],
-                            capture_output=True, text=True, check=False, env=env)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return {"result": result, "run": root / "runs" / "minilm", "env": env, "root": root}
+    with scratch(tmp_path_factory, "inside") as root:
+        env = {**os.environ, "CLEARML_CACHE_DIR": str(root / "clearml" / "cache"), "HF_HOME": str(root / "hf"),
+               "REPROZOO_DATA_DIR": str(data_dir), "CLEARML_CONFIG_FILE": str(root / "absent-clearml.conf")}
+        for name in ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY"):
+            env.pop(name, None)
+        result = subprocess.run([sys.executable, "-m", "reprozoo", "image", "run", "--image", pinned, "--network", "none",
+                                 "--data-dir", str(data_dir), "--hf-cache", str(root / "hf"), "--runs-dir", str(root / "runs"),
+                                 "--clearml-dir", str(root / "clearml"), "--", "train", "--model", "all-minilm-l6-v2",
+                                 "--limit-train-samples", "200", "--limit-eval-samples", "100", "--max-epochs", "1",
+                                 "--tracking", "offline", "--out", "runs/minilm"],
+                                capture_output=True, text=True, check=False, env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        yield {"result": result, "run": root / "runs" / "minilm", "env": env, "root": root}
 
 
 def test_push_pull_by_digest_and_train_inside(inside: dict[str, Any], built: BuildResult, pinned: str) -> None:

@@ -20,31 +20,32 @@ from typing import Any
 import pytest
 from agents import REPO, TINY, Agent, server_tasks
 
-from helpers import reprozoo
+from helpers import reprozoo, scratch
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def env(clearml_server: Any, tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("agents-env")
+def env(clearml_server: Any, tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[dict[str, str]]:
     env = clearml_server.env()
-    for name in ("home", "cache", "clearml-cache"):
-        (root / name).mkdir()
-    env.update(HOME=str(root / "home"), REPROZOO_CACHE_DIR=str(root / "cache"), CLEARML_CACHE_DIR=str(root / "clearml-cache"),
-               HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", REPROZOO_DATA_DIR=str(data_dir),
-               PYTHONPATH=str(REPO / "src"))
-    return env
+    with scratch(tmp_path_factory, "agents-env") as root:
+        for name in ("home", "cache", "clearml-cache"):
+            (root / name).mkdir()
+        env.update(HOME=str(root / "home"), REPROZOO_CACHE_DIR=str(root / "cache"),
+                   CLEARML_CACHE_DIR=str(root / "clearml-cache"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                   REPROZOO_DATA_DIR=str(data_dir), PYTHONPATH=str(REPO / "src"))
+        yield env
 
 
 @pytest.fixture(scope="module")
-def original(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def original(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The run every clone replays: recorded on the server, its metrics.json kept as bytes."""
-    work = tmp_path_factory.mktemp("original")
-    done = reprozoo("train", *TINY, "--out", str(work / "runs" / "orig"), cwd=work, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    task_id = re.search(r"clearml task: ([0-9a-f]{32})", done.stdout).group(1)
-    return {"task_id": task_id, "run_dir": work / "runs" / "orig", "metrics": (work / "runs" / "orig" / "metrics.json").read_text()}
+    with scratch(tmp_path_factory, "original") as work:
+        done = reprozoo("train", *TINY, "--out", str(work / "runs" / "orig"), cwd=work, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        task_id = re.search(r"clearml task: ([0-9a-f]{32})", done.stdout).group(1)
+        yield {"task_id": task_id, "run_dir": work / "runs" / "orig",
+               "metrics": (work / "runs" / "orig" / "metrics.json").read_text()}
 
 
 def enqueue(env: dict[str, str], task_id: str, queue: str) -> tuple[str, float]:

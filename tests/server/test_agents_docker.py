@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from agents import REPO, TINY, Agent, server_tasks
 
-from helpers import local_registry, reprozoo
+from helpers import local_registry, reprozoo, scratch
 from reprozoo import agent as agent_settings
 
 pytestmark = [pytest.mark.server, pytest.mark.docker, pytest.mark.slow]
@@ -43,25 +43,26 @@ def engine() -> None:
 
 
 @pytest.fixture(scope="module")
-def env(clearml_server: Any, tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str, str]:
+def env(clearml_server: Any, tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[dict[str, str]]:
     """The server as environment variables too: `reprozoo image run` passes CLEARML_API_* into the container."""
-    root = tmp_path_factory.mktemp("agents-docker-env")
     env = clearml_server.env()
     text = Path(env["CLEARML_CONFIG_FILE"]).read_text()
 
     def value(key: str) -> str:
         return re.search(rf'{key}:\s*"([^"]+)"', text).group(1)
 
-    env.update(HOME=str(root), REPROZOO_CACHE_DIR=str(root / "cache"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               REPROZOO_DATA_DIR=str(data_dir), PYTHONPATH=str(REPO / "src"),
-               CLEARML_API_HOST=value("api_server"), CLEARML_FILES_HOST=value("files_server"), CLEARML_WEB_HOST=value("web_server"),
-               CLEARML_API_ACCESS_KEY=value("access_key"), CLEARML_API_SECRET_KEY=value("secret_key"))
-    return env
+    with scratch(tmp_path_factory, "agents-docker-env") as root:
+        env.update(HOME=str(root), REPROZOO_CACHE_DIR=str(root / "cache"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                   REPROZOO_DATA_DIR=str(data_dir), PYTHONPATH=str(REPO / "src"),
+                   CLEARML_API_HOST=value("api_server"), CLEARML_FILES_HOST=value("files_server"),
+                   CLEARML_WEB_HOST=value("web_server"), CLEARML_API_ACCESS_KEY=value("access_key"),
+                   CLEARML_API_SECRET_KEY=value("secret_key"))
+        yield env
 
 
 @pytest.fixture(scope="module")
 def registry(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with local_registry(tmp_path_factory.mktemp("agents-registry")) as address:
+    with scratch(tmp_path_factory, "agents-registry") as folder, local_registry(folder) as address:
         yield address
     port = int(address.rpartition(":")[2])
     refs = run("docker", "images", "--format", "{{.Repository}}:{{.Tag}}", timeout=60).stdout.split()
@@ -89,35 +90,35 @@ def pinned(engine: None, registry: str, env: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def agent_conf(agent_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def agent_conf(agent_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """docker/clearml/agent.conf as it is, plus what this machine needs (docker/clearml/agent.conf is for a
     GPU host reaching its server and PyPI): the server on 127.0.0.1 (--network=host), and the agent's own
     wheels (envs/colab-agent.lock, hash-checked) for the helper it installs inside the container, which
     has no package index here."""
-    folder = tmp_path_factory.mktemp("agent-docker-conf")
-    wheels = folder / "wheels"
-    pip = agent_binary.parent / "pip"
-    done = run(str(pip), "download", "--quiet", "--disable-pip-version-check", "--require-hashes", "--no-deps", "-r",
-               str(REPO / "envs" / "colab-agent.lock"), "-d", str(wheels), timeout=600)
-    if done.returncode != 0:
-        pytest.skip(f"agent tests: the agent's wheels could not be downloaded: {done.stderr.strip()[-200:]}")
-    extra = [*agent_settings.DOCKER_ARGUMENTS, "--network=host", "-v", f"{wheels}:/agent-wheels:ro",
-             "-e", "PIP_NO_INDEX=1", "-e", "PIP_FIND_LINKS=/agent-wheels"]
-    conf = folder / "agent.conf"
-    conf.write_text((REPO / "docker" / "clearml" / "agent.conf").read_text() + f"\nagent.extra_docker_arguments: {json.dumps(extra)}\n")
-    return conf
+    with scratch(tmp_path_factory, "agent-docker-conf") as folder:
+        wheels = folder / "wheels"
+        pip = agent_binary.parent / "pip"
+        done = run(str(pip), "download", "--quiet", "--disable-pip-version-check", "--require-hashes", "--no-deps", "-r",
+                   str(REPO / "envs" / "colab-agent.lock"), "-d", str(wheels), timeout=600)
+        if done.returncode != 0:
+            pytest.skip(f"agent tests: the agent's wheels could not be downloaded: {done.stderr.strip()[-200:]}")
+        extra = [*agent_settings.DOCKER_ARGUMENTS, "--network=host", "-v", f"{wheels}:/agent-wheels:ro",
+                 "-e", "PIP_NO_INDEX=1", "-e", "PIP_FIND_LINKS=/agent-wheels"]
+        conf = folder / "agent.conf"
+        conf.write_text((REPO / "docker" / "clearml" / "agent.conf").read_text() + f"\nagent.extra_docker_arguments: {json.dumps(extra)}\n")
+        yield conf
 
 
 @pytest.fixture(scope="module")
-def original(pinned: str, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def original(pinned: str, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """`train --tracking server` inside the image, by digest: the run every docker-mode clone replays."""
-    runs = tmp_path_factory.mktemp("image-runs")
-    runs.chmod(0o777)  # the image's user (10001) writes the run directory
-    done = reprozoo("image", "run", "--image", pinned, "--network", "host", "--runs-dir", str(runs), "--", "train", *TINY,
-                    "--out", "/work/runs/orig", env=env, timeout=1800)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    task_id = re.search(r"clearml task: ([0-9a-f]{32})", done.stdout + done.stderr).group(1)
-    return {"task_id": task_id, "metrics": (runs / "orig" / "metrics.json").read_text()}
+    with scratch(tmp_path_factory, "image-runs") as runs:
+        runs.chmod(0o777)  # the image's user (10001) writes the run directory
+        done = reprozoo("image", "run", "--image", pinned, "--network", "host", "--runs-dir", str(runs), "--", "train", *TINY,
+                        "--out", "/work/runs/orig", env=env, timeout=1800)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        task_id = re.search(r"clearml task: ([0-9a-f]{32})", done.stdout + done.stderr).group(1)
+        yield {"task_id": task_id, "metrics": (runs / "orig" / "metrics.json").read_text()}
 
 
 def test_train_in_the_image_records_the_image_by_digest(original: dict[str, Any], pinned: str, env: dict[str, str]) -> None:

@@ -8,12 +8,14 @@ import hashlib
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from helpers import scratch
 from reprozoo.config import RunConfig
 
 TINY = ["--limit-train-samples", "64", "--limit-eval-samples", "32", "--max-length", "32", "--max-epochs", "1",
@@ -54,17 +56,17 @@ def last_json(stdout: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def trained(server_cli: Any, dirty_checkout: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("server-train")
-    cli = server_cli(root, src=dirty_checkout / "src", cwd=dirty_checkout)
-    out = root / "run"
-    result = cli("train", "--tracking", "server", "--data-dir", str(data_dir), "--out", str(out), *TINY)
-    assert result.returncode == 0, result.stderr[-3000:]
-    task_id = json.loads((out / "provenance.json").read_text())["task_id"]
-    read = cli.python(READ_BACK, task_id)
-    assert read.returncode == 0, read.stderr[-3000:]
-    return {"cli": cli, "out": out, "task_id": task_id, "server": last_json(read.stdout), "stderr": result.stderr,
-            "root": root}
+def trained(server_cli: Any, dirty_checkout: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    with scratch(tmp_path_factory, "server-train") as root:
+        cli = server_cli(root, src=dirty_checkout / "src", cwd=dirty_checkout)
+        out = root / "run"
+        result = cli("train", "--tracking", "server", "--data-dir", str(data_dir), "--out", str(out), *TINY)
+        assert result.returncode == 0, result.stderr[-3000:]
+        task_id = json.loads((out / "provenance.json").read_text())["task_id"]
+        read = cli.python(READ_BACK, task_id)
+        assert read.returncode == 0, read.stderr[-3000:]
+        yield {"cli": cli, "out": out, "task_id": task_id, "server": last_json(read.stdout), "stderr": result.stderr,
+               "root": root}
 
 
 def test_train_records_the_run_on_the_server(trained: dict, clearml_server: Any) -> None:

@@ -245,7 +245,7 @@ def leaderboard(
         return
     paths, note = board.write_all(rows, out, references or board.default_references_path())
     say(formats[format_](rows).rstrip())
-    say(f"{len(rows)} call(s); wrote {', '.join(str(p) for p in paths.values())}; {note}")
+    say(f"{len(rows)} run(s); wrote {', '.join(str(p) for p in paths.values())}; {note}")
     if server:
         task_id = board.report_to_clearml(rows, paths, project or "reprozoo")
         say(f"reported to ClearML task {task_id}")
