@@ -85,25 +85,20 @@ def test_every_recipe_is_a_valid_run_config() -> None:
         assert cfg.model.pooling == entry.pooling and cfg.data.granularity in ("sentences", "phrases")
 
 
-def test_minilm_recipe_is_the_accuracy_benchmarks() -> None:
-    """bench/accuracy.py's recipe (chosen on dev, bench/RESULTS.md) is what the zoo gives MiniLM."""
+def test_accuracy_benchmark_measures_the_zoo_recipe() -> None:
+    """bench/accuracy.py runs `train --model M` with no recipe flags of its own, so what it measures
+    (chosen on dev, bench/RESULTS.md) is the recipe `make train` and `sweep` use; MiniLM's is the one
+    measured at 53.12 % test accuracy."""
     spec = importlib.util.spec_from_file_location("bench_accuracy", REPO / "bench" / "accuracy.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    flags = {"--granularity": "data.granularity", "--batch-size": "data.batch_size", "--lr": "optim.lr",
-             "--max-epochs": "trainer.max_epochs"}
-    recipe, args = {}, list(bench.RECIPE)
-    for flag, value in zip(args[::2], args[1::2], strict=True):
-        if flag in flags:
-            recipe[flags[flag]] = value
-        elif flag == "--set":
-            recipe.update([value.split("=", 1)])
-    expected = RunConfig().override([f"{k}={v}" for k, v in recipe.items()])
+    argv = bench.command("all-minilm-l6-v2", "runs/x", "offline", None, [])
+    assert {a for a in argv if a.startswith("--")} == {"--model", "--seed", "--checkpoint-every", "--out", "--overwrite",
+                                                      "--tracking"}
+    assert set(bench.TARGETS) == {"all-minilm-l6-v2", "all-mpnet-base-v2"}
     got = apply(RunConfig(), zoo.recipe("all-minilm-l6-v2"))
-    assert got.to_dict() == {**expected.to_dict(), "data": {**expected.to_dict()["data"], "max_length": 64},
-                             "model": {**expected.to_dict()["model"], "pooling": "mean"}}
     assert (got.data.granularity, got.data.phrase_weighting, got.data.batch_size, got.optim.lr) == ("phrases", "uniform", 64, 1e-4)
-    assert (got.trainer.max_epochs, got.trainer.val_check_interval) == (1, 0.25)
+    assert (got.trainer.max_epochs, got.trainer.val_check_interval, got.data.max_length) == (1, 0.25, 64)
 
 
 def test_recipe_layers_model_over_family_over_default() -> None:
