@@ -105,7 +105,7 @@ def test_recipe_layers_model_over_family_over_default() -> None:
     default = zoo._raw()["recipe"]
     mpnet = zoo.recipe("all-mpnet-base-v2")  # the default, the model's own lr and batch, and its recipe's sample
     assert {k: mpnet[k] for k in default} == default and mpnet["optim.lr"] == 5e-5 and mpnet["data.batch_size"] == 32
-    assert mpnet["data.limit_train_samples"] == 72000
+    assert mpnet["data.limit_train_samples"] == 64000
     assert "data.limit_train_samples" not in zoo.recipe("mpnet-base")  # the family's other models: the default only
     assert zoo.recipe("all-minilm-l6-v2")["data.batch_size"] == 64  # the model's recipe over its entry's 32
     assert zoo.recipe("someorg/some-model")["data.granularity"] == default["data.granularity"]

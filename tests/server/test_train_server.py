@@ -59,14 +59,16 @@ def last_json(stdout: str) -> Any:
 def trained(server_cli: Any, dirty_checkout: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     with scratch(tmp_path_factory, "server-train") as root:
         cli = server_cli(root, src=dirty_checkout / "src", cwd=dirty_checkout)
-        out = root / "run"
-        result = cli("train", "--tracking", "server", "--data-dir", str(data_dir), "--out", str(out), *TINY)
+        out, tmp = root / "run", root / "tmp"
+        tmp.mkdir()  # the run's TMPDIR: what it leaves there is a leak
+        result = cli("train", "--tracking", "server", "--data-dir", str(data_dir), "--out", str(out), *TINY,
+                     env={"TMPDIR": str(tmp)})
         assert result.returncode == 0, result.stderr[-3000:]
         task_id = json.loads((out / "provenance.json").read_text())["task_id"]
         read = cli.python(READ_BACK, task_id)
         assert read.returncode == 0, read.stderr[-3000:]
         yield {"cli": cli, "out": out, "task_id": task_id, "server": last_json(read.stdout), "stderr": result.stderr,
-               "root": root}
+               "root": root, "left_in_tmp": sorted(p.name for p in tmp.iterdir())}
 
 
 def test_train_records_the_run_on_the_server(trained: dict, clearml_server: Any) -> None:
@@ -118,6 +120,9 @@ def test_the_trained_model_is_an_output_model_on_the_fileserver(trained: dict, c
     assert models[0]["url"].startswith(clearml_server.files_url), models[0]["url"]  # not a file:// on the trainer
     exported = sorted(p.name for p in (trained["out"] / "export").rglob("*") if p.is_file())
     assert trained["server"]["model_files"] == exported and "README.md" in exported
+    # The zipped package it was uploaded as is gone (ClearML's update_weights_package left an
+    # export-sized model_package.*.zip in the temp dir on every run).
+    assert trained["left_in_tmp"] == []
 
 
 def test_same_data_again_reuses_the_version_and_new_data_is_its_child(trained: dict, data_dir: Path) -> None:
