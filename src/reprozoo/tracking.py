@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import tempfile
 import time
 import zipfile
@@ -295,33 +294,33 @@ class Tracker:
                 recorded.write_text(provenance.redact((run_dir / "config.yaml").read_text()))
                 self.task.upload_artifact("config", artifact_object=str(recorded), wait_on_upload=True)
             self.task.upload_artifact("provenance", artifact_object=str(run_dir / "provenance.json"), wait_on_upload=True)
-            package_dir = None
-            if self.mode == "server":
-                from clearml import OutputModel
+            # A server run's model package is zipped into `packaging`, removed once close() has
+            # waited for its upload (or when anything before that fails).
+            with tempfile.TemporaryDirectory(prefix="reprozoo-model-") as packaging:
+                if self.mode == "server":
+                    from clearml import OutputModel
 
-                model = OutputModel(task=self.task, name=f"{self.task.name}-export", framework="PyTorch")
-                # Without an output_uri ClearML registers the model as a file:// path to a temporary
-                # zip on this machine (seen on a real server); upload it where the artifacts go.
-                destination = self.task.output_uri or self.task.get_logger().get_default_upload_destination()
-                # The package is zipped here, not by update_weights_package: that one leaves its
-                # zip (model_package.*.zip, the size of the export) in /tmp on every run (seen: 42
-                # of them, 88 MB each), and its auto_delete_file would delete the export itself.
-                package_dir = Path(tempfile.mkdtemp(prefix="reprozoo-model-"))
-                package = _zip_folder(export_dir, package_dir / "model_package.zip")
-                model.update_weights(weights_filename=str(package), upload_uri=destination, target_filename=package.name,
-                                     auto_delete_file=False, is_package=True)
-            else:
-                # ClearML 2.1.12 cannot register an OutputModel offline: update_weights fails with
-                # "'DummyModel' object has no attribute 'locked'" (verified). The export travels
-                # as an artifact (a zip of the folder) inside the offline session instead.
-                self.task.upload_artifact("model-export", artifact_object=str(export_dir), wait_on_upload=True)
-            self.task.flush(wait_for_uploads=True)
-            folder = self.task.get_offline_mode_folder() if self.mode == "offline" else None
-            closing = time.monotonic()
-            self.closed = True
-            self.task.close()  # waits for the model upload too
-            if package_dir is not None:
-                shutil.rmtree(package_dir, ignore_errors=True)
+                    model = OutputModel(task=self.task, name=f"{self.task.name}-export", framework="PyTorch")
+                    # Without an output_uri ClearML registers the model as a file:// path to a temporary
+                    # zip on this machine (seen on a real server); upload it where the artifacts go.
+                    destination = self.task.output_uri or self.task.get_logger().get_default_upload_destination()
+                    # The package is zipped here, not by update_weights_package: that one deletes its
+                    # /tmp zip (model_package.*.zip, the size of the export) only from the callback of a
+                    # completed async upload (42 were left here by the server tests' runs, 88 MB each;
+                    # a plain successful run removes it), and its auto_delete_file would delete the export.
+                    package = _zip_folder(export_dir, Path(packaging) / "model_package.zip")
+                    model.update_weights(weights_filename=str(package), upload_uri=destination, target_filename=package.name,
+                                         auto_delete_file=False, is_package=True)
+                else:
+                    # ClearML 2.1.12 cannot register an OutputModel offline: update_weights fails with
+                    # "'DummyModel' object has no attribute 'locked'" (verified). The export travels
+                    # as an artifact (a zip of the folder) inside the offline session instead.
+                    self.task.upload_artifact("model-export", artifact_object=str(export_dir), wait_on_upload=True)
+                self.task.flush(wait_for_uploads=True)
+                folder = self.task.get_offline_mode_folder() if self.mode == "offline" else None
+                closing = time.monotonic()
+                self.closed = True
+                self.task.close()  # waits for the model upload too
             restore_clearml_env(self.env_before)
             record["close_seconds"] = round(time.monotonic() - closing, 3)
             if folder is not None:

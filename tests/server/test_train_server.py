@@ -120,9 +120,10 @@ def test_the_trained_model_is_an_output_model_on_the_fileserver(trained: dict, c
     assert models[0]["url"].startswith(clearml_server.files_url), models[0]["url"]  # not a file:// on the trainer
     exported = sorted(p.name for p in (trained["out"] / "export").rglob("*") if p.is_file())
     assert trained["server"]["model_files"] == exported and "README.md" in exported
-    # The zipped package it was uploaded as is gone (ClearML's update_weights_package left an
-    # export-sized model_package.*.zip in the temp dir on every run).
-    assert trained["left_in_tmp"] == []
+    # The zipped package it was uploaded as is gone from the temp dir (ClearML's update_weights_package
+    # left export-sized model_package.*.zip files there when its upload callback did not run).
+    # torch keeps its compile cache there by design (torchinductor_<user>); nothing else may stay.
+    assert [name for name in trained["left_in_tmp"] if not name.startswith("torchinductor_")] == []
 
 
 def test_same_data_again_reuses_the_version_and_new_data_is_its_child(trained: dict, data_dir: Path) -> None:
