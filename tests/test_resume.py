@@ -9,16 +9,20 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
+from reprozoo.config import RunConfig
 from reprozoo.resume import LAST, PREVIOUS, AtomicCheckpointIO, CheckpointWriteError, ResumeError, find_resume_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -81,46 +85,173 @@ def test_interrupted_run_resumes_bit_identical(how: str, uninterrupted: bytes, d
     assert (out / "metrics.json").read_bytes() == uninterrupted
 
 
-def test_sigterm_during_an_evaluation_still_checkpoints(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Lightning's own SIGTERM handler ends a run that is evaluating with SystemExit(0): no checkpoint,
-    and the process "succeeds". Ours owns SIGTERM during training: the evaluation finishes, the next
-    training batch ends with last.ckpt, and Preempted (exit 128+15 in the CLI) follows."""
-    from lightning.pytorch.callbacks import Callback
+def train_in_process(cfg: RunConfig, resume: bool = False) -> Any:
+    """`reprozoo.train.train` in this process, its signal handlers put back afterwards."""
+    from reprozoo.train import train
 
-    import reprozoo.train as train_module
-    from reprozoo.config import RunConfig
-    from reprozoo.resume import Preempted
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return train(cfg, resume=resume)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
-    class SigtermDuringValidation(Callback):
-        sent = False
 
-        def on_validation_batch_start(self, trainer: object, *args: object) -> None:
-            if not self.sent:
-                self.sent = True
+class SigtermAt(Callback):
+    """SIGTERM to this process at one chosen moment: as training batch `batch` starts (1-based, over the
+    whole run), or as the `evaluation`-th evaluation during fit starts (1-based)."""
+
+    def __init__(self, batch: int | None = None, evaluation: int | None = None) -> None:
+        self.batch, self.evaluation, self.evaluations = batch, evaluation, 0
+
+    def on_train_batch_start(self, trainer: Any, *args: Any) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.total.ready == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_validation_start(self, trainer: Any, *args: Any) -> None:
+        if trainer.state.fn == "fit":
+            self.evaluations += 1
+            if self.evaluations == self.evaluation:
                 os.kill(os.getpid(), signal.SIGTERM)
 
+
+@pytest.fixture
+def extra_callbacks(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Callbacks added to every Trainer that `reprozoo.train` builds in this test (the list may change between runs)."""
+    import reprozoo.train as train_module
+
+    callbacks: list[Any] = []
     build = train_module._trainer_kwargs
 
-    def with_the_signal(*args: object, **kwargs: object) -> dict:
+    def with_extra(*args: Any, **kwargs: Any) -> dict[str, Any]:
         built = build(*args, **kwargs)
-        built["callbacks"].append(SigtermDuringValidation())
+        built["callbacks"].extend(callbacks)
         return built
 
-    monkeypatch.setattr(train_module, "_trainer_kwargs", with_the_signal)
+    monkeypatch.setattr(train_module, "_trainer_kwargs", with_extra)
+    return callbacks
+
+
+def test_sigterm_during_an_evaluation_still_checkpoints(data_dir: Path, tmp_path: Path, extra_callbacks: list[Any]) -> None:
+    """Lightning's own SIGTERM handler ends a run that is evaluating with SystemExit(0): no checkpoint,
+    and the process "succeeds". Ours owns SIGTERM during training: the evaluation finishes, ends with
+    last.ckpt, and Preempted (exit 128+15 in the CLI) follows."""
+    from reprozoo.resume import Preempted
+
+    extra_callbacks.append(SigtermAt(evaluation=1))
     out = tmp_path / "run"
     cfg = RunConfig().override([f"data.data_dir={data_dir}", "data.limit_train_samples=96", "data.limit_eval_samples=32",
                                 "data.batch_size=16", "trainer.max_epochs=1", "trainer.val_check_interval=0.5",
                                 "tracking.mode=off", f"out_dir={out}"])
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        with pytest.raises(Preempted):
-            train_module.train(cfg)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    with pytest.raises(Preempted):
+        train_in_process(cfg)
     assert not (out / "metrics.json").exists()
-    # 6 batches, dev after the 3rd; the signal came during that evaluation: checkpoint after the 4th.
-    assert batches_done(out / "checkpoints" / LAST) == (4, 4)
+    # 6 batches, dev after the 3rd; the signal came as that evaluation started: checkpoint at its end.
+    assert batches_done(out / "checkpoints" / LAST) == (3, 3)
+
+
+# Every moment a run can be stopped at, for three schedules of evaluations and checkpoints. 160 training
+# sentences in batches of 16: 10 batches an epoch. Each was a failure on eee4b67:
+# - mid-epoch evaluations: a checkpoint written after a batch that an evaluation follows (SIGTERM there, or
+#   --checkpoint-every landing on it) resumed past that evaluation without running it, so the best
+#   checkpoint came from other evaluations; every evaluation also moved the global RNG (its loader's seed).
+# - one evaluation per epoch, no step checkpoints: the best checkpoint and early stopping acted at the
+#   epoch's end, after last.ckpt; the training loader drew from the global RNG at each epoch's start.
+# - gradient accumulation: a SIGTERM checkpoint between the batches of one accumulation dropped the
+#   gradients accumulated so far.
+RESUME_SCHEDULES = {
+    "mid-epoch-evaluations": ["trainer.max_epochs=2", "trainer.val_check_interval=0.5", "trainer.checkpoint_every=3"],
+    "one-evaluation-per-epoch": ["trainer.max_epochs=3", "trainer.val_check_interval=1.0", "trainer.checkpoint_every=0"],
+    "gradient-accumulation": ["trainer.max_epochs=2", "trainer.val_check_interval=0.5", "trainer.checkpoint_every=2",
+                              "trainer.accumulate_grad_batches=3"],
+}
+TINY_BATCHES_PER_EPOCH = 10
+
+
+@pytest.mark.parametrize("schedule", list(RESUME_SCHEDULES))
+def test_every_stop_moment_resumes_bit_identical(schedule: str, tiny_model_dirs: dict[str, Path], data_dir: Path,
+                                                 tmp_path: Path, extra_callbacks: list[Any],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill -9 right after each checkpoint write of an uninterrupted run (its run directory as it was then),
+    and SIGTERM as each training batch and each evaluation starts: every resume ends with the same
+    metrics.json, bit for bit. A tiny random-weight BERT, so that every moment fits in about a minute."""
+    from reprozoo.resume import Preempted, resumed_config
+
+    run_dir = tmp_path / "run"
+    cfg = RunConfig().override([f"data.data_dir={data_dir}", f"model.name={tiny_model_dirs['bert']}",
+                                "data.limit_train_samples=160", "data.limit_eval_samples=40", "data.batch_size=16",
+                                "optim.lr=1e-3", "tracking.mode=off", f"out_dir={run_dir}", *RESUME_SCHEDULES[schedule]])
+    accumulate = cfg.trainer.accumulate_grad_batches
+
+    # The uninterrupted run; after each checkpoint write, its run directory is kept as a kill -9 would leave it
+    # (hard links: every checkpoint is written to a new file and renamed into place).
+    snapshots: list[Path] = []
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def save_and_snapshot(self: AtomicCheckpointIO, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        save(self, checkpoint, path, storage_options)
+        snapshots.append(tmp_path / f"after-write-{len(snapshots)}-{Path(path).name}-step{checkpoint['global_step']}")
+        subprocess.run(["cp", "-al", str(run_dir), str(snapshots[-1])], check=True)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", save_and_snapshot)
+    straight = train_in_process(cfg)
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", save)
+    expected = (run_dir / "metrics.json").read_bytes()
+    batches = straight.metrics["train"]["steps"]
+    evaluations = cfg.trainer.max_epochs * round(1 / cfg.trainer.val_check_interval)
+    shutil.rmtree(run_dir)
+
+    def resumes_bit_identical(moment: str) -> str | None:
+        """What went wrong when resuming the run in `run_dir` (None: nothing); the folder is removed."""
+        step, done = batches_done(find_resume_checkpoint(run_dir))
+        where = f"{moment} (checkpoint at step {step}, batch {done} of its epoch)"
+        try:
+            if accumulate > 1 and done % accumulate and done != TINY_BATCHES_PER_EPOCH:
+                return f"{where}: inside a gradient accumulation"
+            train_in_process(resumed_config(str(run_dir)), resume=True)
+            return None if (run_dir / "metrics.json").read_bytes() == expected else f"{where}: other metrics"
+        finally:
+            shutil.rmtree(run_dir)
+
+    failures, resumed = [], 0
+    for snapshot in snapshots:
+        if (snapshot / "checkpoints" / LAST).exists():  # else: killed before any last.ckpt, nothing to resume
+            subprocess.run(["cp", "-a", str(snapshot), str(run_dir)], check=True)
+            failures.append(resumes_bit_identical(f"kill -9 after {snapshot.name}"))
+            resumed += 1
+    moments = [SigtermAt(batch=b) for b in range(1, batches + 1)] + [SigtermAt(evaluation=e) for e in range(1, evaluations + 1)]
+    for moment in moments:
+        name = f"SIGTERM at batch {moment.batch}" if moment.batch else f"SIGTERM at evaluation {moment.evaluation}"
+        extra_callbacks[:] = [moment]
+        try:
+            train_in_process(cfg)
+        except Preempted:
+            failures.append(resumes_bit_identical(name))
+        else:
+            failures.append(f"{name}: the run did not stop")
+            shutil.rmtree(run_dir)
+    bad = [f for f in failures if f]
+    assert not bad, f"{len(bad)} of {len(failures)} moments:\n" + "\n".join(bad)
+    assert resumed >= 3  # kill -9 after at least three checkpoint writes was tried
+
+
+def test_sigterm_on_the_step_an_evaluation_follows_resumes_bit_identical(uninterrupted: bytes, data_dir: Path, tmp_path: Path,
+                                                                        extra_callbacks: list[Any]) -> None:
+    """The moment that failed CI on eee4b67, on purpose, with real MiniLM and the settings above: SIGTERM
+    during step 10 of 20, after which dev is evaluated (the resumed run skipped that evaluation)."""
+    from reprozoo.cli.common import configure
+    from reprozoo.resume import Preempted, resumed_config
+
+    out = tmp_path / "run"
+    cfg = configure(None, ["trainer.val_check_interval=0.5"], data_dir=str(data_dir), out=str(out), limit_train_samples=320,
+                    limit_eval_samples=100, batch_size=16, max_epochs=2, lr=1e-4, tracking="off", checkpoint_every=3)
+    extra_callbacks.append(SigtermAt(batch=10))
+    with pytest.raises(Preempted):
+        train_in_process(cfg)
+    extra_callbacks.clear()
+    assert batches_done(out / "checkpoints" / LAST) == (10, 10)  # written at the end of the evaluation after step 10
+    train_in_process(resumed_config(str(out)), resume=True)
+    assert (out / "metrics.json").read_bytes() == uninterrupted
 
 
 def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

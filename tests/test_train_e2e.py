@@ -45,7 +45,8 @@ def test_run_directory_holds_every_artifact(minilm_run: RunResult, data_dir: Pat
     assert metrics["train"]["loss_last"] < metrics["train"]["loss_first"]  # it learned
     assert metrics["test"]["accuracy"] > 0.30  # above the 28.6% majority class after 640 sentences
     assert (run / "confusion_test.png").read_bytes()[:4] == b"\x89PNG"
-    assert list((run / "checkpoints").glob("best-*.ckpt")) and (run / "checkpoints" / "last.ckpt").is_file()
+    # A finished run keeps its best checkpoint alone (last.ckpt only with trainer.keep_last_checkpoint).
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [Path(metrics["best_checkpoint"]).name]
     assert (run / "export" / "model.safetensors").is_file() and (run / "export" / "modeling_reprozoo.py").is_file()
     task = json.loads((run / "task.json").read_text())
     assert task["mode"] == "offline" and task["task_id"].startswith("offline-") and Path(task["offline_zip"]).is_file()

@@ -81,6 +81,7 @@ class TrainerConfig:
     require_gpu: bool = False
     early_stopping_patience: int = 3
     checkpoint_every: int = 0  # >0: also write last.ckpt every N optimiser steps (covers kill -9)
+    keep_last_checkpoint: bool = False  # a finished run keeps last.ckpt too (by default only the best one)
     val_check_interval: float = 1.0  # fraction of an epoch between dev evaluations
     pruning_amount: float = 0.0  # >0: L1-unstructured pruning of the head and FFN weights
     accumulate_grad_batches: int = 1
@@ -428,6 +429,7 @@ _EXAMPLES: dict[str, Any] = {
     "trainer.max_epochs": 3, "trainer.max_steps": 1000, "trainer.max_time": "00:02:00:00",
     "trainer.precision": "bf16-mixed", "trainer.accelerator": "gpu", "trainer.devices": "2",
     "trainer.require_gpu": "true", "trainer.early_stopping_patience": 3, "trainer.checkpoint_every": 500,
+    "trainer.keep_last_checkpoint": "true",
     "trainer.val_check_interval": 0.5, "trainer.pruning_amount": 0.3, "trainer.accumulate_grad_batches": 4,
     "trainer.fast_dev_run": "true", "trainer.profiler": "simple", "trainer.log_every_n_steps": 20,
     "tracking.mode": "offline", "tracking.project": "reprozoo", "tracking.task_name": "minilm-baseline",

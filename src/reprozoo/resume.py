@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Checkpoint
 from torch.utils.data import DataLoader
 
 from reprozoo.config import ConfigError, RunConfig
@@ -140,15 +140,31 @@ class ResumeState(Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class PreemptionCheckpoint(Callback):
-    """On SIGTERM or SIGINT (Colab disconnects, spot preemption, Ctrl-C): finish the current
-    batch, write `last.ckpt`, and stop. The process then exits with 128 + signal number."""
+class ResumeCheckpoint(Checkpoint):
+    """The one writer of `last.ckpt`, the checkpoint `train --resume` continues from.
 
-    def __init__(self, checkpoint_dir: Path) -> None:
-        self.checkpoint_dir = checkpoint_dir
+    It writes only where Lightning's restart continues exactly:
+    - at the end of each validation during fit (covers kill -9 at the default settings; the best
+      checkpoint's and early stopping's states already include that validation);
+    - every `every_n_steps` optimiser steps (`--checkpoint-every`);
+    - on SIGTERM or SIGINT (Colab disconnects, spot preemption, Ctrl-C), then the run stops with
+      `Preempted` and the CLI exits with 128 + signal number.
+    Never between the batches of one gradient accumulation (the partial gradients are not in a
+    checkpoint), and never after a batch that a validation follows: Lightning takes a checkpoint
+    written there as past that validation and skips it on restart, so the resumed run would pick its
+    best checkpoint from other evaluations. Such a write waits for the validation's end.
+    A `Checkpoint` subclass so that Lightning runs it after the best-checkpoint `ModelCheckpoint`
+    (listed before it) and after early stopping."""
+
+    def __init__(self, checkpoint_dir: Path, every_n_steps: int = 0) -> None:
+        self.checkpoint_dir, self.every_n_steps = checkpoint_dir, every_n_steps
         self.received: int | None = None
         self.trainer: Any = None
         self._previous: dict[int, Any] = {}
+
+    @property
+    def path(self) -> Path:
+        return self.checkpoint_dir / LAST
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         self.trainer = trainer
@@ -160,7 +176,7 @@ class PreemptionCheckpoint(Callback):
         # Lightning registers its own SIGTERM handler after on_fit_start (composed with ours). Its
         # handler makes the loops raise SIGTERMException, a SystemExit with status 0, when the signal
         # lands during an evaluation: the run would stop without a checkpoint and "succeed". Ours alone
-        # from here: the evaluation finishes, the next training batch ends with a checkpoint.
+        # from here: the evaluation finishes and ends with a checkpoint.
         with contextlib.suppress(ValueError):
             signal.signal(signal.SIGTERM, self._handle)
 
@@ -171,15 +187,26 @@ class PreemptionCheckpoint(Callback):
         launcher = self.trainer.strategy.launcher if self.trainer is not None else None
         if launcher is not None:
             launcher.kill(signum)  # DDP: the other ranks get the signal too (what Lightning's handler did)
-        log.warning(f"received {signal.Signals(signum).name}; checkpointing after this batch")
+        log.warning(f"received {signal.Signals(signum).name}; checkpointing after this optimiser step")
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.received is None:
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if trainer.fast_dev_run or epoch_loop._should_accumulate():
             return
-        trainer.save_checkpoint(self.checkpoint_dir / LAST)
-        log.warning(f"saved {self.checkpoint_dir / LAST}; resume with `reprozoo train --resume {self.checkpoint_dir.parent}`")
-        trainer.should_stop = True
-        raise Preempted(self.received)
+        due = self.received is not None or (self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0)
+        if due and not epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+            self._write(trainer)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if (trainer.state.fn == "fit" and not trainer.sanity_checking and not trainer.fast_dev_run
+                and not trainer.fit_loop.epoch_loop._should_accumulate()):
+            self._write(trainer)
+
+    def _write(self, trainer: Any) -> None:
+        trainer.save_checkpoint(self.path)
+        if self.received is not None:
+            log.warning(f"saved {self.path}; resume with `reprozoo train --resume {self.checkpoint_dir.parent}`")
+            raise Preempted(self.received)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         for sig, handler in self._previous.items():

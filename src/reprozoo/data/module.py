@@ -316,7 +316,7 @@ class SST5DataModule(L.LightningDataModule):
                                        class_balanced=self.cfg.imbalance == "balanced-sampler",
                                        max_tokens=self.cfg.max_tokens, num_replicas=world, rank=rank)
         workers = {"collate_fn": self._collator(), "num_workers": self.cfg.num_workers,
-                   "persistent_workers": self.cfg.num_workers > 0}
+                   "persistent_workers": self.cfg.num_workers > 0, "generator": self._loader_generator()}
         if self.cfg.max_tokens is not None:
             if world > 1:
                 raise ConfigError("data.max_tokens (token-budget batches) is single-device only; use data.batch_size with several devices")
@@ -324,6 +324,12 @@ class SST5DataModule(L.LightningDataModule):
                                        position=sampler, progress=self._batches_done, **workers)
         return ResumableDataLoader(TokenizedDataset(split), batch_size=self.batch_size, sampler=sampler,
                                    position=sampler, progress=self._batches_done, **workers)
+
+    def _loader_generator(self) -> torch.Generator:
+        """Each loader's own: a DataLoader without one draws its workers' base seed from the global
+        RNG every time an iteration starts (each epoch, each evaluation), so the dropout stream
+        depended on how many loaders had started, which a resumed run cannot replay."""
+        return torch.Generator().manual_seed(self.seed)
 
     def _batches_done(self) -> int:
         """Batches processed in the current epoch, as the trainer's loop counts them."""
@@ -336,7 +342,8 @@ class SST5DataModule(L.LightningDataModule):
         split = self.splits[name]
         order = torch.argsort(split.lengths, descending=True, stable=True).tolist()  # least padding
         return DataLoader(TokenizedDataset(split), batch_size=self.cfg.eval_batch_size, sampler=order,
-                          collate_fn=self._collator(), num_workers=self.cfg.num_workers)
+                          collate_fn=self._collator(), num_workers=self.cfg.num_workers,
+                          generator=self._loader_generator())
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("dev")
