@@ -110,3 +110,13 @@ def free_port_base(count: int, start: int = 20000, stop: int = 60000) -> int:
             for sock in socks:
                 sock.close()
     raise RuntimeError(f"no {count} consecutive free ports on 127.0.0.1 in {start}..{stop}")
+
+
+class NoTracker:
+    """A tracker that records nothing, for building a run's Trainer arguments (`train._trainer_kwargs`) alone."""
+
+    def lightning_logger(self, run_dir: Path) -> list:
+        return []
+
+    def lightning_callbacks(self) -> list:
+        return []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import isolate_clearml
+from helpers import NoTracker, isolate_clearml
 from reprozoo.config import RunConfig
 
 
@@ -20,13 +20,6 @@ def test_devices_reach_the_lightning_trainer(data_dir: Path, tmp_path: Path, acc
 
     cfg = RunConfig().override([f"data.data_dir={data_dir}", f"trainer.devices={devices}", f"out_dir={tmp_path / 'run'}"])
     plan = replace(plan_run(cfg), accelerator=accelerator)  # no GPU here: the plan says what a GPU host decides
-
-    class NoTracker:
-        def lightning_logger(self, run_dir: Path) -> list:
-            return []
-
-        def lightning_callbacks(self) -> list:
-            return []
 
     kwargs = _trainer_kwargs(cfg, plan, NoTracker())
     assert kwargs["accelerator"] == accelerator and kwargs["devices"] == expected

@@ -118,9 +118,7 @@ class SentimentClassifier(L.LightningModule):
         return [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
 
     def configure_optimizers(self) -> dict[str, Any]:
-        # The fused kernel (CPU and CUDA) is ~5x faster than the default foreach one; with short
-        # SST phrases the optimiser step is otherwise a large share of each training step.
-        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.lr, fused=True)
+        optimizer = adamw(self.parameter_groups(), self.lr, self.trainer.precision, self.trainer.gradient_clip_val)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(total * self.optim_cfg.warmup_ratio)
 
@@ -138,6 +136,16 @@ class SentimentClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.step_losses = list(checkpoint.get("reprozoo_step_losses", []))
+
+
+def adamw(groups: list[dict[str, Any]], lr: float, precision: str, grad_clip: float | None) -> torch.optim.AdamW:
+    """AdamW with the fused kernel (CPU and CUDA), ~5x faster than the default foreach one: with short
+    SST phrases the optimiser step is otherwise a large share of each training step. Not under mixed
+    precision (AMP, fp16 or bf16) with gradient clipping: the fused step unscales the gradients itself,
+    so Lightning's AMP plugin cannot unscale them before clipping and refuses to clip at the first step."""
+    mixed = precision.endswith("-mixed") or precision in ("16", "bf16")
+    fused = not (mixed and grad_clip)
+    return torch.optim.AdamW(groups, lr=lr, fused=fused)
 
 
 def _layer_depth(name: str) -> int | None:

@@ -265,13 +265,13 @@ def environment(seed: int, root: str | None) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "seed": seed,
         "determinism": {
-            "lightning_deterministic": True,  # train.py always passes Trainer(deterministic=True)
+            # train.start_run sets torch's flags as the Trainer will (train.deterministic_mode) before this.
+            "lightning_deterministic": "warn" if torch.is_deterministic_algorithms_warn_only_enabled() else True,
             "torch_deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "torch_deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
             "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
-            # Lightning's deterministic=True always sets this when the Trainer is built (after the
-            # record is written); stating it here keeps tracked and untracked records comparable.
-            "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
+            "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG", NONE),
             "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", NONE),
         },
     }

@@ -117,9 +117,20 @@ def _choose_precision(cfg: RunConfig, entry: zoo.ZooEntry, accelerator: str) -> 
         return requested
     if accelerator != "gpu":
         return "32-true"
-    if torch.cuda.is_bf16_supported():
+    # bf16 in hardware from Ampere (compute capability 8.0: A100, L4, H100) on. Not
+    # torch.cuda.is_bf16_supported(): it counts emulation by default and says yes on a T4 or V100.
+    if torch.cuda.get_device_capability() >= (8, 0):
         return "bf16-mixed"
     return "16-mixed" if entry.fp16 else "32-true"
+
+
+def deterministic_mode(accelerator: str) -> bool | str:
+    """Lightning's `deterministic` for a run, and so torch's flags. On the CPU every op has a
+    deterministic kernel: strict, and the same seed and config give bit-identical metrics. On a GPU
+    a few ops (scatter-add in some backbones' embeddings, index_add backward) have none: "warn" keeps
+    the deterministic kernels wherever torch has them and warns, instead of failing, on the others, so
+    a GPU replay is close but may differ; the record says which mode ran."""
+    return "warn" if accelerator == "gpu" else True
 
 
 # Lightning's DDP launcher starts one process per further device by re-running this command line;
@@ -283,9 +294,10 @@ def start_run(plan: Plan, tracker: Any, inputs: Inputs, *, resume: bool, worker:
     if not worker:
         # Scrubbed at the source: what the run directory holds is what may be recorded, now and on resume.
         (plan.run_dir / "config.yaml").write_text(provenance.redact(cfg.to_yaml()))
-    # Before the record, so the fingerprint states the determinism flags this run trains with;
-    # seeding stays after it so nothing the tracker does can move an RNG.
-    torch.use_deterministic_algorithms(True, warn_only=plan.accelerator == "gpu")
+    # Before the record, so the fingerprint states the determinism flags this run trains with (the
+    # Trainer sets the same ones again); seeding stays after it so nothing the tracker does can move an RNG.
+    torch.use_deterministic_algorithms(True, warn_only=deterministic_mode(plan.accelerator) == "warn")
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # what Lightning's deterministic mode sets
     if not worker:
         tracker.record(cfg, plan, inputs.weights)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -512,7 +524,7 @@ def _trainer_kwargs(cfg: RunConfig, plan: Plan, tracker: Any) -> dict[str, Any]:
         # family-specific embeddings) never do, since our head pools the hidden states itself.
         "strategy": "ddp_find_unused_parameters_true" if _device_count(t.devices, plan.accelerator) > 1 else "auto",
         "precision": plan.precision,
-        "deterministic": True,
+        "deterministic": deterministic_mode(plan.accelerator),
         "gradient_clip_val": cfg.optim.grad_clip or None,
         "accumulate_grad_batches": t.accumulate_grad_batches,
         "val_check_interval": t.val_check_interval,
