@@ -162,6 +162,9 @@ def test_sigterm_during_an_evaluation_still_checkpoints(data_dir: Path, tmp_path
 RESUME_SCHEDULES = {
     "mid-epoch-evaluations": ["trainer.max_epochs=2", "trainer.val_check_interval=0.5", "trainer.checkpoint_every=3"],
     "one-evaluation-per-epoch": ["trainer.max_epochs=3", "trainer.val_check_interval=1.0", "trainer.checkpoint_every=0"],
+    # pruning: its masks are set as training starts, and again on resume, from the checkpoint's zeros.
+    "pruned-with-step-checkpoints": ["trainer.max_epochs=2", "trainer.val_check_interval=1.0", "trainer.checkpoint_every=4",
+                                     "trainer.pruning_amount=0.3"],
     "gradient-accumulation": ["trainer.max_epochs=2", "trainer.val_check_interval=0.5", "trainer.checkpoint_every=2",
                               "trainer.accumulate_grad_batches=3"],
 }

@@ -83,7 +83,7 @@ class TrainerConfig:
     checkpoint_every: int = 0  # >0: also write last.ckpt every N optimiser steps (covers kill -9)
     keep_last_checkpoint: bool = False  # a finished run keeps last.ckpt too (by default only the best one)
     val_check_interval: float = 1.0  # fraction of an epoch between dev evaluations
-    pruning_amount: float = 0.0  # >0: L1-unstructured pruning of the head and FFN weights
+    pruning_amount: float = 0.0  # >0: L1-unstructured pruning of the head and FFN weights (reprozoo.pruning)
     accumulate_grad_batches: int = 1
     fast_dev_run: bool = False
     profiler: str | None = None  # simple | advanced | pytorch

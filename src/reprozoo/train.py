@@ -472,7 +472,7 @@ def _new_run_dir(run_dir: Path) -> Path:
 
 
 def _trainer_kwargs(cfg: RunConfig, plan: Plan, tracker: Any) -> dict[str, Any]:
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, ModelPruning
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
     from reprozoo.resume import AtomicCheckpointIO, ResumeCheckpoint, ResumeState
 
@@ -494,8 +494,9 @@ def _trainer_kwargs(cfg: RunConfig, plan: Plan, tracker: Any) -> dict[str, Any]:
         ResumeCheckpoint(checkpoints, every_n_steps=t.checkpoint_every),
     ]
     if t.pruning_amount > 0:
-        callbacks.append(ModelPruning("l1_unstructured", amount=t.pruning_amount, use_global_unstructured=True,
-                                      parameters_to_prune=None, verbose=0))
+        from reprozoo.pruning import HeadAndFFNPruning
+
+        callbacks.append(HeadAndFFNPruning(t.pruning_amount))
     if sys.stderr.isatty():
         from lightning.pytorch.callbacks import RichProgressBar
 
