@@ -139,6 +139,16 @@ class LocalServer:
             child.poll()
 
 
+def _comes_up(server: LocalServer, name: str, probe: str, seconds: float = 30) -> bool:
+    """Whether the kit's process `name` answers `probe` within `seconds` (False at once when it exited)."""
+    deadline = time.monotonic() + seconds
+    while not _answers(probe):
+        if not _alive(server.pid(name)) or time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def _install_or_skip() -> None:
     if not (KIT / "install.sh").is_file():
         pytest.skip(f"server tests need the local ClearML server kit at {KIT} (or REPROZOO_CLEARML_SERVER_KIT)")
@@ -159,11 +169,20 @@ def clearml_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSe
     server = LocalServer(state=state, config_file=state / "clearml.conf", api_url=f"http://127.0.0.1:{base}",
                          files_url=f"http://127.0.0.1:{base + 1}", port_base=base)
     try:
-        started = subprocess.run([str(KIT / "start.sh"), str(state)], capture_output=True, text=True, timeout=180,
-                                 check=False, env={**os.environ, "CLEARML_LOCAL_PORT_BASE": str(base)})
-        if started.returncode != 0:
-            tail = (started.stderr or started.stdout).strip().splitlines()[-1:] or ["no output"]
-            pytest.skip(f"server tests: the local ClearML server did not start ({tail[0]})")
+        # start.sh insists on the apiserver alone. The fileserver logs in to it at start-up and exits when
+        # that fails for ~15 s; on a loaded machine the apiserver took longer (seen with a training job
+        # beside the suite: every agent test then failed to upload). Start again, warm, until both answer.
+        for _ in range(3):
+            started = subprocess.run([str(KIT / "start.sh"), str(state)], capture_output=True, text=True, timeout=180,
+                                     check=False, env={**os.environ, "CLEARML_LOCAL_PORT_BASE": str(base)})
+            if started.returncode != 0:
+                tail = (started.stderr or started.stdout).strip().splitlines()[-1:] or ["no output"]
+                pytest.skip(f"server tests: the local ClearML server did not start ({tail[0]})")
+            if _comes_up(server, "files", f"{server.files_url}/"):
+                break
+            server.shutdown()
+        else:
+            pytest.fail(f"the local ClearML fileserver did not start in 3 tries; see {state}/logs/files.log")
         yield server
     finally:
         server.shutdown()
