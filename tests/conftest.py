@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,3 +91,20 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
         model.save_pretrained(dirs[family])
         tokenizer.save_pretrained(dirs[family])
     return dirs
+
+
+@pytest.fixture
+def extra_callbacks(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Callbacks added to every Trainer that `reprozoo.train` builds in this test (the list may change between runs)."""
+    import reprozoo.train as train_module
+
+    callbacks: list[Any] = []
+    build = train_module._trainer_kwargs
+
+    def with_extra(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        built = build(*args, **kwargs)
+        built["callbacks"].extend(callbacks)
+        return built
+
+    monkeypatch.setattr(train_module, "_trainer_kwargs", with_extra)
+    return callbacks

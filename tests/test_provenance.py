@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -57,6 +58,78 @@ def test_git_state_records_commit_branch_diff_and_untracked(tmp_path: Path) -> N
     assert subprocess.run(["git", "-C", str(tmp_path), "apply", "--check", "-R"], input=dirty.diff, text=True).returncode == 0
 
 
+def _repo(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    _git(path, "init", "-q")
+    _git(path, "config", "user.email", "t@example.com")
+    _git(path, "config", "user.name", "t")
+    return path
+
+
+def test_a_binary_change_is_recorded_and_replays(tmp_path: Path) -> None:
+    """Issue 17, case 8: `git diff` without --binary records "Binary files differ", which no replay applies."""
+    repo = _repo(tmp_path / "repo")
+    (repo / "vocab.bin").write_bytes(bytes(range(256)) * 4)
+    (repo / "a.py").write_text("x = 1\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "one")
+    changed = bytes(reversed(range(256))) * 4 + b"\x00\xff"
+    (repo / "vocab.bin").write_bytes(changed)
+    (repo / "a.py").write_text("x = 2\n")
+    state = provenance.git_state(repo)
+    replay = tmp_path / "replay"
+    _git(tmp_path, "clone", "-q", str(repo), str(replay))
+    applied = subprocess.run(["git", "-C", str(replay), "apply"], input=state.diff, text=True, capture_output=True)
+    assert applied.returncode == 0, applied.stderr
+    assert (replay / "vocab.bin").read_bytes() == changed and (replay / "a.py").read_text() == "x = 2\n"
+    assert state.error == ""
+
+
+def test_untracked_source_files_are_captured_and_replay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17, case 8: an untracked module the run imports was listed, not captured: the replay failed
+    (ImportError) or ran other code. Now it travels in the diff; other untracked files stay a list."""
+    repo = _repo(tmp_path / "repo")
+    (repo / "src" / "pkg").mkdir(parents=True)
+    (repo / "src" / "pkg" / "__init__.py").write_text("from pkg.helper import VALUE\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "one")
+    (repo / "src" / "pkg" / "helper.py").write_text("VALUE = 42\n")
+    (repo / "src" / "pkg" / "table.bin").write_bytes(bytes(range(256)))
+    (repo / "notes.txt").write_text("not code\n")
+    state = provenance.git_state(repo)
+    assert state.untracked == ["notes.txt"] and state.dirty
+    replay = tmp_path / "replay"
+    _git(tmp_path, "clone", "-q", str(repo), str(replay))
+    applied = subprocess.run(["git", "-C", str(replay), "apply"], input=state.diff, text=True, capture_output=True)
+    assert applied.returncode == 0, applied.stderr
+    assert (replay / "src" / "pkg" / "helper.py").read_text() == "VALUE = 42\n"
+    assert (replay / "src" / "pkg" / "table.bin").read_bytes() == bytes(range(256))
+    monkeypatch.setattr(provenance, "MAX_UNTRACKED_SOURCE_BYTES", 100)
+    with pytest.raises(provenance.ConfigError, match=r"untracked file\(s\) under .* too large to record .*commit them") as refused:
+        provenance.git_state(repo)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_git_failure_is_a_warning_the_record_carries(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 17, case 8: a checkout owned by another user ("dubious ownership", e.g. mounted into a
+    container) used to give a record with no commit and no diff, silently."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to hand the checkout to another user")
+    repo = _repo(tmp_path / "mounted")
+    (repo / "a.py").write_text("x = 1\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "one")
+    subprocess.run(["chown", "-R", "65534:65534", str(repo)], check=True)
+    state = provenance.git_state(repo)
+    assert state.commit == "" and "dubious ownership" in state.error
+    assert f"git config --global --add safe.directory {repo}" in state.error
+    warning = [line for line in capsys.readouterr().err.splitlines() if "git failed" in line]
+    assert len(warning) == 1 and "has no commit or diff" in warning[0]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert provenance.git_state(plain).error == ""  # not a repository at all: no failure, nothing to warn about
+
+
 def test_image_identity_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(provenance.IMAGE_ENV, raising=False)
     monkeypatch.delenv(provenance.IMAGE_DIGEST_ENV, raising=False)
@@ -72,12 +145,49 @@ def test_image_identity_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_lock_file_default_and_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.delenv(provenance.LOCK_ENV, raising=False)
+    monkeypatch.delenv(provenance.LOCK_SHA256_ENV, raising=False)
     name, sha = provenance.lock_file(str(repo))
     assert name == "envs/cpu.txt" and sha == provenance.file_sha256(repo / "envs" / "cpu.txt")
     lock = tmp_path / "colab.txt"
     lock.write_text("torch==2.13.0\n")
     monkeypatch.setenv(provenance.LOCK_ENV, str(lock))
     assert provenance.lock_file(str(repo)) == (str(lock), provenance.file_sha256(lock))
+
+
+@pytest.mark.parametrize("flavour", ["cpu", "cuda", "colab"])
+def test_the_lock_of_an_image_or_colab_is_recorded(flavour: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17, case 7: the image (docker/Dockerfile) and the Colab notebook set REPROZOO_LOCK to the
+    flavour and REPROZOO_LOCK_SHA256 to its lock's sha256; the flavour was read as a path and the
+    record said "none" for both."""
+    baked = "ab" * 32
+    monkeypatch.setenv(provenance.LOCK_ENV, flavour)
+    monkeypatch.setenv(provenance.LOCK_SHA256_ENV, baked)
+    assert provenance.lock_file(None) == (f"envs/{flavour}.lock", baked)  # no checkout in an image
+    monkeypatch.delenv(provenance.LOCK_SHA256_ENV)
+    repo = Path(__file__).resolve().parents[1]
+    assert provenance.lock_file(str(repo)) == (f"envs/{flavour}.lock", provenance.file_sha256(repo / "envs" / f"{flavour}.lock"))
+
+
+def test_a_venv_that_drifted_from_envs_cpu_txt_claims_no_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    """Issue 17, case 7: outside images envs/cpu.txt was recorded whatever was installed."""
+    from importlib import metadata
+
+    monkeypatch.delenv(provenance.LOCK_ENV, raising=False)
+    monkeypatch.delenv(provenance.LOCK_SHA256_ENV, raising=False)
+    checkout = tmp_path / "checkout"
+    (checkout / "envs").mkdir(parents=True)
+    torch_version = metadata.version("torch").split("+")[0]
+    lock = checkout / "envs" / "cpu.txt"
+    lock.write_text(f"# a lock\ntorch=={torch_version}\nnumpy=={metadata.version('numpy')} ; python_version >= '3'\n"
+                    "not-on-this-os==1.0 ; sys_platform == 'nonexistent'\n")
+    assert provenance.lock_file(str(checkout)) == ("envs/cpu.txt", provenance.file_sha256(lock))
+    lock.write_text(lock.read_text() + "torch==1.0.0\nno-such-distribution==1.0\n")
+    assert provenance.lock_differences(lock) == [f"torch: {metadata.version('torch')}, the lock pins 1.0.0",
+                                                 "no-such-distribution: not installed, the lock pins 1.0"]
+    assert provenance.lock_file(str(checkout)) == ("envs/cpu.txt", provenance.NONE)
+    warning = [line for line in capsys.readouterr().err.splitlines() if "is not envs/cpu.txt" in line]
+    assert len(warning) == 1 and "+1 more" in warning[0] and "make setup" in warning[0]
 
 
 def test_environment_fingerprint_fields() -> None:

@@ -154,9 +154,10 @@ def test_tasks_cli_list_show_diff(runs: dict) -> None:
         assert needle in show.stdout, needle
     diff = cli(runs, "tasks", "diff", first, second)
     assert diff.returncode == 0, diff.stderr
-    # The replay pinned the data version; everything that decides the result is the same.
+    # The replay pinned the data version and the weights it loaded (their sha256); everything that decides
+    # the result is the same.
     rows = [line.split()[0] for line in diff.stdout.splitlines()[2:] if line and not line.startswith(" ")]
-    assert rows == ["config.data.dataset_id"], diff.stdout
+    assert rows == ["config.data.dataset_id", "config.model.revision"], diff.stdout
     same = cli(runs, "tasks", "diff", first, first)
     assert same.stdout.startswith("identical")
     missing = cli(runs, "tasks", "show", "offline-doesnotexist")

@@ -7,6 +7,7 @@ as an uninterrupted run with the same seed."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -113,23 +114,6 @@ class SigtermAt(Callback):
             self.evaluations += 1
             if self.evaluations == self.evaluation:
                 os.kill(os.getpid(), signal.SIGTERM)
-
-
-@pytest.fixture
-def extra_callbacks(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Callbacks added to every Trainer that `reprozoo.train` builds in this test (the list may change between runs)."""
-    import reprozoo.train as train_module
-
-    callbacks: list[Any] = []
-    build = train_module._trainer_kwargs
-
-    def with_extra(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        built = build(*args, **kwargs)
-        built["callbacks"].extend(callbacks)
-        return built
-
-    monkeypatch.setattr(train_module, "_trainer_kwargs", with_extra)
-    return callbacks
 
 
 def test_sigterm_during_an_evaluation_still_checkpoints(data_dir: Path, tmp_path: Path, extra_callbacks: list[Any]) -> None:
@@ -345,3 +329,59 @@ def test_resumed_run_continues_its_clearml_task_and_replays(uninterrupted: bytes
     replay = subprocess.run([sys.executable, "-m", "reprozoo", "repro", task_id, "--verify", "--out", "replay",
                              "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True)
     assert replay.returncode == 0 and "verdict: bit-identical" in replay.stdout, replay.stdout[-2000:] + replay.stderr[-2000:]
+
+
+def test_resume_refuses_other_data_weights_or_software_unless_accepted(tiny_model_dirs: dict[str, Path], data_dir: Path,
+                                                                        tmp_path: Path, extra_callbacks: list[Any],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17, case 5: `train --resume` re-recorded the state of that moment instead of checking it: a run
+    trained half on one state and half on another was recorded as the second, its data hash never compared."""
+    from reprozoo.resume import RESUME_CHANGES, Preempted, resumed_config
+
+    model, data = tmp_path / "model", tmp_path / "trees"
+    shutil.copytree(tiny_model_dirs["bert"], model)
+    shutil.copytree(data_dir, data)
+    for file in data.iterdir():
+        file.chmod(0o644)
+    out = tmp_path / "run"
+    cfg = RunConfig().override([f"data.data_dir={data}", f"model.name={model}", "data.limit_train_samples=64",
+                                "data.limit_eval_samples=16", "data.batch_size=16", "trainer.max_epochs=1",
+                                "tracking.mode=off", f"out_dir={out}"])
+    extra_callbacks.append(SigtermAt(batch=2))
+    with pytest.raises(Preempted):
+        train_in_process(cfg)
+    extra_callbacks.clear()
+    started = (out / "provenance.json").read_text()
+
+    # Unchanged: resumes without a word (the other resume tests finish such runs).
+    # Changed: one bit of the weights, one more line of training data, and another lock (as in an image).
+    weights_file = next(model.glob("*.safetensors"))
+    weights_bytes = bytearray(weights_file.read_bytes())
+    weights_bytes[-1] ^= 1
+    weights_file.write_bytes(bytes(weights_bytes))
+    (data / "train.txt").write_text((data / "train.txt").read_text() + (data / "train.txt").read_text().splitlines()[0] + "\n")
+    monkeypatch.setenv("REPROZOO_LOCK", "cpu")
+    monkeypatch.setenv("REPROZOO_LOCK_SHA256", "ab" * 32)
+    with pytest.raises(ResumeError) as refused:
+        train_in_process(resumed_config(str(out)), resume=True)
+    message = str(refused.value)
+    assert "\n" not in message and "--accept-changes" in message
+    for field in ("weights.revision", "data.sha256.train", "environment.lock_sha256"):
+        assert field in message, field
+    assert "data.sha256.dev" not in message and "code." not in message
+    assert (out / "provenance.json").read_text() == started and not (out / "metrics.json").exists()  # nothing touched
+
+    from reprozoo.train import train
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        train(resumed_config(str(out)), resume=True, accept_changes=True)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert (out / "metrics.json").is_file()
+    history = json.loads((out / RESUME_CHANGES).read_text())
+    assert [c["field"] for c in history[0]["changes"]] == ["weights.revision", "data.sha256.train", "environment.lock_sha256"]
+    assert (out / "provenance.before-resume-1.json").read_text() == started  # the start's state, kept
+    now = json.loads((out / "provenance.json").read_text())
+    assert now["environment"]["lock_sha256"] == "ab" * 32 and len(now["resume_changes"]) == 3

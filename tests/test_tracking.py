@@ -12,7 +12,7 @@ import pytest
 
 from helpers import free_port
 from reprozoo import session, tracking
-from reprozoo.config import RunConfig
+from reprozoo.config import ConfigError, RunConfig
 
 
 def test_auto_is_offline_without_credentials(isolated_clearml: Path) -> None:
@@ -84,6 +84,23 @@ def test_merge_edits_takes_each_edit_against_the_baseline() -> None:
     # Both edited: the hyperparameter section wins.
     sections["run"]["seed"] = "3"
     assert tracking.merge_edits(base, object_edit, tracking.config_from_sections(sections)).seed == 3
+
+
+@pytest.mark.parametrize(("section", "key", "value", "says"), [
+    ("optim", "learning_rate", "5e-5", "optim/learning_rate: not a setting of the 'optim' section"),
+    ("run", "sed", "3", "run/sed: not a setting of the 'run' section"),
+    ("data", "batch_size", "[32", "data/batch_size = '[32' does not parse"),
+])
+def test_a_ui_edit_that_is_no_setting_or_does_not_parse_fails_naming_it(section: str, key: str, value: str, says: str) -> None:
+    """Issue 17, case 9: such edits were skipped on the agent, which then ran (and recorded) the
+    unedited value while the UI showed the edit."""
+    base = RunConfig()
+    sections = tracking.config_sections(base)
+    sections[section][key] = value
+    with pytest.raises(ConfigError, match="^task hyperparameter ") as raised:
+        tracking.merge_edits(base, base, tracking.config_from_sections(sections))
+    message = str(raised.value)
+    assert says in message and "\n" not in message and "enqueue it again" in message
 
 
 def test_agent_run_of_an_edited_clone_gets_the_edited_config(

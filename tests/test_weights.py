@@ -223,3 +223,37 @@ def test_network_timeout_must_be_positive_seconds(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("REPROZOO_NETWORK_TIMEOUT", value)
     with pytest.raises(UserError, match="REPROZOO_NETWORK_TIMEOUT"):
         weights.network_timeout()
+
+
+def test_a_replay_loads_the_recorded_weights_or_refuses_changed_files(tiny_model_dirs: dict[str, Path], data_dir: Path,
+                                                                      tmp_path: Path) -> None:
+    """Issue 17, case 1: the record holds the weights' revision (hub commit, or the files' sha256),
+    but replays never passed it back: a hub model replayed on the hub's `main` of that day, and a
+    `--model DIR` whose files had changed was trained on silently."""
+    import shutil
+
+    from reprozoo import zoo
+    from reprozoo.config import RunConfig
+    from reprozoo.records import load_record
+    from reprozoo.train import train
+    from reprozoo.weights import WeightsIntegrityError
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dirs["bert"], model)
+    cfg = RunConfig().override([f"data.data_dir={data_dir}", f"model.name={model}", "data.limit_train_samples=32",
+                                "data.limit_eval_samples=16", "data.batch_size=16", "trainer.max_epochs=1",
+                                "tracking.mode=off", f"out_dir={tmp_path / 'run'}"])
+    train(cfg)
+    replay = load_record(tmp_path / "run").replay_config()
+    assert replay.model.revision == zoo.weights_sha256(model) and replay.model.revision.startswith("sha256:")
+    entry = zoo.get(str(model))
+    assert zoo.resolve_weights(entry, replay.model.revision).path == model  # unchanged files: loaded
+    weights_file = next(model.glob("*.safetensors"))
+    data = bytearray(weights_file.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    weights_file.write_bytes(bytes(data))
+    replay.out_dir = str(tmp_path / "replay")
+    with pytest.raises(WeightsIntegrityError, match=r"the recorded run used sha256:.*put the recorded files back") as refused:
+        train(replay)
+    assert "\n" not in str(refused.value)
+    assert not (tmp_path / "replay" / "checkpoints").exists()  # refused before anything trained

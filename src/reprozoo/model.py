@@ -133,6 +133,13 @@ class SentimentClassifier(L.LightningModule):
     # --- state beyond weights (kept in checkpoints so a resumed run reports the same) ---------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["reprozoo_step_losses"] = list(self.step_losses)
+        # Pruned weights as plain tensors (orig × mask), as ModelPruning(make_pruning_permanent=True) writes
+        # full checkpoints: its hook is not called for weights-only ones (the best checkpoint), which would
+        # otherwise hold `*_orig`/`*_mask` pairs that the unpruned module scoring it cannot load.
+        weights = checkpoint.get("state_dict") or {}
+        for name in [key for key in weights if key.endswith("_orig") and key[:-5] + "_mask" in weights]:
+            base = name[:-5]
+            weights[base] = weights.pop(name) * weights.pop(base + "_mask")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.step_losses = list(checkpoint.get("reprozoo_step_losses", []))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
 
@@ -45,13 +46,18 @@ class ThroughputMonitor(Callback):
 
     Step time is on_train_batch_start → on_train_batch_end (forward, backward, clipping, optimiser
     step); data wait is the gap from one step's end to the next step's start (fetching and
-    collating the batch, loop bookkeeping), with validation and checkpointing left out. Tokens
+    collating the batch, loop bookkeeping, the checkpoints' host copies), with validation left
+    out. The largest single wait against the median step shows a stall (it was the synchronous
+    checkpoint writes after each evaluation, 1-10 s against a ~1 s MiniLM step). Tokens
     come from the attention masks: real = mask sum, processed = mask size (padding included).
     """
 
     def __init__(self) -> None:
         self.steps = self.examples = self.real_tokens = self.padded_tokens = self.sum_sq_lengths = 0
-        self.step_seconds = self.data_wait_seconds = 0.0
+        self.step_seconds = self.data_wait_seconds = self.max_data_wait_seconds = 0.0
+        self.evaluations, self.evaluation_seconds = 0, 0.0  # dev evaluations during fit, outside the loop figures
+        self._evaluation_start = 0.0
+        self._step_durations: list[float] = []
         self.train_start_unix: float | None = None
         self.first_step_unix: float | None = None
         self.last_step_unix: float | None = None
@@ -70,6 +76,7 @@ class ThroughputMonitor(Callback):
         now = time.perf_counter()
         if self._last_end_valid:
             self.data_wait_seconds += now - self._last_end
+            self.max_data_wait_seconds = max(self.max_data_wait_seconds, now - self._last_end)
         self._batch_start = now
         mask = batch["attention_mask"]
         lengths = mask.sum(1)
@@ -81,6 +88,7 @@ class ThroughputMonitor(Callback):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         now = time.perf_counter()
         self.step_seconds += now - self._batch_start
+        self._step_durations.append(now - self._batch_start)
         self.steps += 1
         self.last_step_unix = time.time()
         if self.first_step_unix is None:
@@ -105,9 +113,14 @@ class ThroughputMonitor(Callback):
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         self._last_end_valid = False  # the next gap holds an evaluation, not data loading
+        self._evaluation_start = time.perf_counter()
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        self._last_end, self._last_end_valid = time.perf_counter(), trainer.state.fn == "fit"
+        now = time.perf_counter()
+        if trainer.state.fn == "fit":
+            self.evaluations += 1
+            self.evaluation_seconds += now - self._evaluation_start
+        self._last_end, self._last_end_valid = now, trainer.state.fn == "fit"
 
     def summary(self) -> dict[str, Any]:
         loop = self.step_seconds + self.data_wait_seconds
@@ -121,6 +134,10 @@ class ThroughputMonitor(Callback):
             "step_seconds": self.step_seconds,
             "data_wait_seconds": self.data_wait_seconds,
             "data_wait_fraction": self.data_wait_seconds / loop if loop else None,
+            "max_data_wait_seconds": self.max_data_wait_seconds,
+            "median_step_seconds": statistics.median(self._step_durations) if self._step_durations else None,
+            "evaluations": self.evaluations,
+            "evaluation_seconds": self.evaluation_seconds,
             "examples_per_second": self.examples / loop if loop else None,
             "real_tokens_per_second": self.real_tokens / loop if loop else None,
             "train_start_unix": self.train_start_unix,

@@ -18,6 +18,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from reprozoo.errors import ConfigError
+from reprozoo.log import log
+
 # The container layer (docker/Dockerfile, `reprozoo image run`) hands the image identity to the run
 # through these; outside a container they are unset. `image_env()` is their one reader: None where
 # a variable says nothing; "none" (NONE) is only how a record spells that.
@@ -89,6 +92,7 @@ class GitState:
     commit: str = ""
     diff: str = ""
     untracked: list[str] = field(default_factory=list)
+    error: str = ""  # why git could not tell the code state (then commit and diff may be missing)
 
     @property
     def dirty(self) -> bool:
@@ -99,11 +103,27 @@ class GitState:
 
 
 def _git(root: Path, *args: str) -> str:
+    return _git_result(root, *args)[0]
+
+
+def _git_result(root: Path, *args: str) -> tuple[str, str]:
+    """(stdout, "") on success; ("", git's first error line) on failure; ("", "") without git at all."""
     try:
         result = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=60, check=False)
     except OSError:  # no git at all (inside the image): the image's own revision stands in
-        return ""
-    return result.stdout if result.returncode == 0 else ""
+        return "", ""
+    if result.returncode == 0:
+        return result.stdout, ""
+    lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+    return "", (lines[0] if lines else f"git {args[0]} exited with {result.returncode}")
+
+
+def _git_failure(where: str, error: str, hint: str = "") -> str:
+    """One line for the log and the record: what failed, and the fix (git's own, when it gives one)."""
+    fix = hint or "fix the checkout so that `git status` works there, then run again"
+    message = f"git failed in {where}: {error.removeprefix('fatal: ')}; this run's record has no commit or diff ({fix})"
+    log.warning(message)
+    return message
 
 
 def git_state(start: Path | None = None) -> GitState:
@@ -111,35 +131,83 @@ def git_state(start: Path | None = None) -> GitState:
 
     ClearML detects the repo from sys.argv[0], which for the console script is
     .venv/bin/reprozoo (ignored by git), so it records no repository; we ask git directly.
+    A git that fails (a checkout owned by another user: "dubious ownership"; a broken repository) is
+    a warning that the record carries in `error`, never a silently empty code state.
     """
     candidates = [start] if start else [Path(__file__).resolve().parent, Path.cwd()]
+    failures: list[tuple[Path, str]] = []
     for candidate in candidates:
-        root = _git(candidate, "rev-parse", "--show-toplevel").strip()
+        top, error = _git_result(candidate, "rev-parse", "--show-toplevel")
+        root = top.strip()
         if root:
             break
+        if error and "not a git repository" not in error:
+            failures.append((candidate, error))
     else:
         # Inside the image there is no checkout; the commit it was built from is baked in.
+        error = ""
+        if failures:
+            where, why = failures[0]
+            hint = f"`git config --global --add safe.directory {where}`" if "dubious ownership" in why else ""
+            error = _git_failure(str(where), why, hint)
         return GitState(commit=os.environ.get("REPROZOO_REVISION", ""),
-                        repository=redact(os.environ.get("REPROZOO_SOURCE", "")))
+                        repository=redact(os.environ.get("REPROZOO_SOURCE", "")), error=error)
     path = Path(root)
     remote = _git(path, "remote", "get-url", "origin").strip()
     if not remote:
         remotes = _git(path, "remote").split()
         remote = _git(path, "remote", "get-url", remotes[0]).strip() if remotes else ""
     branch = _git(path, "rev-parse", "--abbrev-ref", "HEAD").strip()
+    commit, commit_error = _git_result(path, "rev-parse", "HEAD")
+    # Staged and unstaged changes to tracked files against the commit, binary files included (--binary):
+    # what `git apply` replays.
+    diff, diff_error = _git_result(path, "diff", "HEAD", "--binary", "--no-color", "--no-ext-diff")
+    failed = commit_error or diff_error
+    untracked = [line for line in _git(path, "ls-files", "--others", "--exclude-standard").splitlines() if line]
+    captured = untracked_source_patch(path, untracked)
     return GitState(
         root=root,
         # No remote (a local clone): the path is still the honest answer; an agent needs a remote.
         repository=redact(remote) if remote else f"file://{root}",
         branch="" if branch == "HEAD" else branch,
-        commit=_git(path, "rev-parse", "HEAD").strip(),
-        # Staged and unstaged changes to tracked files, against the commit: what `git apply` replays.
-        diff=redact(_git(path, "diff", "HEAD", "--no-color", "--no-ext-diff")),
-        untracked=_capped([line for line in _git(path, "ls-files", "--others", "--exclude-standard").splitlines() if line]),
+        commit=commit.strip(),
+        diff=redact(diff + captured),
+        untracked=_capped([name for name in untracked if not _is_source(name)]),
+        error=_git_failure(root, failed) if failed else "",
     )
 
 
 # --- environment --------------------------------------------------------------------------------
+SOURCE_DIR = "src/"  # the package that runs: an untracked file there is imported (or read) by the run
+MAX_UNTRACKED_SOURCE_BYTES = 1024 * 1024
+
+
+def _is_source(name: str) -> bool:
+    return name.startswith(SOURCE_DIR) and "__pycache__/" not in name and not name.endswith((".pyc", ".pyo"))
+
+
+def untracked_source_patch(root: Path, untracked: list[str]) -> str:
+    """Untracked files under src/ as a `git apply` patch (new files, binary ones too), so a replay has
+    the code that ran; listing them would leave the replay failing or different. More than
+    MAX_UNTRACKED_SOURCE_BYTES is refused before the run starts (ConfigError, one line)."""
+    sources = [name for name in untracked if _is_source(name)]
+    total = sum((root / name).stat().st_size for name in sources if (root / name).is_file())
+    if total > MAX_UNTRACKED_SOURCE_BYTES:
+        raise ConfigError(f"{len(sources)} untracked file(s) under {root / SOURCE_DIR} ({total / 1e6:.1f} MB, e.g. {sources[0]})"
+                          f" would run but are too large to record (cap {MAX_UNTRACKED_SOURCE_BYTES // 1024} KB):"
+                          " commit them, or move them out of src/")
+    patches = []
+    for name in sources:
+        try:
+            result = subprocess.run(["git", "-C", str(root), "diff", "--no-index", "--binary", "--no-color", "--no-ext-diff",
+                                     "--", "/dev/null", name], capture_output=True, text=True, timeout=60, check=False)
+        except OSError:
+            return ""
+        if result.returncode in (0, 1):  # 1: there are differences, i.e. the new file
+            patches.append(result.stdout)
+    return "".join(patches)
+
+
 MAX_LISTED_PATHS = 200  # a record stays far below the readers' caps, however untidy the checkout
 
 
@@ -193,13 +261,68 @@ def pinned_reference(image: str, digest: str) -> str | None:
 
 
 def lock_file(root: str | None) -> tuple[str, str]:
-    """(lock file name, sha256): $REPROZOO_LOCK, else the repo's envs/cpu.txt; "none" when absent."""
-    explicit = image_env().lock
-    candidates = [Path(explicit)] if explicit else ([Path(root) / "envs" / "cpu.txt"] if root else [])
-    for path in candidates:
-        if path.is_file():
-            return (str(path) if explicit else f"envs/{path.name}"), file_sha256(path)
-    return (explicit or NONE), NONE
+    """(lock file name, sha256) of the lock this environment was installed from; "none" when unknown.
+
+    - In an image or on Colab, $REPROZOO_LOCK names the flavour (`cpu`, `cuda`, `colab`) and
+      $REPROZOO_LOCK_SHA256 the sha256 of its lock, set when it was installed: `envs/<flavour>.lock`.
+    - $REPROZOO_LOCK as a file path: that file.
+    - Else the checkout's envs/cpu.txt, claimed only when what is installed matches its every pin
+      (`lock_differences`); a venv that drifted from it records the name and sha256 "none".
+    """
+    env = image_env()
+    if env.lock and env.lock_sha256:
+        return (env.lock if "/" in env.lock or env.lock.endswith((".lock", ".txt")) else f"envs/{env.lock}.lock"), env.lock_sha256
+    if env.lock:
+        path = Path(env.lock) if Path(env.lock).is_file() else (Path(root) / "envs" / f"{env.lock}.lock" if root else None)
+        if path is not None and path.is_file():
+            return (env.lock if Path(env.lock).is_file() else f"envs/{path.name}"), file_sha256(path)
+        return env.lock, NONE
+    path = Path(root) / "envs" / "cpu.txt" if root else None
+    if path is None or not path.is_file():
+        return NONE, NONE
+    differences = lock_differences(path)
+    if differences:
+        more = f"; +{len(differences) - 1} more" if len(differences) > 1 else ""
+        log.warning(f"this environment is not envs/{path.name} ({differences[0]}{more}), so the record names no lock sha256;"
+                    " `make setup` installs it")
+        return f"envs/{path.name}", NONE
+    return f"envs/{path.name}", file_sha256(path)
+
+
+MAX_LOCK_BYTES = 4 * 1024 * 1024
+
+
+def lock_differences(path: Path, limit: int = 20) -> list[str]:
+    """Where the installed distributions differ from a lock's `name==version` pins (markers that do
+    not apply here are skipped; local labels such as torch's `+cpu` are not a difference)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import InvalidVersion, Version
+
+    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
+    differences: list[str] = []
+    text = path.read_bytes()[:MAX_LOCK_BYTES].decode("utf-8", "replace")
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip().rstrip("\\").strip()
+        if not line or line.startswith("-"):
+            continue
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            continue
+        pins = [spec.version for spec in requirement.specifier if spec.operator == "=="]
+        if not pins or (requirement.marker is not None and not requirement.marker.evaluate()):
+            continue
+        have = installed.get(canonicalize_name(requirement.name))
+        try:
+            same = have is not None and Version(have).public == Version(pins[0]).public
+        except InvalidVersion:
+            same = have == pins[0]
+        if not same:
+            differences.append(f"{requirement.name}: {have or 'not installed'}, the lock pins {pins[0]}")
+            if len(differences) >= limit:
+                break
+    return differences
 
 
 def pip_freeze() -> str:

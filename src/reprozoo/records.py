@@ -65,10 +65,13 @@ class Record:
         return data
 
     def replay_config(self) -> RunConfig:
-        """The RunConfig that re-runs this record: pinned to its data version, in a fresh run directory."""
+        """The RunConfig that re-runs this record: pinned to its data version and to the weights it
+        loaded (the hub commit, or the files' sha256, checked before training), in a fresh run directory."""
         values: dict[str, Any] = {"out_dir": None}  # the recorded directory holds the finished run
         if self.dataset_id:
             values["data.dataset_id"] = self.dataset_id
+        if self.model_revision and self.model_revision != "none":
+            values["model.revision"] = self.model_revision  # never the hub's `main` of the replay's day
         return apply(self.config, values)
 
 

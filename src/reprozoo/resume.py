@@ -11,11 +11,15 @@ The data loader carries its position through Lightning's stateful-loader protoco
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import os
 import random
 import signal
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,12 +28,15 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.plugins.io import AsyncCheckpointIO
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader
 
+from reprozoo import safeyaml
 from reprozoo.config import ConfigError, RunConfig
 from reprozoo.errors import UserError
 from reprozoo.log import log
-from reprozoo.records import load_record
+from reprozoo.records import MAX_MEMBER_BYTES, load_record
 
 LAST = "last.ckpt"
 PREVIOUS = "last.prev.ckpt"
@@ -73,6 +80,83 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"cannot write checkpoint {path}: {err.strerror or err}; free disk space or make the run directory"
                 " writable, then resume with `reprozoo train --resume RUN_DIR` (the previous checkpoint is intact)"
             ) from None
+
+
+class BackgroundCheckpointIO(AsyncCheckpointIO):
+    """Checkpoints written by a background thread, so training goes on while they reach the disk.
+
+    A synchronous write of MiniLM's 272 MB (weights and AdamW state) with its fsync held the loop
+    for 1-10 s after each evaluation, far longer than a training step. Here the caller's thread only
+    copies the tensors to host memory (a point-in-time snapshot the next optimiser step cannot
+    change; GPU memory is never doubled); one worker thread then serialises and writes them through
+    `AtomicCheckpointIO`, in order, removals included. At most `max_pending` snapshots wait in host
+    memory: beyond that a save waits for the oldest. `flush()` waits for every write and raises the
+    first failure; Lightning calls `teardown()` (which waits too) when fit ends, however it ends."""
+
+    def __init__(self, max_pending: int = 2) -> None:
+        super().__init__(AtomicCheckpointIO())
+        self._slots = threading.BoundedSemaphore(max_pending)
+        self.write_seconds = 0.0  # time the worker spent writing (for timing.json)
+        self.writes = 0
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        self._raise_error()
+        self._slots.acquire()
+        try:
+            snapshot = apply_to_collection(checkpoint, torch.Tensor, _host_copy)
+            self._submit(self._write, snapshot, path, storage_options)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def remove_checkpoint(self, path: Any) -> None:
+        # Through the worker: a removal must not overtake the pending write of the same file.
+        self._submit(self._remove, path)
+
+    def flush(self) -> None:
+        """Waits for every pending write; raises the first that failed."""
+        if self._executor is not None:
+            self._executor.submit(lambda: None).result()
+        self._raise_error()
+
+    def teardown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self._raise_error()
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        self._ensure_setup()
+        assert self._executor is not None
+        self._executor.submit(fn, *args)
+
+    def _write(self, snapshot: dict[str, Any], path: Any, storage_options: Any) -> None:
+        started = time.perf_counter()
+        try:
+            assert self.checkpoint_io is not None
+            self.checkpoint_io.save_checkpoint(snapshot, path, storage_options)
+        except BaseException as err:
+            self._error = self._error or err
+        finally:
+            self.write_seconds += time.perf_counter() - started
+            self.writes += 1
+            self._slots.release()
+
+    def _remove(self, path: Any) -> None:
+        try:
+            assert self.checkpoint_io is not None
+            self.checkpoint_io.remove_checkpoint(path)
+        except BaseException as err:
+            self._error = self._error or err
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu", copy=True)
 
 
 class ResumableDataLoader(DataLoader):
@@ -205,6 +289,9 @@ class ResumeCheckpoint(Checkpoint):
     def _write(self, trainer: Any) -> None:
         trainer.save_checkpoint(self.path)
         if self.received is not None:
+            checkpoint_io = trainer.strategy.checkpoint_io
+            if isinstance(checkpoint_io, BackgroundCheckpointIO):
+                checkpoint_io.flush()  # on disk before the process may be killed for good
             log.warning(f"saved {self.path}; resume with `reprozoo train --resume {self.checkpoint_dir.parent}`")
             raise Preempted(self.received)
 
@@ -266,3 +353,75 @@ def find_resume_checkpoint(run_dir: Path) -> Path:
 
 class ResumeError(UserError, RuntimeError):
     """Nothing to resume from."""
+
+
+# --- what the run was started with ------------------------------------------------------------------
+RESUME_CHANGES = "resume-changes.json"
+ENVIRONMENT_FIELDS = ("image_digest", "lock_sha256", "python", "torch", "transformers", "lightning")
+
+
+def run_state(commit: str, diff: str, data_sha256: dict[str, str], weights_revision: str,
+              environment: dict[str, Any]) -> dict[str, str]:
+    """The identity a resumed run must share with its start: code, data, weights, software environment.
+    Hardware is not in it: a preempted run may well resume on another machine."""
+    state = {"code.commit": commit, "code.diff": "sha256:" + hashlib.sha256(diff.encode()).hexdigest() if diff else "none",
+             "weights.revision": weights_revision}
+    state.update({f"data.sha256.{split}": str(sha) for split, sha in sorted(data_sha256.items())})
+    state.update({f"environment.{key}": str(environment.get(key, "none")) for key in ENVIRONMENT_FIELDS})
+    return state
+
+
+def recorded_run_state(run_dir: Path) -> dict[str, str] | None:
+    """`run_state` of the interrupted run, from its provenance.json and git.diff (read with caps: a
+    run directory may come from another machine); None when it recorded none."""
+    path = run_dir / "provenance.json"
+    if not path.is_file():
+        return None
+    recorded = safeyaml.load_json_object(safeyaml.read_bytes(path, MAX_MEMBER_BYTES, "provenance.json"), str(path))
+    diff_file = run_dir / "git.diff"
+    diff = safeyaml.read_bytes(diff_file, MAX_MEMBER_BYTES, "git.diff").decode("utf-8", "replace") if diff_file.is_file() else ""
+
+    def section(name: str) -> dict[str, Any]:
+        value = recorded.get(name) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: {name} is not a mapping; the record is damaged")
+        return value
+
+    sha = section("data").get("sha256") or {}
+    return run_state(str(section("code").get("commit") or ""), diff, sha if isinstance(sha, dict) else {},
+                     str(section("model").get("revision") or ""), section("environment"))
+
+
+def check_resume_state(run_dir: Path, now: dict[str, str], accept: bool) -> list[dict[str, str]]:
+    """Refuses (ResumeError, one line naming each difference) to resume a run whose code, data, weights
+    or software environment differ from what it started with: it would train half on each and be
+    recorded as the second. With `accept`, resumes, and keeps both states: each difference is appended
+    to resume-changes.json, and the start's provenance.json and git.diff are kept beside the new ones."""
+    recorded = recorded_run_state(run_dir)
+    if recorded is None:
+        return []
+    changes = [{"field": key, "recorded": recorded.get(key, "none"), "now": value}
+               for key, value in now.items() if recorded.get(key, "none") != value]
+    changes += [{"field": key, "recorded": value, "now": "none"} for key, value in recorded.items() if key not in now]
+    if not changes:
+        return []
+    shown = "; ".join(f"{c['field']} {_short(c['recorded'])} → {_short(c['now'])}" for c in changes)
+    if not accept:
+        raise ResumeError(f"--resume {run_dir}: this run started with other code, data, weights or environment ({shown});"
+                          " resuming would train partly on each. Put them back, or pass --accept-changes to resume"
+                          f" anyway (both states are kept in {RESUME_CHANGES})")
+    log.warning(f"resuming with changes ({shown}); both states are kept in {run_dir / RESUME_CHANGES}")
+    path = run_dir / RESUME_CHANGES
+    history = safeyaml.load_json(safeyaml.read_bytes(path, MAX_MEMBER_BYTES, RESUME_CHANGES), str(path)) if path.is_file() else []
+    history = history if isinstance(history, list) else []
+    suffix = f"before-resume-{len(history) + 1}"
+    for name, kept in (("provenance.json", f"provenance.{suffix}.json"), ("git.diff", f"git.{suffix}.diff")):
+        if (run_dir / name).is_file():
+            os.replace(run_dir / name, run_dir / kept)
+    history.append({"resume": len(history) + 1, "changes": changes, "kept": suffix})
+    path.write_text(json.dumps(history, indent=2) + "\n")
+    return changes
+
+
+def _short(value: str) -> str:
+    return value[:19] + "…" if len(value) > 20 else value

@@ -57,27 +57,36 @@ def _text(value: Any) -> str:
 
 
 def config_from_sections(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Parse hyperparameter sections back into a RunConfig dict (only the fields they hold)."""
+    """Parse hyperparameter sections back into a RunConfig dict (only the fields they hold).
+
+    A key that is no RunConfig setting, or a value that does not parse, is a ConfigError naming it:
+    skipping it would run another config than the one the UI shows, and the merged record would
+    then overwrite the evidence."""
     out: dict[str, Any] = {}
     for name, values in sections.items():
         if name in _SECTIONS:
             fields = {f for f in _SECTIONS[name].__dataclass_fields__}
-            out[name] = _parsed(values, fields, [name])
+            out[name] = _parsed(name, values, fields, [name])
         elif name == RUN_SECTION:
-            out.update(_parsed(values, set(RunConfig.__dataclass_fields__) - set(_SECTIONS), []))
+            out.update(_parsed(name, values, set(RunConfig.__dataclass_fields__) - set(_SECTIONS), []))
     return out
 
 
-def _parsed(values: dict[str, Any], fields: set[str], parents: list[str]) -> dict[str, Any]:
+def _parsed(section: str, values: dict[str, Any], fields: set[str], parents: list[str]) -> dict[str, Any]:
     """A redacted value (`***`) is no setting: such fields keep the recorded config's value."""
     out: dict[str, Any] = {}
+    fix = "fix or delete it in the task's hyperparameters, then enqueue it again"
     for key, value in values.items():
-        if key not in fields or str(value) == provenance.REDACTED:
+        if key not in fields:
+            raise ConfigError(f"task hyperparameter {section}/{key}: not a setting of the {section!r} section "
+                              f"(settings: {', '.join(sorted(fields))}); {fix}")
+        if str(value) == provenance.REDACTED:
             continue
         try:
-            out[key] = _parse_value(str(value), _annotation(parents, key))
-        except (yaml.YAMLError, ConfigError):
-            continue
+            out[key] = _parse_value(str(value), _annotation(parents, key), f"{section}/{key}")
+        except (yaml.YAMLError, ConfigError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ConfigError(f"task hyperparameter {section}/{key} = {str(value)[:80]!r} does not parse ({reason}); {fix}") from None
     return out
 
 
@@ -188,6 +197,7 @@ class Tracker:
         self.provenance: dict[str, Any] = {}
         self.dataset: Any = None
         self.resumes: str | None = None  # a task this run continues but could not reopen (see open_task)
+        self.resume_changes: list[dict[str, str]] = []  # accepted differences from the run's start (--accept-changes)
         self.closed = False
         self.env_before: dict[str, str] = clearml_env()
 
@@ -233,6 +243,7 @@ class Tracker:
                       "revision": weights.revision},
             "resolved": {"lr": plan.lr, "batch_size": plan.batch_size, "max_length": plan.max_length,
                          "pooling": plan.pooling, "accelerator": plan.accelerator, "precision": plan.precision},
+            **({"resume_changes": self.resume_changes} if self.resume_changes else {}),
         })
         plan.run_dir.mkdir(parents=True, exist_ok=True)
         (plan.run_dir / "provenance.json").write_text(json.dumps(self.provenance, indent=2) + "\n")

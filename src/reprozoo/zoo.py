@@ -203,7 +203,18 @@ def resolve_weights(entry: ZooEntry, revision: str | None = None) -> ResolvedWei
     """A local directory as it is; a pinned zoo model from its verified files (already in place, else
     from its packages), then the hub (bounded, and verified against the pins); an unpinned model
     from the hub. `revision` other than the pinned one goes to the hub only. Nothing that fails
-    its sha256 is returned: weights.WeightsIntegrityError says which file and both hashes."""
+    its sha256 is returned: weights.WeightsIntegrityError says which file and both hashes.
+
+    `revision="sha256:…"` (what a record holds for local and pinned weights, and what a replay
+    passes back) resolves as usual, then must hash to exactly that: a folder whose files changed
+    since the recorded run is refused in one line, before anything trains."""
+    if revision and revision.startswith("sha256:"):
+        resolved = resolve_weights(entry, None)
+        if resolved.revision != revision:
+            raise weights.WeightsIntegrityError(
+                f"{entry.name}: the weights at {resolved.path} are {resolved.revision[:19]}…, the recorded run used"
+                f" {revision[:19]}…; put the recorded files back, or pass --set model.revision=null to train on these")
+        return resolved
     if entry.local_dir:
         path = Path(entry.local_dir)
         return ResolvedWeights(path, "local", weights_sha256(path))

@@ -75,6 +75,8 @@ def train(
     out: Annotated[str | None, typer.Option(help="run directory (default: runs/<model>-<time>)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace a finished run in --out")] = False,
     resume: Annotated[str | None, typer.Option(help="continue an interrupted run: its run directory or task id")] = None,
+    accept_changes: Annotated[bool, typer.Option(help="with --resume: resume although the code, data, weights or software"
+                                                      " differ from the run's start (both states are recorded)")] = False,
     checkpoint_every: Annotated[int | None, typer.Option(help="also checkpoint every N steps (survives kill -9)")] = None,
     set_: SetOpt = None,
 ) -> None:
@@ -94,7 +96,8 @@ def train(
     from reprozoo.train import train as run_training
 
     cfg = call(build)
-    result = until_preempted(lambda: run_training(cfg, overwrite=overwrite, resume=resume is not None), "stopped",
+    result = until_preempted(lambda: run_training(cfg, overwrite=overwrite, resume=resume is not None,
+                                                  accept_changes=accept_changes), "stopped",
                               f"checkpoint saved, resume with: reprozoo train --resume {cfg.out_dir}")
     for line in result.lines():
         say(line)
