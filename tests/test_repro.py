@@ -198,8 +198,10 @@ def test_repro_from_code_is_bit_identical(tmp_path: Path, data_dir: Path, monkey
     assert again.task_id != first.task_id and again.metrics == first.metrics
     original = load_record(first.task_id)
     assert (again.commit, again.diff, again.data_sha256) == (original.commit, original.diff, original.data_sha256)
-    # The same RunConfig; only where it reads the (sha256-verified) data and writes the run differ.
-    same_place = [f"out_dir={original.config.out_dir}", f"data.data_dir={original.config.data.data_dir}"]
+    # The same RunConfig; only where it reads the (sha256-verified) data and writes the run differ, and the
+    # replay pins the weights the original loaded (their sha256, which the original resolved from no revision).
+    assert original.config.model.revision is None and again.config.model.revision == original.model_revision
+    same_place = [f"out_dir={original.config.out_dir}", f"data.data_dir={original.config.data.data_dir}", "model.revision=null"]
     assert again.config.override(same_place) == original.config
     # A replay that differs says so and exits 1: the same record replayed with another seed.
     tampered = tmp_path / "tampered"
