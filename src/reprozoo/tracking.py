@@ -217,9 +217,10 @@ class Tracker:
         return [flush_on_checkpoint(self.task)] if self.task is not None else []
 
     # -- before training ---------------------------------------------------------------------------
-    def record(self, cfg: RunConfig, plan: Any, weights: Any) -> dict[str, Any]:
-        """Everything known before training, into the task and into run_dir/provenance.json."""
-        git = provenance.git_state()
+    def record(self, cfg: RunConfig, plan: Any, weights: Any, git: provenance.GitState | None = None) -> dict[str, Any]:
+        """Everything known before training, into the task and into run_dir/provenance.json; `git`: the
+        code state the run resolved at its start (else read now)."""
+        git = git or provenance.git_state()
         if git.untracked:
             shown = ", ".join(git.untracked[:8]) + (f" (+{len(git.untracked) - 8} more)" if len(git.untracked) > 8 else "")
             log.warning(f"warning: {len(git.untracked)} untracked file(s) are not in the record and would be lost"

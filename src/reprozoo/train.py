@@ -206,9 +206,9 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False, accept_
     # Weights, data and the run directory are checked before a task is opened: a run that cannot
     # start leaves no record and no run directory.
     inputs = prepare(plan)
-    if not worker:
-        provenance.git_state()  # code it could not record (too large untracked sources) is refused here
-    changes = check_resumed_state(plan, inputs, accept_changes) if resume and not worker else []
+    # Once, before a task opens: code it could not record (too large untracked sources) is refused here.
+    code = None if worker else provenance.git_state()
+    changes = check_resumed_state(plan, inputs, code, accept_changes) if code is not None and resume else []
     with claimed_run_dir(plan, overwrite=overwrite, resume=resume, worker=worker):
         tracker = tracking.open_task(cfg, f"{plan.entry.name} {cfg.data.granularity} seed{cfg.seed}", plan,
                                      continue_task=recorded_task_id(plan.run_dir) if resume else None)
@@ -220,7 +220,7 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False, accept_
                 plan = plan_run(tracker.config, overwrite=True)
                 inputs = prepare(plan)
                 plan.run_dir.mkdir(parents=True, exist_ok=True)
-            resume_from = start_run(plan, tracker, inputs, resume=resume, worker=worker)
+            resume_from = start_run(plan, tracker, inputs, resume=resume, worker=worker, code=code)
             fitted = fit(plan, inputs, tracker, resume_from, worker)
             metrics = score(plan, inputs, fitted)
             if worker:
@@ -231,11 +231,10 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False, accept_
                              tracker.dataset.dataset_id if tracker.dataset else None)
 
 
-def check_resumed_state(plan: Plan, inputs: Inputs, accept: bool) -> list[dict[str, str]]:
+def check_resumed_state(plan: Plan, inputs: Inputs, git: provenance.GitState, accept: bool) -> list[dict[str, str]]:
     """Code, data, weights and software now against the interrupted run's record (resume.check_resume_state)."""
     from reprozoo.resume import check_resume_state, run_state
 
-    git = provenance.git_state()
     now = run_state(git.commit, git.diff, plan.data_sha256, inputs.weights.revision,
                     provenance.environment(plan.cfg.seed, git.root))
     return check_resume_state(plan.run_dir, now, accept)
@@ -297,7 +296,8 @@ def prepare(plan: Plan) -> Inputs:
     return Inputs(weights, tokenizer, datamodule)
 
 
-def start_run(plan: Plan, tracker: Any, inputs: Inputs, *, resume: bool, worker: bool) -> str | None:
+def start_run(plan: Plan, tracker: Any, inputs: Inputs, *, resume: bool, worker: bool,
+              code: provenance.GitState | None = None) -> str | None:
     """Write the run's config, record the run, seed; the checkpoint to resume from (or None)."""
     import lightning as L
     import torch
@@ -314,7 +314,7 @@ def start_run(plan: Plan, tracker: Any, inputs: Inputs, *, resume: bool, worker:
     torch.use_deterministic_algorithms(True, warn_only=deterministic_mode(plan.accelerator) == "warn")
     os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # what Lightning's deterministic mode sets
     if not worker:
-        tracker.record(cfg, plan, inputs.weights)
+        tracker.record(cfg, plan, inputs.weights, code)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     return resume_from
 
