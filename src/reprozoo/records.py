@@ -165,7 +165,7 @@ def _config_from_text(text: Any, source: str) -> RunConfig:
         raise ConfigError(message if message.startswith(source) else f"{source}: {message}") from None
 
 
-def _mapping(value: Any, what: str) -> dict[str, Any]:
+def record_mapping(value: Any, what: str) -> dict[str, Any]:
     """A section of a record that must be a mapping (absent or null reads as empty)."""
     if value is None:
         return {}
@@ -189,17 +189,17 @@ def _from_session(read: Reader, source: str, zip_path: str | None) -> Record:
     if raw is None:
         raise RecordNotFound(f"{source} holds no task.json; it is not a ClearML offline session")
     task = safeyaml.load_json_object(raw, f"{source}/task.json")
-    configuration = _mapping(task.get("configuration"), f"{source}/task.json: configuration")
+    configuration = record_mapping(task.get("configuration"), f"{source}/task.json: configuration")
     task_id = _text(task.get("id"), f"{source}/task.json: id") or None
     if CONFIG_OBJECT not in configuration:
         raise RecordNotFound(f"{source}: task {task_id} holds no {CONFIG_OBJECT}; it was not recorded by reprozoo train")
 
     def object_text(name: str) -> Any:
-        return _mapping(configuration[name], f"{source}/task.json: configuration.{name}").get("value")
+        return record_mapping(configuration[name], f"{source}/task.json: configuration.{name}").get("value")
 
     config = _config_from_text(object_text(CONFIG_OBJECT), f"{source}: {CONFIG_OBJECT}")
     prov = _parse_config_text(object_text(PROVENANCE_OBJECT), f"{source}: {PROVENANCE_OBJECT}") if PROVENANCE_OBJECT in configuration else {}
-    execution = _mapping(task.get("execution"), f"{source}/task.json: execution")
+    execution = record_mapping(task.get("execution"), f"{source}/task.json: execution")
     listed = execution.get("artifacts") or []
     if not isinstance(listed, list) or not all(isinstance(a, dict) for a in listed):
         raise ConfigError(f"{source}/task.json: execution.artifacts is not a list of artifacts; the record is damaged")
@@ -214,7 +214,7 @@ def _from_session(read: Reader, source: str, zip_path: str | None) -> Record:
     # Offline sessions carry no status field: a metrics artifact means the run finished; a zip without
     # one means the task closed early (failed); neither means it is running or was killed before close.
     status = "completed" if metrics else ("failed" if zip_path else "incomplete")
-    script = _mapping(task.get("script"), f"{source}/task.json: script")
+    script = record_mapping(task.get("script"), f"{source}/task.json: script")
     return _record(task_id, config, metrics, prov, script, status, zip_path, source,
                    name=_text(task.get("name"), f"{source}/task.json: name"),
                    project=_text(task.get("project_name"), f"{source}/task.json: project_name"),
@@ -253,13 +253,13 @@ def _finite_number(value: Any) -> bool:
 def _record(task_id: str | None, config: RunConfig, metrics: dict[str, Any] | None, prov: dict[str, Any],
             script: dict[str, Any], status: str, zip_path: str | None, source: str, name: str = "", project: str = "",
             single_values: dict[str, float] | None = None) -> Record:
-    env, code, data, model = (_mapping(prov.get(k), f"{source}: provenance.{k}") for k in ("environment", "code", "data", "model"))
+    env, code, data, model = (record_mapping(prov.get(k), f"{source}: provenance.{k}") for k in ("environment", "code", "data", "model"))
 
     def text(section: dict[str, Any], key: str, what: str, default: str = "") -> str:
         return _text(section.get(key), f"{source}: {what}.{key}", default)
 
     diff = text(script, "diff", "script")
-    sha256 = _mapping(data.get("sha256"), f"{source}: provenance.data.sha256")
+    sha256 = record_mapping(data.get("sha256"), f"{source}: provenance.data.sha256")
     untracked = code.get("untracked") or []
     if not isinstance(untracked, list) or not all(isinstance(u, str) for u in untracked):
         raise ConfigError(f"{source}: provenance.code.untracked is not a list of paths; the record is damaged")
@@ -281,7 +281,7 @@ def _record(task_id: str | None, config: RunConfig, metrics: dict[str, Any] | No
     )
 
 
-def _run_dir_json(run_dir: Path, name: str) -> dict[str, Any] | None:
+def run_dir_json(run_dir: Path, name: str) -> dict[str, Any] | None:
     path = run_dir / name
     if not path.is_file():
         return None
@@ -289,7 +289,7 @@ def _run_dir_json(run_dir: Path, name: str) -> dict[str, Any] | None:
 
 
 def _from_run_dir(run_dir: Path) -> Record:
-    info = _run_dir_json(run_dir, "task.json") or {}
+    info = run_dir_json(run_dir, "task.json") or {}
     task_id = _text(info.get("task_id"), f"{run_dir / 'task.json'}: task_id") or None
     if task_id:
         try:
@@ -298,13 +298,13 @@ def _from_run_dir(run_dir: Path) -> Record:
             pass  # the session is gone (or on a server we cannot reach): fall back to the run directory
     if not (run_dir / "config.yaml").is_file():
         raise RecordNotFound(f"{run_dir} is not a run directory (no config.yaml)")
-    prov = _run_dir_json(run_dir, "provenance.json") or {}
-    metrics = _run_dir_json(run_dir, "metrics.json")
+    prov = run_dir_json(run_dir, "provenance.json") or {}
+    metrics = run_dir_json(run_dir, "metrics.json")
     diff_file = run_dir / "git.diff"
     diff = safeyaml.read_bytes(diff_file, MAX_MEMBER_BYTES, "diff").decode("utf-8", "replace") if diff_file.is_file() else ""
-    code = _mapping(prov.get("code"), f"{run_dir / 'provenance.json'}: code")
+    code = record_mapping(prov.get("code"), f"{run_dir / 'provenance.json'}: code")
     script = {"diff": diff, "version_num": _text(code.get("commit"), f"{run_dir / 'provenance.json'}: code.commit")}
-    timing = _run_dir_json(run_dir, "timing.json") or {}
+    timing = run_dir_json(run_dir, "timing.json") or {}
     single_values = {}
     if "train_seconds" in timing:
         if not _finite_number(timing["train_seconds"]):

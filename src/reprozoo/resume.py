@@ -36,7 +36,7 @@ from reprozoo import safeyaml
 from reprozoo.config import ConfigError, RunConfig
 from reprozoo.errors import UserError
 from reprozoo.log import log
-from reprozoo.records import MAX_MEMBER_BYTES, load_record
+from reprozoo.records import MAX_MEMBER_BYTES, load_record, record_mapping, run_dir_json
 
 LAST = "last.ckpt"
 PREVIOUS = "last.prev.ckpt"
@@ -375,24 +375,21 @@ def run_state(commit: str, diff: str, data_sha256: dict[str, str], weights_revis
 
 
 def recorded_run_state(run_dir: Path) -> dict[str, str] | None:
-    """`run_state` of the interrupted run, from its provenance.json and git.diff (read with caps: a
-    run directory may come from another machine); None when it recorded none."""
-    path = run_dir / "provenance.json"
-    if not path.is_file():
+    """`run_state` of the interrupted run, from its provenance.json and git.diff (read with the record
+    readers' caps: a run directory may come from another machine); None when it recorded none."""
+    recorded = run_dir_json(run_dir, "provenance.json")
+    if recorded is None:
         return None
-    recorded = safeyaml.load_json_object(safeyaml.read_bytes(path, MAX_MEMBER_BYTES, "provenance.json"), str(path))
     diff_file = run_dir / "git.diff"
     diff = safeyaml.read_bytes(diff_file, MAX_MEMBER_BYTES, "git.diff").decode("utf-8", "replace") if diff_file.is_file() else ""
+    where = f"{run_dir / 'provenance.json'}: "
 
     def section(name: str) -> dict[str, Any]:
-        value = recorded.get(name) or {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: {name} is not a mapping; the record is damaged")
-        return value
+        return record_mapping(recorded.get(name), where + name)
 
-    sha = section("data").get("sha256") or {}
-    return run_state(str(section("code").get("commit") or ""), diff, sha if isinstance(sha, dict) else {},
-                     str(section("model").get("revision") or ""), section("environment"))
+    sha = record_mapping(section("data").get("sha256"), where + "data.sha256")
+    return run_state(str(section("code").get("commit") or ""), diff, sha, str(section("model").get("revision") or ""),
+                     section("environment"))
 
 
 def check_resume_state(run_dir: Path, now: dict[str, str], accept: bool) -> list[dict[str, str]]:
