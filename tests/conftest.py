@@ -12,6 +12,41 @@ from helpers import isolate_clearml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TREES = REPO.parent / "shared" / "data" / "sst5" / "trees"
+SERVICE_DIRS = ("tests/server/", "tests/containers/")  # every server and container test lives here
+
+
+def lane(nodeid: str) -> str:
+    """The unit of work a test belongs to under `make test` (pytest-xdist, two processes): the server
+    and container tests are one unit ("services": one server and one image build per process, and
+    mostly waiting on agents and builds, so they run in one worker beside the training tests);
+    every other module is a unit of its own (its module fixtures are built once)."""
+    return "services" if nodeid.startswith(SERVICE_DIRS) else nodeid.split("::")[0]
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    # xdist's own loadgroup cannot group here: it renames test ids through Node._nodeid, which
+    # pytest 9 no longer reads. Its loadscope scheduler with our units does the same.
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LaneScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return lane(nodeid)
+
+    return LaneScheduling(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The units in the order xdist hands them out (make test: --no-loadscope-reorder). xdist queues
+    one more unit behind each worker's first: services, then a module with no slow test (it waits
+    behind services), then the modules with slow tests, then the rest."""
+    units: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        units.setdefault(lane(item.nodeid), []).append(item)
+    slow = {name for name, unit in units.items() if any(i.get_closest_marker("slow") for i in unit)}
+    quick = [name for name in units if name not in slow and name != "services"]
+    rank = {"services": 0, **({quick[0]: 1} if quick else {})}
+    order = sorted(units, key=lambda name: rank.get(name, 2 if name in slow else 3))
+    items[:] = [item for name in order for item in units[name]]
 
 
 def sst5_dir() -> Path:

@@ -48,7 +48,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict:
         mp.setenv("HF_HUB_OFFLINE", "1")
         for name, value in SECRETS.items():
             mp.setenv(name, value)
+        started = time.monotonic()
         first = train(small_config(data_dir, root / "first"))
+        first_seconds = time.monotonic() - started
         show = subprocess.run([sys.executable, "-m", "reprozoo", "tasks", "show", first.task_id, "--as-config"],
                               capture_output=True, text=True, check=True, timeout=120)
         (root / "replay.yaml").write_text(show.stdout)
@@ -57,7 +59,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict:
                                  "--out", str(root / "replay"), "--tracking", "server"],
                                 capture_output=True, text=True, timeout=600, check=False)
         replay_seconds = time.monotonic() - started
-        yield {"first": first, "root": root, "replay": replay, "replay_seconds": replay_seconds,
+        yield {"first": first, "first_seconds": first_seconds, "root": root, "replay": replay, "replay_seconds": replay_seconds,
                "offline": root / "clearml" / "offline", "env": dict(os.environ)}
 
 
@@ -130,7 +132,10 @@ def test_replay_from_as_config_is_bit_identical_despite_an_unreachable_server(ru
     assert replay.returncode == 0, replay.stderr[-3000:]
     warnings = [line for line in replay.stderr.splitlines() if "unreachable" in line]
     assert len(warnings) == 1 and "recording this run offline instead" in warnings[0]
-    assert runs["replay_seconds"] < 300  # the fallback costs seconds, not a connection timeout per call
+    # The fallback costs seconds, not a connection timeout per call: the replay (a new process, its
+    # imports, and the same training) within twice the first run's time plus a minute, on a loaded CI
+    # machine as on an idle one (a ratio, not a time).
+    assert runs["replay_seconds"] < 2 * runs["first_seconds"] + 60, (runs["replay_seconds"], runs["first_seconds"])
     first = Path(runs["first"].run_dir) / "metrics.json"
     again = runs["root"] / "replay" / "metrics.json"
     assert again.read_bytes() == first.read_bytes()
