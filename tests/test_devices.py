@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,61 @@ def test_two_process_ddp_on_the_cpu(tmp_path: Path, data_dir: Path, monkeypatch:
     assert metrics["dev"]["macro_f1"] == pytest.approx(final, abs=1e-6)
     records = list_offline()
     assert len(records) == 1 and records[0].metrics == metrics
+
+
+def test_ddp_workers_get_rank_0s_resolved_run(data_dir: Path, tmp_path: Path) -> None:
+    """Ranks > 0 are started with `reprozoo train --config <spec>`: rank 0's config as it resolved it
+    (the very trees and weights, its run directory, nothing recorded), never their own command line."""
+    from lightning.pytorch.strategies.launchers import subprocess_script
+
+    from reprozoo.train import DDP_RUN_DIR_ENV, DDP_WORKER_SPEC, Inputs, ddp_workers_run, plan_run
+
+    cfg = RunConfig().override([f"data.data_dir={data_dir}", "trainer.devices=2", "trainer.accelerator=cpu",
+                                f"out_dir={tmp_path / 'run'}", "tracking.mode=offline"])
+    plan = plan_run(cfg)
+    plan.run_dir.mkdir(parents=True)
+    weights = type("Weights", (), {"revision": "sha256:" + "c" * 64})()
+    launcher_command = subprocess_script._basic_subprocess_cmd
+    with ddp_workers_run(plan, Inputs(weights, None, None), str(plan.run_dir / "last.ckpt")) as spec:
+        command = subprocess_script._basic_subprocess_cmd()
+        assert command[1:] == ["-m", "reprozoo", "train", "--config", str(spec)] and spec.name == DDP_WORKER_SPEC
+        worker = RunConfig.load(spec)
+        assert worker.model.revision == "sha256:" + "c" * 64 and worker.data.data_dir == str(data_dir.resolve())
+        assert worker.out_dir == str(plan.run_dir.resolve()) and worker.tracking.mode == "off"
+        assert worker.optim == plan.cfg.optim and worker.trainer == plan.cfg.trainer and worker.seed == plan.cfg.seed
+        assert os.environ[DDP_RUN_DIR_ENV] == str(plan.run_dir.resolve())
+        assert os.environ["REPROZOO_DDP_RESUME_FROM"] == str((plan.run_dir / "last.ckpt").resolve())
+        os.environ["LOCAL_RANK"] = "0"  # what Lightning's launcher leaves in rank 0
+    # Afterwards: nothing left for the next run in this process (a sweep's, a search's) to trip on.
+    assert subprocess_script._basic_subprocess_cmd is launcher_command and not spec.exists()
+    assert "LOCAL_RANK" not in os.environ and DDP_RUN_DIR_ENV not in os.environ
+
+
+@pytest.mark.slow
+def test_a_sweep_on_two_cpu_processes_trains_each_model_once(isolated_clearml: Path, tiny_model_dirs: dict,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sweep` with 2 devices: rank 1 of each model trains that model's share (started as `train
+    --config`), never a sweep of its own; each model's metrics equal the same model trained alone."""
+    import json
+
+    from helpers import reprozoo
+    from reprozoo.records import list_offline
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two processes on two cores
+    tiny = ["--set", "data.limit_train_samples=64", "--set", "data.limit_eval_samples=32", "--set", "trainer.max_epochs=1",
+            "--set", "data.max_length=32", "--set", "optim.lr=1e-3", "--set", "trainer.accelerator=cpu",
+            "--set", "trainer.devices=2", "--set", "tracking.mode=offline"]
+    models = [tiny_model_dirs["bert"], tiny_model_dirs["electra"]]
+    out = isolated_clearml / "sweep"
+    swept = reprozoo("sweep", "--models", ",".join(map(str, models)), "--local", "--out", str(out), *tiny, timeout=900)
+    assert swept.returncode == 0, swept.stdout[-2000:] + swept.stderr[-3000:]
+    assert swept.stdout.count("sweep: 2 model(s): 2 done") == 1, swept.stdout  # one sweep, not one per rank
+    assert sorted(p.name for p in out.iterdir()) == ["tiny-bert", "tiny-electra"]
+    records = list_offline()
+    assert sorted(Path(r.config.model.name).name for r in records) == ["tiny-bert", "tiny-electra"]
+    alone = reprozoo("train", "--model", str(models[1]), "--out", str(isolated_clearml / "alone"),
+                     *[a.replace("tracking.mode=offline", "tracking.mode=off") for a in tiny], timeout=900)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    swept_metrics = json.loads((out / "tiny-electra" / "metrics.json").read_text())
+    assert swept_metrics == json.loads((isolated_clearml / "alone" / "metrics.json").read_text())
+    assert sum(map(sum, swept_metrics["dev"]["confusion_matrix"])) == 32  # the whole split, scored once

@@ -502,3 +502,25 @@ def test_dry_run_prints_the_server_plan() -> None:
     plan = json.loads(result.stdout[result.stdout.index("\n{\n"):])
     assert plan["execution_queue"] == "gpu" and plan["total_max_jobs"] == 8 and plan["optimizer_class"] == "OptimizerOptuna"
     assert plan["optuna_sampler"] == "TPESampler(seed=11)" and plan["hyper_parameters"][0]["name"] == "optim/lr"
+
+
+@pytest.mark.slow
+def test_a_search_on_two_cpu_processes_runs_each_trial_once(tiny_bert: Path, data_dir: Path, tmp_path: Path) -> None:
+    """`hpo --local` with 2 devices: rank 1 of each trial trains that trial (started as `train
+    --config`), never a search of its own, and the next trial starts its own rank 1."""
+    import os
+    import subprocess
+
+    out = tmp_path / "search"
+    done = subprocess.run([sys.executable, "-m", "reprozoo", "hpo", "--model", str(tiny_bert), "--space", "lr=1e-3:3e-2:log",
+                           "--trials", "2", "--local", "--data-dir", str(data_dir), "--limit-train-samples", "64",
+                           "--limit-eval-samples", "32", "--max-epochs", "1", "--tracking", "off", "--set", "data.max_length=32",
+                           "--set", "trainer.accelerator=cpu", "--set", "trainer.devices=2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stdout.count("2/2 trials finished") == 1, done.stdout  # one search, not one per rank
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    assert [t["state"] for t in trials] == ["complete"] * 2 and sorted(p.name for p in out.glob("trial-*")) == ["trial-000", "trial-001"]
+    for trial in trials:
+        metrics = json.loads((Path(trial["run_dir"]) / "metrics.json").read_text())
+        assert trial["dev_macro_f1"] == metrics["dev"]["macro_f1"] and sum(map(sum, metrics["dev"]["confusion_matrix"])) == 32

@@ -168,6 +168,7 @@ def test_enqueue_pins_the_image_and_skips_installs(data_dir: Path) -> None:
     assert RecordingTask.calls[4][1][0] == pinned and RecordingTask.calls[6][1][1] == "gpu"
     # The clone trains into a fresh run directory (the recorded one holds the finished run), on the data version.
     assert RecordingTask.calls[3][1]["run"]["out_dir"] == "null"
+    assert spec["config"].tracking.mode == "server"  # an agent's run records to the server, whatever the original did
     with pytest.raises(repro.ReproError, match="offline record; upload it first with `reprozoo tasks import"):
         repro.enqueue_spec(record(data_dir, task_id="offline-0123"), "gpu")
     with pytest.raises(repro.ReproError, match="never pushed"):

@@ -138,3 +138,18 @@ def test_agent_run_of_an_edited_clone_gets_the_edited_config(
     monkeypatch.undo()
     task.close()
     session.restore_clearml_env(env_before)  # later tests start `reprozoo` subprocesses
+
+
+def test_an_image_refuses_a_task_recorded_from_other_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A docker-mode agent runs the image's code: a task whose record names another commit, or
+    uncommitted changes, is refused in one line; the image's own commit runs."""
+    from reprozoo.config import ConfigError
+    from reprozoo.train import refuse_other_code
+
+    monkeypatch.setenv("REPROZOO_REVISION", "a" * 40)
+    refuse_other_code("t1", "a" * 40, "")  # an image-recorded task (or a clean checkout at the image's commit)
+    refuse_other_code("t1", "", "")  # a task that names no code: the command line's
+    with pytest.raises(ConfigError, match=r"task t1 was recorded from commit bbbbbbbbbbbb, but this image holds the code of commit aaaaaaaaaaaa"):
+        refuse_other_code("t1", "b" * 40, "")
+    with pytest.raises(ConfigError, match="with uncommitted changes.*venv-mode agent"):
+        refuse_other_code("t1", "a" * 40, "--- a/x\n+++ b/x\n")

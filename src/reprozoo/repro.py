@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from reprozoo import safeyaml
-from reprozoo.config import ConfigError, RunConfig
+from reprozoo.config import ConfigError, RunConfig, apply
 from reprozoo.records import Record
 from reprozoo.session import configure_clearml
 
@@ -327,8 +327,20 @@ def enqueue_spec(record: Record, queue: str) -> dict[str, Any]:
     return {"source_task": record.task_id, "name": f"repro of {record.name or record.task_id}", "queue": queue,
             "docker_image": image, "docker_arguments": docker_arguments() if image else None,
             "tags": ["repro", f"repro-of:{record.task_id}"],
-            # A fresh run directory (the recorded one holds the finished run) and the recorded data version.
-            "config": record.replay_config()}
+            # A fresh run directory (the recorded one holds the finished run) and the recorded data version;
+            # an agent's run records to the server (a record imported from an offline run says offline).
+            "config": apply(record.replay_config(), {"tracking.mode": "server"})}
+
+
+def with_server_data(spec: dict[str, Any], record: Record) -> dict[str, Any]:
+    """The clone names a data version an agent can fetch: an offline one (a record imported with
+    `tasks import`) becomes the server's version of the same content, uploaded from here if need be."""
+    dataset_id = spec["config"].data.dataset_id
+    if not dataset_id or not dataset_id.startswith("offline-"):
+        return spec
+    from reprozoo.data.versions import server_version
+
+    return {**spec, "config": apply(spec["config"], {"data.dataset_id": server_version(dataset_id, record.data_sha256)})}
 
 
 def enqueue(spec: dict[str, Any], task_api: Any = None) -> str:

@@ -133,9 +133,15 @@ def deterministic_mode(accelerator: str) -> bool | str:
     return "warn" if accelerator == "gpu" else True
 
 
-# Lightning's DDP launcher starts one process per further device by re-running this command line;
-# rank 0 names its run directory here so those processes train into it (and only train).
+# Lightning's DDP launcher starts one process per further device by running a command line again.
+# That line would be this process's own: `-m reprozoo train` on an agent (the default RunConfig,
+# not the task's), the whole `sweep` or `hpo` in every rank. Rank 0 hands them its resolved run
+# instead: `reprozoo train --config <run dir>/DDP_WORKER_SPEC`, and names its run directory here so
+# those processes train into it (and only train).
 DDP_RUN_DIR_ENV = "REPROZOO_DDP_RUN_DIR"
+DDP_RESUME_ENV = "REPROZOO_DDP_RESUME_FROM"  # the checkpoint rank 0 resumes from: every rank loads that one
+DDP_WORKER_SPEC = "ddp-worker.yaml"
+DDP_LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")  # set by it in rank 0
 
 
 def ddp_worker() -> bool:
@@ -221,8 +227,10 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False, accept_
                 inputs = prepare(plan)
                 plan.run_dir.mkdir(parents=True, exist_ok=True)
             resume_from = start_run(plan, tracker, inputs, resume=resume, worker=worker, code=code)
-            fitted = fit(plan, inputs, tracker, resume_from, worker)
-            metrics = score(plan, inputs, fitted)
+            several = not worker and _device_count(plan.cfg.trainer.devices, plan.accelerator) > 1
+            with ddp_workers_run(plan, inputs, resume_from) if several else contextlib.nullcontext():
+                fitted = fit(plan, inputs, tracker, resume_from, worker)
+                metrics = score(plan, inputs, fitted)
             if worker:
                 return RunResult(plan.run_dir, metrics, ddp_worker=True)
             timing, export_dir = write_outputs(plan, inputs, fitted, metrics, started)
@@ -253,7 +261,23 @@ def agent_config(cfg: RunConfig) -> RunConfig:
 
     from reprozoo import tracking
 
-    return tracking.remote_config(Task.get_task(task_id=get_remote_task_id()), cfg)
+    task = Task.get_task(task_id=get_remote_task_id())
+    if provenance.image_env().image is not None:
+        refuse_other_code(task.id, task.data.script.version_num or "", task.data.script.diff or "")
+    return tracking.remote_config(task, cfg)
+
+
+def refuse_other_code(task_id: str, commit: str, diff: str) -> None:
+    """In our image, a docker-mode agent runs the image's code (CLEARML_AGENT_FORCE_CODE_DIR: no
+    clone, no diff applied). A task recorded from other code (another commit, uncommitted changes)
+    would silently train that instead and be recorded as the image's: refused, before anything runs."""
+    revision = os.environ.get("REPROZOO_REVISION", "")
+    if commit and (commit != revision or diff.strip()):
+        changes = " with uncommitted changes" if diff.strip() else ""
+        raise ConfigError(f"task {task_id} was recorded from commit {commit[:12]}{changes}, but this image holds the code of"
+                          f" commit {revision[:12] or 'unknown'} and a docker-mode agent runs the image's code; serve it with a"
+                          " venv-mode agent (`clearml-agent daemon --queue Q`: it checks out that commit and applies the diff),"
+                          " or enqueue a run made in an image built from that code")
 
 
 def _as_ddp_worker(cfg: RunConfig) -> RunConfig:
@@ -262,6 +286,54 @@ def _as_ddp_worker(cfg: RunConfig) -> RunConfig:
     cfg.out_dir = os.environ.get(DDP_RUN_DIR_ENV) or cfg.out_dir
     cfg.tracking.mode = "off"
     return cfg
+
+
+def ddp_worker_config(plan: Plan, inputs: Inputs) -> RunConfig:
+    """What ranks > 0 train: rank 0's config as it resolved it (the task's on an agent), on the very
+    trees and weights rank 0 checked (its data directory, the weights' revision), into its run
+    directory, recording nothing."""
+    cfg = RunConfig.from_dict(plan.cfg.to_dict())
+    cfg.data.data_dir, cfg.data.dataset_id = str(plan.data_dir.resolve()), None
+    cfg.model.revision = inputs.weights.revision
+    cfg.out_dir = str(plan.run_dir.resolve())
+    cfg.tracking.mode = "off"
+    return cfg
+
+
+@contextlib.contextmanager
+def ddp_workers_run(plan: Plan, inputs: Inputs, resume_from: str | None) -> Iterator[Path]:
+    """Rank 0's fit and scoring with several devices. Lightning's launcher starts ranks > 0 with
+    `reprozoo train --config <spec>` (the spec written in the run directory, removed afterwards),
+    resuming from rank 0's checkpoint when it does.
+    Afterwards the process is as before it: the launcher's DDP variables (LOCAL_RANK=0 would make the
+    next run in this process, a sweep's or a search's, wait for ranks nobody starts) and the process
+    group are gone."""
+    import torch.distributed
+    from lightning.pytorch.strategies.launchers import subprocess_script
+
+    spec = plan.run_dir / DDP_WORKER_SPEC
+    spec.write_text(provenance.redact(ddp_worker_config(plan, inputs).to_yaml()))
+    command = [sys.executable, "-m", "reprozoo", "train", "--config", str(spec.resolve())]
+    saved = {name: os.environ.get(name) for name in (*DDP_LAUNCHER_ENV, DDP_RUN_DIR_ENV, DDP_RESUME_ENV)}
+    os.environ[DDP_RUN_DIR_ENV] = str(plan.run_dir.resolve())
+    os.environ.pop(DDP_RESUME_ENV, None)
+    if resume_from:
+        os.environ[DDP_RESUME_ENV] = str(Path(resume_from).resolve())
+    launcher_command = subprocess_script._basic_subprocess_cmd
+    # The launcher's one way to build that command (lightning 2.6: a module function it calls per rank).
+    subprocess_script._basic_subprocess_cmd = lambda: list(command)
+    try:
+        yield spec
+    finally:
+        subprocess_script._basic_subprocess_cmd = launcher_command
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        spec.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -305,7 +377,9 @@ def start_run(plan: Plan, tracker: Any, inputs: Inputs, *, resume: bool, worker:
     from reprozoo.resume import find_resume_checkpoint
 
     cfg = plan.cfg
-    resume_from = find_resume_checkpoint(plan.run_dir) if resume else None
+    # A DDP worker loads the checkpoint rank 0 resumes from, which rank 0 passed on.
+    found = find_resume_checkpoint(plan.run_dir) if resume and not worker else None
+    resume_from = (os.environ.get(DDP_RESUME_ENV) or None) if worker else found
     if not worker:
         # Scrubbed at the source: what the run directory holds is what may be recorded, now and on resume.
         (plan.run_dir / "config.yaml").write_text(provenance.redact(cfg.to_yaml()))
@@ -336,12 +410,7 @@ def fit(plan: Plan, inputs: Inputs, tracker: Any, resume_from: str | None, worke
     module = SentimentClassifier(net, cfg.optim, plan.lr, class_weights)
     trainer = L.Trainer(**_trainer_kwargs(cfg, plan, tracker))
     fit_started = time.time()
-    os.environ[DDP_RUN_DIR_ENV] = str(plan.run_dir.resolve())
-    try:
-        trainer.fit(module, datamodule=inputs.datamodule, ckpt_path=resume_from)
-    finally:
-        if not worker:
-            os.environ.pop(DDP_RUN_DIR_ENV, None)
+    trainer.fit(module, datamodule=inputs.datamodule, ckpt_path=resume_from)
     # Copied before scoring: loading the best checkpoint restores its own list.
     return Fitted(trainer, module, list(module.step_losses), time.time() - fit_started)
 

@@ -101,6 +101,46 @@ def test_two_agents_on_one_queue_run_each_of_four_tasks_once(original: dict[str,
         assert tasks[clone]["metrics"] == original["metrics"]
 
 
+def test_a_two_process_ddp_task_on_an_agent_equals_the_same_run_here(env: dict[str, str], agents: list[Agent],
+                                                                    agent_binary: Path, tmp_path: Path) -> None:
+    """Lightning starts rank 1 by running a command line again: on the agent that was `-m reprozoo
+    train`, the default RunConfig beside rank 0's task config. Rank 1 now trains rank 0's resolved run."""
+    ddp_env = {**env, "OMP_NUM_THREADS": "1"}  # two processes on two cores, here and on the agent
+    here = tmp_path / "here"
+    done = reprozoo("train", *TINY, "--accelerator", "cpu", "--devices", "2", "--out", str(here), cwd=tmp_path, env=ddp_env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    task_id = re.search(r"clearml task: ([0-9a-f]{32})", done.stdout).group(1)
+    agent = serve(agents, agent_binary, ddp_env, tmp_path, "ddp-q", "ddp")
+    clone, _ = enqueue(ddp_env, task_id, "ddp-q")
+    task = server_tasks(ddp_env, [clone], wait=600)[clone]
+    assert task["status"] == "completed", agent.log()[-4000:]
+    assert task["metrics"] == (here / "metrics.json").read_text()  # byte for byte
+
+
+def test_an_offline_run_imported_then_enqueued_is_replayed_by_an_agent(env: dict[str, str], agents: list[Agent],
+                                                                        agent_binary: Path, tmp_path: Path) -> None:
+    """offline → `tasks import` → `repro --enqueue`: the clone named the offline data version (which no
+    agent can resolve) and offline tracking. Now the data version travels to the server (same content)
+    and the clone records there."""
+    here = tmp_path / "here"
+    done = reprozoo("train", *TINY[:-1], "offline", "--out", str(here), cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((here / "task.json").read_text())
+    assert record["mode"] == "offline" and record["dataset_id"].startswith("offline-")
+    imported = reprozoo("tasks", "import", record["offline_zip"], env=env)
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    task_id = imported.stdout.strip().splitlines()[-1].split("imported as task ")[1].split()[0]
+    # The agent is another machine: a cache of its own, no offline index, no trees.
+    agent = serve(agents, agent_binary, {**env, "REPROZOO_CACHE_DIR": str(tmp_path / "agent-cache")}, tmp_path, "import-q", "import")
+    enqueued = reprozoo("repro", task_id, "--enqueue", "import-q", env=env)
+    assert enqueued.returncode == 0, enqueued.stderr[-3000:]
+    assert f"data version {record['dataset_id']} is " in enqueued.stdout
+    clone = re.search(r"enqueued task ([0-9a-f]{32})", enqueued.stdout).group(1)
+    task = server_tasks(env, [clone], wait=600)[clone]
+    assert task["status"] == "completed", agent.log()[-4000:]
+    assert task["metrics"] == (here / "metrics.json").read_text()  # byte for byte, on the server's copy of the data
+
+
 def _one_line_error(done: subprocess.CompletedProcess) -> str:
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stderr

@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,19 @@ from reprozoo import agent as agent_settings
 pytestmark = [pytest.mark.server, pytest.mark.docker, pytest.mark.slow]
 
 BASE = "reprozoo-base:bookworm-py311"
+CLONE_WITH_DIFF = r"""
+import sys
+from clearml import Task
+clone = Task.clone(source_task=sys.argv[1], name="checkout-recorded")
+clone.set_script(diff="--- a/README.md\n+++ b/README.md\n@@ -1 +1,2 @@\n # reprozoo\n+an uncommitted change\n")
+Task.enqueue(clone, queue_name=sys.argv[2])
+print(clone.id)
+"""
+CONSOLE = r"""
+import sys
+from clearml import Task
+print("\n".join(Task.get_task(task_id=sys.argv[1]).get_reported_console_output(number_of_reports=50)))
+"""
 
 
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 1800, **kwargs: Any) -> subprocess.CompletedProcess:
@@ -144,7 +158,17 @@ def test_make_agent_replays_repro_enqueue_in_the_image_bit_for_bit(original: dic
         enqueued = time.time()
         task = server_tasks(env, [clone], wait=900)[clone]
         assert task["status"] == "completed", agent.log()[-5000:]
-    assert agent.ran() == [clone]
+        # The same task with uncommitted changes recorded (a checkout's run, or the diff edited in the
+        # UI): the agent would run the image's code under that record. Refused, in one line.
+        edited = subprocess.run([sys.executable, "-c", CLONE_WITH_DIFF, original["task_id"], "docker-q"], env=env,
+                                capture_output=True, text=True, timeout=300, check=True).stdout.split()[-1]
+        refused = server_tasks(env, [edited], wait=600)[edited]
+        assert refused["status"] == "failed", agent.log()[-5000:]
+        console = subprocess.run([sys.executable, "-c", CONSOLE, edited], env=env, capture_output=True, text=True,
+                                 timeout=300, check=True).stdout
+        assert f"task {edited} was recorded from commit" in console and "with uncommitted changes" in console, console[-3000:]
+        assert "venv-mode agent" in console and "Traceback" not in console
+    assert agent.ran() == [clone, edited]
     assert f"docker_cmd = {pinned} " in agent.log()  # run in the recorded image, pulled by digest
     assert task["metrics"] == original["metrics"]  # byte for byte
     assert task["parent"] == original["task_id"] and f"repro-of:{original['task_id']}" in task["tags"]

@@ -161,6 +161,9 @@ def repro(
         need_server("--enqueue", "without it, repro runs the task here")
         session.configure_clearml()
         call(lambda: require_queue(enqueue))  # before the clone: an unknown queue leaves no draft behind
+        spec = call(lambda: replay.with_server_data(spec, record))
+        if spec["config"].data.dataset_id != record.dataset_id:
+            say(f"data version {record.dataset_id} is {spec['config'].data.dataset_id} on the server")
         say(f"cloning {record.task_id} for queue {enqueue}" + (f" in {spec['docker_image']}" if spec["docker_image"] else ""))
         say(f"enqueued task {replay.enqueue(spec)}")
         return

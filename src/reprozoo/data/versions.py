@@ -211,6 +211,24 @@ def resolve(dataset_id: str) -> DataVersion:
     return DataVersion(dataset_id, content_hash(sha256), sha256, _parent(dataset), str(path), "server")
 
 
+def server_version(dataset_id: str, sha256: dict[str, str]) -> str:
+    """The configured server's dataset id for the content that version `dataset_id` holds (`sha256`,
+    the record's): an `offline-…` id means nothing off the machine that recorded it. Found by its
+    content tag, else uploaded from this machine's verified copy of that content."""
+    digest = content_hash(sha256)
+    local = next((e for e in _read_index()["versions"] if e["content_hash"] == digest), None)
+    if local is not None:
+        return register(Path(resolve(local["dataset_id"]).path), "server").dataset_id  # found or uploaded
+    from clearml import Dataset
+
+    try:
+        return Dataset.get(dataset_project=PROJECT, dataset_name=NAME, dataset_tags=[f"content:{digest}"], only_completed=True).id
+    except ValueError:
+        raise DataSourceError(f"data version {dataset_id} (content {digest[:12]}) is neither on the ClearML server nor on this"
+                              " machine; register the same trees on the server with `reprozoo data version --tracking server"
+                              " --data-dir DIR`, then enqueue again") from None
+
+
 def _verify(path: Path, expected: dict[str, str], dataset_id: str) -> None:
     actual = data_fingerprint(path)
     bad = [split for split in SPLITS if actual[split] != expected[split]]
