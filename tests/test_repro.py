@@ -48,6 +48,29 @@ def test_verdicts() -> None:
     assert repro.compare_metrics(None, recorded).status == "no metrics"
 
 
+def test_the_spec_against_here_and_what_explains_a_difference(data_dir: Path, tmp_path: Path) -> None:
+    environment = {"torch": "2.13.0", "python": "3.11.2", "transformers": "5.0", "lightning": "2.6.6", "cuda": "13.0",
+                   "cudnn": "91000", "gpu_model": "NVIDIA A100-SXM4-80GB", "gpu_count": 1, "gpu_driver": "580.65.06",
+                   "cpu_model": "AMD EPYC", "cpu_count": 16, "torch_threads": 8, "lock_file": "envs/cuda.lock",
+                   "determinism": {"torch_deterministic_algorithms": True}}
+    recorded = record(data_dir, environment=environment, lock_file="envs/cuda.lock", lock_sha256="ab" * 32)
+    plan = repro.ReproPlan(recorded, RunConfig(), "checkout", None, tmp_path / "again", data_dir)
+    here = {**environment, "gpu_model": "Tesla T4", "cudnn": "90100", "torch_threads": 4, "lock_sha256": "ab" * 32}
+    lines = repro.spec_lines(plan, here)
+    marked = [line.split()[1] for line in lines if line.startswith("  ≠ ")]
+    assert marked == ["cudnn", "gpu_model", "torch_threads"], lines
+    assert any("weights" in line and "that revision" in line for line in lines)
+    # In an image pinned by digest the software is the image's: only the hardware can differ.
+    in_image = replace(plan, executor="image", image="reg/reprozoo@sha256:" + "c" * 64)
+    marked = [line.split()[1] for line in repro.spec_lines(in_image, {**here, "torch": "2.12.0"}) if line.startswith("  ≠ ")]
+    assert marked == ["gpu_model", "torch_threads"]
+    explained = repro.explain_difference(environment, here)
+    assert explained[0] == "  environment differences that can explain it:"
+    assert explained[1:] == ["  gpu_model: recorded NVIDIA A100-SXM4-80GB, replayed Tesla T4", "  cudnn: recorded 91000, replayed 90100",
+                             "  torch_threads: recorded 8, replayed 4"]
+    assert "no hardware or numerics difference" in repro.explain_difference(environment, dict(environment))[0]
+
+
 def test_pinned_references() -> None:
     assert pinned_reference("reprozoo:cpu-0123", "127.0.0.1:5000/reprozoo@" + DIGEST) == "127.0.0.1:5000/reprozoo@" + DIGEST
     assert pinned_reference("ghcr.io/o/reprozoo:cuda-0123", DIGEST) == "ghcr.io/o/reprozoo:cuda-0123@" + DIGEST
@@ -195,6 +218,8 @@ def test_repro_from_code_is_bit_identical(tmp_path: Path, data_dir: Path, monkey
                              "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "in      code at " in result.stdout and "verdict: bit-identical" in result.stdout
+    # Before it ran: each field of the recorded spec beside this machine's, none differing here.
+    assert "the run's spec, recorded against this replay" in result.stdout and "torch_threads" in result.stdout and "  ≠ " not in result.stdout, result.stdout
     again = load_record(tmp_path / "runs" / "again")
     assert again.task_id != first.task_id and again.metrics == first.metrics
     original = load_record(first.task_id)
@@ -212,3 +237,4 @@ def test_repro_from_code_is_bit_identical(tmp_path: Path, data_dir: Path, monkey
     result = subprocess.run([sys.executable, "-m", "reprozoo", "repro", str(tampered), "--verify", "--out", "seven",
                              "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 1 and "verdict: differs" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "no hardware or numerics difference between the two environments explains it" in result.stdout

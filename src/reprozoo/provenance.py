@@ -351,6 +351,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def gpu_driver() -> str:
+    """The NVIDIA kernel driver's version (what the host brings to a CUDA image), else "none"."""
+    try:
+        text = Path("/proc/driver/nvidia/version").read_text(errors="replace")
+    except OSError:
+        return NONE
+    match = re.search(r"Kernel Module(?: for \S+)?\s+(\d+(?:\.\d+)+)", text)
+    return match.group(1) if match else NONE
+
+
 def _version(dist: str) -> str:
     try:
         return metadata.version(dist)
@@ -383,6 +393,7 @@ def environment(seed: int, root: str | None) -> dict[str, Any]:
         "reprozoo": _version("reprozoo"),
         "gpu_model": gpus[0] if gpus else NONE,
         "gpu_count": len(gpus),
+        "gpu_driver": gpu_driver() if gpus else NONE,
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count() or 0,
         "torch_threads": torch.get_num_threads(),

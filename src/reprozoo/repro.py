@@ -113,6 +113,75 @@ class ReproPlan:
                 f"  run dir {self.run_dir}", *[f"  note    {n}" for n in self.notes]]
 
 
+# --- the recorded spec against here ----------------------------------------------------------------
+# What can change a replay's numbers besides code, data, weights and config, in the order a
+# `differs` verdict names them: the hardware and the numerics libraries.
+NUMERICS = ("gpu_model", "gpu_count", "gpu_driver", "cuda", "cudnn", "torch", "cpu_model", "torch_threads", "determinism",
+            "python", "transformers", "lightning")
+SOFTWARE = ("python", "torch", "transformers", "lightning", "cuda", "cudnn")  # fixed by the image's digest
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):  # the determinism flags
+        torch = ("warn-only" if value.get("torch_deterministic_warn_only") else "strict"
+                 if value.get("torch_deterministic_algorithms") else "off")
+        return (f"torch {torch}, cudnn deterministic {value.get('cudnn_deterministic')} benchmark"
+                f" {value.get('cudnn_benchmark')}, CUBLAS_WORKSPACE_CONFIG {value.get('CUBLAS_WORKSPACE_CONFIG')}")
+    return "not recorded" if value is None else str(value)
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def spec_lines(plan: ReproPlan, here: dict[str, Any]) -> list[str]:
+    """Before a replay runs: each field of the run's recorded identity, beside what this replay will
+    have (`here`: provenance.environment() of this machine). A `≠` marks a field that differs."""
+    r, recorded = plan.record, plan.record.environment
+    in_image = plan.executor == "image"
+    pinned = in_image and "@sha256:" in (plan.image or "")
+    content = ", ".join(f"{k} {v[:12]}" for k, v in sorted(r.data_sha256.items()))
+    rows: list[tuple[str, str, str, bool]] = [
+        ("code", f"{r.commit[:12] or '?'}{' + diff' if r.dirty else ''}",
+         "the image's" if in_image else "the recorded commit + diff (a git worktree)", False),
+        ("weights", r.model_revision, "that revision (checked before training)", False),
+        ("data", f"{r.dataset_id or 'none'} ({content})", f"{plan.data_dir} (sha256 matches)", False),
+        ("image", r.image_digest, plan.image or "none", False),
+    ]
+    lock_here = "the image's" if pinned else f"{here.get('lock_file', 'none')} {str(here.get('lock_sha256', 'none'))[:12]}"
+    lock_rec = f"{r.lock_file} {r.lock_sha256[:12]}"
+    rows.append(("lock", lock_rec, lock_here, not pinned and lock_here != lock_rec))
+    for key in (*SOFTWARE, "gpu_model", "gpu_count", "gpu_driver", "cpu_model", "cpu_count", "torch_threads"):
+        was = _shown(recorded.get(key))
+        now = "the image's" if pinned and key in SOFTWARE else _shown(here.get(key))
+        rows.append((key, was, now, now != "the image's" and was != "not recorded" and was != now))
+    # The training code sets torch's flags at its start (train.deterministic_mode), on the device it gets.
+    rows.append(("determinism", _shown(recorded.get("determinism")), "what the replay's code sets on its device", False))
+    width = 40
+    return ["the run's spec, recorded against this replay (≠: differs):",
+            f"    {'field':<14} {'recorded':<{width}} here",
+            *[f"  {'≠' if differs else ' '} {name:<14} {_cut(was, width):<{width}} {now}" for name, was, now, differs in rows]]
+
+
+def explain_difference(recorded: dict[str, Any], replayed: dict[str, Any]) -> list[str]:
+    """For a `differs` verdict: the hardware and numerics fields in which the replay's environment
+    differs from the record's, which can explain other numbers from the same code, data and weights."""
+    changed = [f"  {key}: recorded {_shown(recorded.get(key))}, replayed {_shown(replayed.get(key))}"
+               for key in NUMERICS if key in recorded and key in replayed and recorded[key] != replayed[key]]
+    if not changed:
+        return ["  no hardware or numerics difference between the two environments explains it: the same code, data,"
+                " weights and environment gave other numbers"]
+    return ["  environment differences that can explain it:", *changed]
+
+
+def replayed_environment(plan: ReproPlan) -> dict[str, Any]:
+    """The environment the replay recorded in its run directory's provenance.json ({} if none)."""
+    from reprozoo.records import record_mapping, run_dir_json
+
+    recorded = run_dir_json(plan.run_dir, "provenance.json") or {}
+    return record_mapping(recorded.get("environment"), f"{plan.run_dir / 'provenance.json'}: environment")
+
+
 def pinned_image(record: Record) -> str | None:
     """The image a replay pulls: repo@sha256:… when the run's image was pushed, else its local tag."""
     from reprozoo.provenance import pinned_reference

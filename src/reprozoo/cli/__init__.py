@@ -170,6 +170,11 @@ def repro(
     plan = call(lambda: replay.plan_repro(record, data_dir=data_dir, runs_dir=runs_dir, out=out, use_image=image))
     for line in plan.summary():
         say(line)
+    from reprozoo import provenance
+
+    here = provenance.environment(record.config.seed, str(replay.source_checkout() or "") or None)
+    for line in replay.spec_lines(plan, here):
+        say(line)
     if dry_run:
         say(plan.config.to_yaml().rstrip())
         return
@@ -184,6 +189,9 @@ def repro(
         verdict = replay.compare_metrics(record.metrics, metrics, tolerance)
         for line in verdict.lines():
             say(line)
+        if verdict.status == "differs":
+            for line in replay.explain_difference(record.environment, call(lambda: replay.replayed_environment(plan))):
+                say(line)
         if not verdict.ok:
             raise typer.Exit(1)
 
