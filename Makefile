@@ -12,8 +12,8 @@ MODELS ?= all
 DATA_DIR ?= $(or $(REPROZOO_DATA_DIR),$(abspath ../shared/data/sst5/trees))
 ARGS ?=
 PYTEST_ARGS ?=
-# Two pytest processes: the server and container tests (mostly waiting on agents, builds and
-# servers) beside the training tests (tests/conftest.py groups and orders them). TEST_WORKERS=0: one process.
+# Two pytest processes: the server tests, the container tests (mostly waiting on agents, builds and
+# servers) and the training tests share them (tests/conftest.py groups and orders them). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --no-loadscope-reorder)
 # Torch's OpenMP threads sleep instead of spinning while they wait: two trainings side by side on

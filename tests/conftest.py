@@ -12,15 +12,18 @@ from helpers import isolate_clearml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TREES = REPO.parent / "shared" / "data" / "sst5" / "trees"
-SERVICE_DIRS = ("tests/server/", "tests/containers/")  # every server and container test lives here
+SERVICE_UNITS = {"tests/server/": "server", "tests/containers/": "containers"}
 
 
 def lane(nodeid: str) -> str:
-    """The unit of work a test belongs to under `make test` (pytest-xdist, two processes): the server
-    and container tests are one unit ("services": one server and one image build per process, and
-    mostly waiting on agents and builds, so they run in one worker beside the training tests);
-    every other module is a unit of its own (its module fixtures are built once)."""
-    return "services" if nodeid.startswith(SERVICE_DIRS) else nodeid.split("::")[0]
+    """The unit of work a test belongs to under `make test` (pytest-xdist, two processes). The server
+    tests are one unit (one ClearML server per process; mostly waiting on agents), the container tests
+    another (one image build; mostly waiting on the engine), each run by one worker beside the other's
+    work; every other module is a unit of its own (its module fixtures are built once)."""
+    for folder, unit in SERVICE_UNITS.items():
+        if nodeid.startswith(folder):
+            return unit
+    return nodeid.split("::")[0]
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
@@ -36,16 +39,17 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The units in the order xdist hands them out (make test: --no-loadscope-reorder). xdist queues
-    one more unit behind each worker's first: services, then a module with no slow test (it waits
-    behind services), then the modules with slow tests, then the rest."""
+    """The units in the order xdist hands them out (make test: --no-loadscope-reorder), longest first:
+    the server tests, the container tests, then the modules with slow tests, then the rest. xdist
+    queues a second unit behind each worker's first: a module with no slow test goes third, so what
+    waits behind the server tests is short."""
     units: dict[str, list[pytest.Item]] = {}
     for item in items:
         units.setdefault(lane(item.nodeid), []).append(item)
     slow = {name for name, unit in units.items() if any(i.get_closest_marker("slow") for i in unit)}
-    quick = [name for name in units if name not in slow and name != "services"]
-    rank = {"services": 0, **({quick[0]: 1} if quick else {})}
-    order = sorted(units, key=lambda name: rank.get(name, 2 if name in slow else 3))
+    quick = [name for name in units if name not in slow and name not in SERVICE_UNITS.values()]
+    rank = {"server": 0, "containers": 1, **({quick[0]: 2} if quick else {})}
+    order = sorted(units, key=lambda name: rank.get(name, 3 if name in slow else 4))
     items[:] = [item for name in order for item in units[name]]
 
 

@@ -189,7 +189,7 @@ def test_launch_feeds_every_step_to_the_pipeline_controller() -> None:
     (template,) = _TaskClass.created
     create = template.calls[0][2]
     assert create["module"] == "reprozoo train" and create["task_type"] == "training" and create["commit"]
-    assert create["project_name"] == "reprozoo" and create["working_directory"] == "."
+    assert create["project_name"] == "reprozoo" and create["working_directory"] == "src"
     objects = {c[1][0]: c[2]["config_text"] for c in template.calls if c[0] == "set_configuration_object"}
     assert set(objects) == {CONFIG_OBJECT, BASELINE_OBJECT} and objects[CONFIG_OBJECT] == objects[BASELINE_OBJECT]
     assert RunConfig.from_dict(yaml.safe_load(objects[CONFIG_OBJECT])) == plan.steps[0].config

@@ -12,6 +12,7 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 CACHE=${REPROZOO_BASE_CACHE:-$HOME/.cache/reprozoo/base}
 TARBALL="$CACHE/bookworm-py311.tar"
 mkdir -p "$CACHE"
+exec 9>"$CACHE/.lock" && flock 9  # one debootstrap at a time (two test workers may ask at once)
 if [[ ! -s "$TARBALL" ]]; then
     ROOT=$(mktemp -d)
     trap 'rm -rf "$ROOT"' EXIT

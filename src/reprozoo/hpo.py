@@ -424,7 +424,7 @@ def create_template_task(base: RunConfig, task_cls: Any, image: str | None = Non
                            task_type="training", add_task_init_call=False, detect_repository=False)
     tracking.write_config(task, cfg, "the whole RunConfig (HPO template; the optimizer overrides its sections)")
     task.set_script(repository=git.repository, branch=git.branch, commit=git.commit, diff=git.diff,
-                    working_dir=".", entry_point=session.ENTRY_POINT)
+                    working_dir=session.WORKING_DIR, entry_point=session.ENTRY_POINT)
     lock, _ = provenance.lock_file(git.root)
     lock_path = Path(git.root or ".") / lock
     if lock != provenance.NONE and lock_path.is_file():

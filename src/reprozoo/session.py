@@ -22,6 +22,10 @@ PROVENANCE_OBJECT = "Provenance"  # code, environment fingerprint, data and mode
 RUN_SECTION = "run"  # hyperparameter section for RunConfig's top-level fields (seed, out_dir)
 RESOLVED_SECTION = "resolved"  # read-only facts (zoo defaults applied, versions) as table columns
 ENTRY_POINT = "-m reprozoo train"
+# Where in the repository an agent runs ENTRY_POINT: the package lives under src/ and is not among
+# the task's requirements, so a venv-mode agent (which clones the repository and installs only the
+# requirements) imports it from there. A docker-mode agent runs in the image's /work whatever this says.
+WORKING_DIR = "src"
 SERVER_SETTINGS = "set CLEARML_API_HOST, CLEARML_API_ACCESS_KEY, CLEARML_API_SECRET_KEY (or run clearml-init)"
 
 

@@ -384,7 +384,7 @@ def create_template(task_cls: Any, cfg: RunConfig, project: str, log: Callable[[
     """A draft training task that runs `python -m reprozoo train` at this checkout's commit (+ diff);
     the pipeline clones it once per step. Exercised against a real server: no."""
     from reprozoo import provenance
-    from reprozoo.session import ENTRY_POINT
+    from reprozoo.session import ENTRY_POINT, WORKING_DIR
     from reprozoo.tracking import write_config
 
     git = provenance.git_state()
@@ -397,11 +397,11 @@ def create_template(task_cls: Any, cfg: RunConfig, project: str, log: Callable[[
     template = task_cls.create(
         project_name=project, task_name=f"reprozoo sweep template {git.commit[:8]}", task_type="training",
         repo=git.repository, branch=git.branch, commit=git.commit, module=ENTRY_POINT.removeprefix("-m ").strip(),
-        working_directory=".", add_task_init_call=False, detect_repository=False,
+        working_directory=WORKING_DIR, add_task_init_call=False, detect_repository=False,
         # Without an image the agent installs exactly the lock (as a recorded run's task does).
         requirements_file=str(lock) if lock_name != provenance.NONE and lock.is_file() else None)
     write_config(template, cfg, "the sweep step's RunConfig (each step overrides it)")
-    template.set_script(diff=git.diff, entry_point=ENTRY_POINT, working_dir=".")
+    template.set_script(diff=git.diff, entry_point=ENTRY_POINT, working_dir=WORKING_DIR)
     template.add_tags(["reprozoo-sweep-template"])
     return template
 

@@ -36,6 +36,7 @@ from reprozoo.session import (
     PROVENANCE_OBJECT,
     RESOLVED_SECTION,
     RUN_SECTION,
+    WORKING_DIR,
     clearml_env,
     configure_clearml,
     resolve_mode,
@@ -262,7 +263,7 @@ class Tracker:
             # replace what it found with the repository of the reprozoo source that actually runs.
             task._wait_for_repo_detection(timeout=30)
             task.set_script(repository=git.repository, branch=git.branch, commit=git.commit, diff=git.diff,
-                            working_dir=".", entry_point=ENTRY_POINT)
+                            working_dir=WORKING_DIR, entry_point=ENTRY_POINT)
         lock = Path(git.root or ".") / env["lock_file"]  # an absolute $REPROZOO_LOCK stays as it is
         if env["lock_file"] != provenance.NONE and lock.is_file():
             task.set_packages(str(lock))  # an agent without the image installs exactly the lock

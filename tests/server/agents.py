@@ -1,7 +1,8 @@
 """Real `clearml-agent` daemons for the server tests (and bench/agent_latency.py): the pinned agent
 (envs/colab-agent.lock) in a venv of its own, serving a queue of the local server in venv mode
-(the task runs with this interpreter, in the agent's clone of the recorded commit + diff) or in
-docker mode (the task runs in the image named on it), each stopped by its process group id.
+(the agent clones the recorded commit, applies the diff and builds a venv from the task's
+requirements with pip) or in docker mode (the task runs in the image named on it), each stopped by
+its process group id.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ REPO = Path(__file__).resolve().parents[2]
 LOCK = REPO / "envs" / "colab-agent.lock"
 TINY = ["--model", "all-minilm-l6-v2", "--limit-train-samples", "32", "--limit-eval-samples", "16", "--max-length", "32",
         "--max-epochs", "1", "--tracking", "server"]
+
+
+# What a venv-mode agent needs to build the recorded environment (docs/scaling.md says why):
+# torch from the index like any package, pinned as recorded (pytorch.org's per-CUDA index is another
+# build, and unreachable here), and pip's own resolver: the agent's legacy-resolver default takes
+# the first specifier it meets (a dependency's torch<=2.14.1) over the lock's torch==2.13.0.
+VENV_AGENT_SETTINGS = 'agent.package_manager.pytorch_resolve: "none"\nagent.package_manager.pip_legacy_resolver: []\n'
 
 
 def install_agent(folder: Path) -> Path:
@@ -46,19 +54,29 @@ class Agent:
 
     def __init__(self, binary: Path, env: dict[str, str], queue: str, folder: Path, name: str,
                  docker: str | None = None, config_file: Path | None = None, extra_env: dict[str, str] | None = None,
-                 command: list[str] | None = None) -> None:
+                 command: list[str] | None = None, venv_cache: Path | None = None) -> None:
         self.folder, self.name, self.queue = folder, name, queue
         home = folder / "home"
         home.mkdir(parents=True, exist_ok=True)
         _git_mirror(home)
         self.env = {**env, "HOME": str(home), "CLEARML_WORKER_ID": f"reprozoo-test:{name}"}
-        if docker is None and command is None:
-            # venv mode: no venv, no pip (no index here); the task's code is the agent's clone, whose
-            # src/ (relative to the task's working directory, the clone's root) holds reprozoo.
-            self.env.update(CLEARML_AGENT_SKIP_PIP_VENV_INSTALL=sys.executable, CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL="1",
-                            PYTHONPATH="src")
-        else:
-            self.env.pop("PYTHONPATH", None)  # docker mode: the task's settings come with the task (agent.DOCKER_ARGUMENTS)
+        self.env.pop("PYTHONPATH", None)  # the agent finds reprozoo as a user's agent would, or not at all
+        if docker is None and command is None and venv_cache is not None:
+            # venv mode, set up as clearml-agent documents it: it clones the task's repository at the
+            # recorded commit, applies the recorded diff, builds a venv from the task's requirements with
+            # pip, and runs `-m reprozoo train` in the task's working directory (src/). Beside the docs,
+            # what this machine needs: VENV_AGENT_SETTINGS, and one venv cache for every such agent
+            # (a venv is built once per requirements, ~6 min here).
+            conf = folder / "clearml.conf"
+            server = Path(env["CLEARML_CONFIG_FILE"]).read_text() if env.get("CLEARML_CONFIG_FILE") else ""
+            conf.write_text(server + f'\nagent.venvs_cache.path: "{venv_cache}"\n' + VENV_AGENT_SETTINGS)
+            self.env["CLEARML_CONFIG_FILE"] = str(conf)
+        elif docker is None and command is None:
+            # venv mode without building the venv: the queue tests (two agents on one queue, sweeps,
+            # searches, DDP) are about what agents do with tasks, and run each with this interpreter
+            # (it has the same locked tree), in the agent's clone of the recorded commit + diff: the
+            # task's working directory, src/, comes first on the import path of `-m reprozoo`.
+            self.env.update(CLEARML_AGENT_SKIP_PIP_VENV_INSTALL=sys.executable, CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL="1")
         self.env.update(extra_env or {})
         for key in ("CLEARML_TASK_ID", "CLEARML_PROC_MASTER_ID"):
             self.env.pop(key, None)

@@ -54,26 +54,43 @@ def enqueue(env: dict[str, str], task_id: str, queue: str) -> tuple[str, float]:
     return re.search(r"enqueued task ([0-9a-f]{32})", done.stdout).group(1), time.time()
 
 
+class Agents(list):
+    """The agents a test started (stopped at its end), and the venv cache all of this module's share."""
+
+    def __init__(self, venv_cache: Path) -> None:
+        super().__init__()
+        self.venv_cache = venv_cache
+
+
+@pytest.fixture(scope="module")
+def venv_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with scratch(tmp_path_factory, "agent-venvs") as folder:
+        yield folder
+
+
 @pytest.fixture
-def agents(agent_binary: Path, env: dict[str, str], tmp_path: Path) -> Iterator[list[Agent]]:
-    started: list[Agent] = []
+def agents(agent_binary: Path, env: dict[str, str], tmp_path: Path, venv_cache: Path) -> Iterator[Agents]:
+    started = Agents(venv_cache)
     yield started
     for agent in started:
         agent.stop()
 
 
-def serve(agents: list[Agent], agent_binary: Path, env: dict[str, str], tmp_path: Path, queue: str, name: str) -> Agent:
+def serve(agents: Agents, agent_binary: Path, env: dict[str, str], tmp_path: Path, queue: str, name: str,
+          build_venv: bool = False) -> Agent:
+    """An agent on `queue`; with `build_venv`, one that builds the task's venv as a user's does."""
     # No REPROZOO_DATA_DIR: the clone trains on the data version its task names (it tried to download SST-5).
     agent_env = {k: v for k, v in env.items() if k != "REPROZOO_DATA_DIR"}
-    agent = Agent(agent_binary, agent_env, queue, tmp_path / name, name).start()
+    agent = Agent(agent_binary, agent_env, queue, tmp_path / name, name, venv_cache=agents.venv_cache if build_venv else None).start()
     agents.append(agent)
     agent.wait_listening()
     return agent
 
 
-def test_repro_enqueue_is_replayed_by_a_venv_agent_bit_for_bit(original: dict[str, Any], env: dict[str, str], agents: list[Agent],
+def test_repro_enqueue_is_replayed_by_a_venv_agent_bit_for_bit(original: dict[str, Any], env: dict[str, str], agents: Agents,
                                                                 agent_binary: Path, tmp_path: Path) -> None:
-    agent = serve(agents, agent_binary, env, tmp_path, "venv-q", "venv")
+    # Set up as clearml-agent documents it: no PYTHONPATH, no SKIP_* overrides, not this interpreter.
+    agent = serve(agents, agent_binary, env, tmp_path, "venv-q", "venv", build_venv=True)
     clone, enqueued = enqueue(env, original["task_id"], "venv-q")
     task = server_tasks(env, [clone], wait=600)[clone]
     assert task["status"] == "completed", agent.log()[-4000:]
@@ -81,12 +98,16 @@ def test_repro_enqueue_is_replayed_by_a_venv_agent_bit_for_bit(original: dict[st
     assert task["parent"] == original["task_id"] and f"repro-of:{original['task_id']}" in task["tags"]
     assert task["name"].startswith("repro of ")
     assert agent.ran() == [clone] and task["last_worker"] == "reprozoo-test:venv"
+    # It ran in the venv it built from the task's requirements, from the clone's src/.
+    command = [line for line in agent.log().splitlines() if line.startswith("[src]$ ")]
+    assert command and "venvs-builds" in command[0] and "-m reprozoo train" in command[0], agent.log()[-3000:]
+    assert "Processing /opt/wheels/torch-2.13.0" in agent.log() or "torch==2.13.0" in agent.log()
     # The clone trained into a run directory of its own: the original's is untouched.
     assert (original["run_dir"] / "metrics.json").read_text() == original["metrics"]
     print(f"agent pick-up latency (venv mode, enqueue → started): {task['started'] - enqueued:.1f} s")
 
 
-def test_two_agents_on_one_queue_run_each_of_four_tasks_once(original: dict[str, Any], env: dict[str, str], agents: list[Agent],
+def test_two_agents_on_one_queue_run_each_of_four_tasks_once(original: dict[str, Any], env: dict[str, str], agents: Agents,
                                                               agent_binary: Path, tmp_path: Path) -> None:
     first = serve(agents, agent_binary, env, tmp_path, "pair-q", "pair-1")
     second = serve(agents, agent_binary, env, tmp_path, "pair-q", "pair-2")
@@ -101,7 +122,7 @@ def test_two_agents_on_one_queue_run_each_of_four_tasks_once(original: dict[str,
         assert tasks[clone]["metrics"] == original["metrics"]
 
 
-def test_a_two_process_ddp_task_on_an_agent_equals_the_same_run_here(env: dict[str, str], agents: list[Agent],
+def test_a_two_process_ddp_task_on_an_agent_equals_the_same_run_here(env: dict[str, str], agents: Agents,
                                                                     agent_binary: Path, tmp_path: Path) -> None:
     """Lightning starts rank 1 by running a command line again: on the agent that was `-m reprozoo
     train`, the default RunConfig beside rank 0's task config. Rank 1 now trains rank 0's resolved run."""
@@ -117,7 +138,7 @@ def test_a_two_process_ddp_task_on_an_agent_equals_the_same_run_here(env: dict[s
     assert task["metrics"] == (here / "metrics.json").read_text()  # byte for byte
 
 
-def test_an_offline_run_imported_then_enqueued_is_replayed_by_an_agent(env: dict[str, str], agents: list[Agent],
+def test_an_offline_run_imported_then_enqueued_is_replayed_by_an_agent(env: dict[str, str], agents: Agents,
                                                                         agent_binary: Path, tmp_path: Path) -> None:
     """offline → `tasks import` → `repro --enqueue`: the clone named the offline data version (which no
     agent can resolve) and offline tracking. Now the data version travels to the server (same content)
@@ -168,7 +189,7 @@ SMALL = ["--set", "data.limit_train_samples=32", "--set", "data.limit_eval_sampl
          "--set", "trainer.max_epochs=1", "--set", "tracking.mode=server"]
 
 
-def test_sweep_on_a_queue_is_served_by_an_agent_rerun_skips_leaderboard_lists(env: dict[str, str], agents: list[Agent],
+def test_sweep_on_a_queue_is_served_by_an_agent_rerun_skips_leaderboard_lists(env: dict[str, str], agents: Agents,
                                                                               agent_binary: Path, tmp_path: Path,
                                                                               tiny_model_dirs: dict[str, Path]) -> None:
     agent = serve(agents, agent_binary, env, tmp_path, "sweep-q", "sweep")
@@ -193,7 +214,7 @@ def test_sweep_on_a_queue_is_served_by_an_agent_rerun_skips_leaderboard_lists(en
     assert all(task_id in board.stdout for task_id in ran) and "2 run(s)" in board.stdout
 
 
-def test_hpo_on_a_queue_runs_three_trials_on_an_agent_and_best_yaml_replays(env: dict[str, str], agents: list[Agent],
+def test_hpo_on_a_queue_runs_three_trials_on_an_agent_and_best_yaml_replays(env: dict[str, str], agents: Agents,
                                                                            agent_binary: Path, tmp_path: Path) -> None:
     agent = serve(agents, agent_binary, env, tmp_path, "hpo-q", "hpo")
     out = tmp_path / "hpo"

@@ -9,12 +9,15 @@ imported where a build needs it.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import io
 import os
 import re
 import subprocess
 import sys
 import tarfile
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +56,16 @@ def download_wheelhouse(root: Path, flavour: str, dest: Path | None = None, pip:
     python, glibc = match.group(1), int(match.group(2))
     dest = dest or wheelhouse_dir(root, flavour)
     dest.mkdir(parents=True, exist_ok=True)
+    # The lock lives outside the folder: nothing new may enter a build context.
+    lock_name = f"reprozoo-wheelhouse-{hashlib.sha256(str(dest.resolve()).encode()).hexdigest()[:16]}.lock"
+    with (Path(tempfile.gettempdir()) / lock_name).open("w") as lock_file:
+        # One download into a wheelhouse at a time: another process's pip may be writing a wheel this
+        # one would hash-check half written (two builds at once, the tests' two workers).
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        return _download(lock, python, glibc, dest, pip)
+
+
+def _download(lock: Path, python: str, glibc: int, dest: Path, pip: list[str] | None) -> Path:
     platforms = [arg for minor in range(glibc, 16, -1) for arg in ("--platform", f"manylinux_2_{minor}_x86_64")]
     command = [*(pip or [sys.executable, "-m", "pip"]), "download", "--no-deps", "--require-hashes", "--only-binary=:all:",
                "--implementation", "cp", "--python-version", python, *platforms, "--platform", "manylinux2014_x86_64",
