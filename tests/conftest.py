@@ -12,14 +12,16 @@ from helpers import isolate_clearml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TREES = REPO.parent / "shared" / "data" / "sst5" / "trees"
-SERVICE_UNITS = {"tests/server/": "server", "tests/containers/": "containers"}
+# Longest prefix first: the docker-mode agent tests build the container tests' image (one engine
+# layer cache) and go with them; each unit starts the ClearML server it needs in its own worker.
+SERVICE_UNITS = {"tests/server/test_agents_docker.py": "docker", "tests/server/": "server", "tests/containers/": "docker"}
 
 
 def lane(nodeid: str) -> str:
     """The unit of work a test belongs to under `make test` (pytest-xdist, two processes). The server
-    tests are one unit (one ClearML server per process; mostly waiting on agents), the container tests
-    another (one image build; mostly waiting on the engine), each run by one worker beside the other's
-    work; every other module is a unit of its own (its module fixtures are built once)."""
+    tests are one unit (one ClearML server; mostly waiting on agents), the container and docker-mode
+    agent tests another (one image build; mostly waiting on the engine), each run by one worker beside
+    the other's work; every other module is a unit of its own (its module fixtures are built once)."""
     for folder, unit in SERVICE_UNITS.items():
         if nodeid.startswith(folder):
             return unit
@@ -40,7 +42,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The units in the order xdist hands them out (make test: --no-loadscope-reorder), longest first:
-    the server tests, the container tests, then the modules with slow tests, then the rest. xdist
+    the server tests, the docker tests, then the modules with slow tests, then the rest. xdist
     queues a second unit behind each worker's first: a module with no slow test goes third, so what
     waits behind the server tests is short."""
     units: dict[str, list[pytest.Item]] = {}
@@ -48,7 +50,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         units.setdefault(lane(item.nodeid), []).append(item)
     slow = {name for name, unit in units.items() if any(i.get_closest_marker("slow") for i in unit)}
     quick = [name for name in units if name not in slow and name not in SERVICE_UNITS.values()]
-    rank = {"server": 0, "containers": 1, **({quick[0]: 2} if quick else {})}
+    rank = {"server": 0, "docker": 1, **({quick[0]: 2} if quick else {})}
     order = sorted(units, key=lambda name: rank.get(name, 3 if name in slow else 4))
     items[:] = [item for name in order for item in units[name]]
 

@@ -8,11 +8,13 @@ tests skip and say why, as the Docker tests do.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -152,8 +154,12 @@ def _comes_up(server: LocalServer, name: str, probe: str, seconds: float = 30) -
 def _install_or_skip() -> None:
     if not (KIT / "install.sh").is_file():
         pytest.skip(f"server tests need the local ClearML server kit at {KIT} (or REPROZOO_CLEARML_SERVER_KIT)")
+    lock = Path(tempfile.gettempdir()) / "reprozoo-clearml-server-kit-install.lock"
     try:
-        done = subprocess.run([str(KIT / "install.sh")], capture_output=True, text=True, timeout=1200, check=False)
+        # One install at a time: the suite's two workers may each start a server.
+        with lock.open("w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            done = subprocess.run([str(KIT / "install.sh")], capture_output=True, text=True, timeout=1200, check=False)
     except subprocess.TimeoutExpired:
         pytest.skip(f"server tests: {KIT}/install.sh ran for over 20 minutes")
     if done.returncode != 0:
