@@ -1,8 +1,8 @@
 """Real `clearml-agent` daemons for the server tests (and bench/agent_latency.py): the pinned agent
-(envs/colab-agent.lock) in a venv of its own, serving a queue of the local server in venv mode
-(the agent clones the recorded commit, applies the diff and builds a venv from the task's
-requirements with pip) or in docker mode (the task runs in the image named on it), each stopped by
-its process group id.
+(envs/colab-agent.lock) in a venv of its own, serving a queue of the local server in venv mode (the
+agent clones the recorded commit and applies the diff; given a venv cache it builds the task's venv
+from its requirements with pip, else it runs the task with this interpreter) or in docker mode (the
+task runs in the image named on it), each stopped by its process group id.
 """
 
 from __future__ import annotations
