@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {"server": 0, "docker": 1, **({quick[0]: 2} if quick else {})}
     order = sorted(units, key=lambda name: rank.get(name, 3 if name in slow else 4))
     items[:] = [item for name in order for item in units[name]]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """REPROZOO_TEST_TIMELINE=FILE: one JSON line per test (worker, unit, start, end, set-up and
+    teardown included), to see which worker is the suite's tail and what it waited on."""
+    start = time.time()
+    yield
+    timeline = os.environ.get("REPROZOO_TEST_TIMELINE")
+    if timeline:
+        line = {"worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), "unit": lane(item.nodeid),
+                "test": item.nodeid, "start": round(start, 2), "end": round(time.time(), 2)}
+        with open(timeline, "a") as out:  # one short append per test: whole lines from both workers
+            out.write(json.dumps(line) + "\n")
 
 
 def sst5_dir() -> Path:
