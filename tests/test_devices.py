@@ -66,7 +66,7 @@ def test_ddp_workers_get_rank_0s_resolved_run(data_dir: Path, tmp_path: Path) ->
     (the very trees and weights, its run directory, nothing recorded), never their own command line."""
     from lightning.pytorch.strategies.launchers import subprocess_script
 
-    from reprozoo.train import DDP_RUN_DIR_ENV, DDP_WORKER_SPEC, Inputs, ddp_workers_run, plan_run
+    from reprozoo.train import DDP_RESUME_ENV, DDP_WORKER_SPEC, Inputs, ddp_workers_run, plan_run
 
     cfg = RunConfig().override([f"data.data_dir={data_dir}", "trainer.devices=2", "trainer.accelerator=cpu",
                                 f"out_dir={tmp_path / 'run'}", "tracking.mode=offline"])
@@ -81,12 +81,11 @@ def test_ddp_workers_get_rank_0s_resolved_run(data_dir: Path, tmp_path: Path) ->
         assert worker.model.revision == "sha256:" + "c" * 64 and worker.data.data_dir == str(data_dir.resolve())
         assert worker.out_dir == str(plan.run_dir.resolve()) and worker.tracking.mode == "off"
         assert worker.optim == plan.cfg.optim and worker.trainer == plan.cfg.trainer and worker.seed == plan.cfg.seed
-        assert os.environ[DDP_RUN_DIR_ENV] == str(plan.run_dir.resolve())
-        assert os.environ["REPROZOO_DDP_RESUME_FROM"] == str((plan.run_dir / "last.ckpt").resolve())
+        assert os.environ[DDP_RESUME_ENV] == str((plan.run_dir / "last.ckpt").resolve())
         os.environ["LOCAL_RANK"] = "0"  # what Lightning's launcher leaves in rank 0
     # Afterwards: nothing left for the next run in this process (a sweep's, a search's) to trip on.
     assert subprocess_script._basic_subprocess_cmd is launcher_command and not spec.exists()
-    assert "LOCAL_RANK" not in os.environ and DDP_RUN_DIR_ENV not in os.environ
+    assert "LOCAL_RANK" not in os.environ and DDP_RESUME_ENV not in os.environ
 
 
 @pytest.mark.slow

@@ -136,9 +136,8 @@ def deterministic_mode(accelerator: str) -> bool | str:
 # Lightning's DDP launcher starts one process per further device by running a command line again.
 # That line would be this process's own: `-m reprozoo train` on an agent (the default RunConfig,
 # not the task's), the whole `sweep` or `hpo` in every rank. Rank 0 hands them its resolved run
-# instead: `reprozoo train --config <run dir>/DDP_WORKER_SPEC`, and names its run directory here so
-# those processes train into it (and only train).
-DDP_RUN_DIR_ENV = "REPROZOO_DDP_RUN_DIR"
+# instead: `reprozoo train --config <run dir>/DDP_WORKER_SPEC`, whose out_dir is rank 0's run
+# directory and whose tracking is off: those processes train into it, and only train.
 DDP_RESUME_ENV = "REPROZOO_DDP_RESUME_FROM"  # the checkpoint rank 0 resumes from: every rank loads that one
 DDP_WORKER_SPEC = "ddp-worker.yaml"
 DDP_LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")  # set by it in rank 0
@@ -281,9 +280,8 @@ def refuse_other_code(task_id: str, commit: str, diff: str) -> None:
 
 
 def _as_ddp_worker(cfg: RunConfig) -> RunConfig:
-    """A rank > 0 trains into rank 0's run directory and records nothing: one task per run."""
+    """A rank > 0 records nothing, whatever config started it: one task per run."""
     cfg = RunConfig.from_dict(cfg.to_dict())
-    cfg.out_dir = os.environ.get(DDP_RUN_DIR_ENV) or cfg.out_dir
     cfg.tracking.mode = "off"
     return cfg
 
@@ -314,8 +312,7 @@ def ddp_workers_run(plan: Plan, inputs: Inputs, resume_from: str | None) -> Iter
     spec = plan.run_dir / DDP_WORKER_SPEC
     spec.write_text(provenance.redact(ddp_worker_config(plan, inputs).to_yaml()))
     command = [sys.executable, "-m", "reprozoo", "train", "--config", str(spec.resolve())]
-    saved = {name: os.environ.get(name) for name in (*DDP_LAUNCHER_ENV, DDP_RUN_DIR_ENV, DDP_RESUME_ENV)}
-    os.environ[DDP_RUN_DIR_ENV] = str(plan.run_dir.resolve())
+    saved = {name: os.environ.get(name) for name in (*DDP_LAUNCHER_ENV, DDP_RESUME_ENV)}
     os.environ.pop(DDP_RESUME_ENV, None)
     if resume_from:
         os.environ[DDP_RESUME_ENV] = str(Path(resume_from).resolve())
