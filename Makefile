@@ -12,9 +12,10 @@ MODELS ?= all
 DATA_DIR ?= $(or $(REPROZOO_DATA_DIR),$(abspath ../shared/data/sst5/trees))
 ARGS ?=
 PYTEST_ARGS ?=
-# Two pytest processes: the server tests, the container tests (mostly waiting on agents, builds and
-# servers) and the training tests share them (tests/conftest.py groups and orders them). TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 2
+# Three pytest processes on CI's 2 cores: the server tests and the container tests wait on agents,
+# builds and servers most of the time (with two processes the cores were 1.4 busy on average), the
+# third trains meanwhile (tests/conftest.py groups and orders them). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 3
 XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --no-loadscope-reorder)
 # Torch's OpenMP threads sleep instead of spinning while they wait: two trainings side by side on
 # 2 cores took 140 s each spinning, 87 s each sleeping (one alone: 74 s, 64 s); same numerics.

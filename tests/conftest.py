@@ -20,10 +20,11 @@ SERVICE_UNITS = {"tests/server/test_agents_docker.py": "docker", "tests/server/"
 
 
 def lane(nodeid: str) -> str:
-    """The unit of work a test belongs to under `make test` (pytest-xdist, two processes). The server
-    tests are one unit (one ClearML server; mostly waiting on agents), the container and docker-mode
-    agent tests another (one image build; mostly waiting on the engine), each run by one worker beside
-    the other's work; every other module is a unit of its own (its module fixtures are built once)."""
+    """The unit of work a test belongs to under `make test` (pytest-xdist, TEST_WORKERS processes). The
+    server tests are one unit (one ClearML server; mostly waiting on agents), the container and
+    docker-mode agent tests another (one image build; mostly waiting on the engine), each run by one
+    worker beside the others' work; every other module is a unit of its own (its module fixtures are
+    built once)."""
     for folder, unit in SERVICE_UNITS.items():
         if nodeid.startswith(folder):
             return unit
@@ -44,9 +45,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The units in the order xdist hands them out (make test: --no-loadscope-reorder), longest first:
-    the server tests, the docker tests, then the modules with slow tests, then the rest. xdist
-    queues a second unit behind each worker's first: a module with no slow test goes third, so what
-    waits behind the server tests is short."""
+    the server tests, the docker tests, then the modules with slow tests, then the rest. xdist hands a
+    worker its next unit when two of its tests are left, so that unit waits behind them: a module with
+    no slow test goes right after the service units, so the first unit to wait behind one is short."""
     units: dict[str, list[pytest.Item]] = {}
     for item in items:
         units.setdefault(lane(item.nodeid), []).append(item)
