@@ -113,3 +113,4 @@ def test_a_sweep_on_two_cpu_processes_trains_each_model_once(isolated_clearml: P
     assert sorted(Path(r.config.model.name).name for r in records) == ["tiny-bert", "tiny-electra"]
     swept_metrics = json.loads((out / "tiny-electra" / "metrics.json").read_text())
     assert sum(map(sum, swept_metrics["dev"]["confusion_matrix"])) == 32  # the whole split, scored once
+    assert swept_metrics["train"]["steps"] == 1  # 64 examples, 2 batches of 32: one on each rank

@@ -524,3 +524,4 @@ def test_a_search_on_two_cpu_processes_runs_each_trial_once(tiny_bert: Path, dat
     for trial in trials:
         metrics = json.loads((Path(trial["run_dir"]) / "metrics.json").read_text())
         assert trial["dev_macro_f1"] == metrics["dev"]["macro_f1"] and sum(map(sum, metrics["dev"]["confusion_matrix"])) == 32
+        assert metrics["train"]["steps"] == 1  # 64 examples, 2 batches of 32: one on each rank

@@ -128,7 +128,11 @@ def test_a_two_process_ddp_task_on_an_agent_equals_the_same_run_here(env: dict[s
     train`, the default RunConfig beside rank 0's task config. Rank 1 now trains rank 0's resolved run."""
     ddp_env = {**env, "OMP_NUM_THREADS": "1"}  # two processes on two cores, here and on the agent
     here = tmp_path / "here"
-    done = reprozoo("train", *TINY, "--accelerator", "cpu", "--devices", "2", "--out", str(here), cwd=tmp_path, env=ddp_env)
+    # 128 examples in batches of 16: 4 steps on each rank (TINY's 32 examples make one batch, and no
+    # rank trains when 2 ranks share it: the metrics would be the untrained head's, whatever rank 1 ran).
+    size = TINY.index("--limit-train-samples") + 1
+    args = [*TINY[:size], "128", *TINY[size + 1:], "--batch-size", "16", "--accelerator", "cpu", "--devices", "2"]
+    done = reprozoo("train", *args, "--out", str(here), cwd=tmp_path, env=ddp_env)
     assert done.returncode == 0, done.stderr[-3000:]
     task_id = re.search(r"clearml task: ([0-9a-f]{32})", done.stdout).group(1)
     agent = serve(agents, agent_binary, ddp_env, tmp_path, "ddp-q", "ddp")
@@ -136,6 +140,7 @@ def test_a_two_process_ddp_task_on_an_agent_equals_the_same_run_here(env: dict[s
     task = server_tasks(ddp_env, [clone], wait=600)[clone]
     assert task["status"] == "completed", agent.log()[-4000:]
     assert task["metrics"] == (here / "metrics.json").read_text()  # byte for byte
+    assert json.loads(task["metrics"])["train"]["steps"] == 4
 
 
 def test_an_offline_run_imported_then_enqueued_is_replayed_by_an_agent(env: dict[str, str], agents: Agents,
