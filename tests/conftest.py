@@ -68,7 +68,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if timeline:
         line = {"worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), "unit": lane(item.nodeid),
                 "test": item.nodeid, "start": round(start, 2), "end": round(time.time(), 2)}
-        with open(timeline, "a") as out:  # one short append per test: whole lines from both workers
+        with open(timeline, "a") as out:  # one short append per test: whole lines from every worker
             out.write(json.dumps(line) + "\n")
 
 
