@@ -95,6 +95,9 @@ class TrackingConfig:
     mode: str = "auto"  # auto: server when ClearML credentials are configured, else offline
     project: str = "reprozoo"
     task_name: str | None = None
+    # A server run uploads each resume checkpoint to its task's storage, to resume on any machine
+    # (checkpoint_store); false keeps them on this machine alone.
+    upload_checkpoints: bool = True
 
 
 @dataclass
@@ -433,7 +436,7 @@ _EXAMPLES: dict[str, Any] = {
     "trainer.val_check_interval": 0.5, "trainer.pruning_amount": 0.3, "trainer.accumulate_grad_batches": 4,
     "trainer.fast_dev_run": "true", "trainer.profiler": "simple", "trainer.log_every_n_steps": 20,
     "tracking.mode": "offline", "tracking.project": "reprozoo", "tracking.task_name": "minilm-baseline",
-    "seed": 42, "out_dir": "runs/minilm-seed42",
+    "tracking.upload_checkpoints": "false", "seed": 42, "out_dir": "runs/minilm-seed42",
 }
 
 

@@ -428,3 +428,36 @@ def enqueue(spec: dict[str, Any], task_api: Any = None) -> str:
     clone.add_tags(spec["tags"])
     task_api.enqueue(clone, queue_name=spec["queue"])
     return str(clone.id)
+
+
+def requeue(task_id: str, queue: str, force: bool = False) -> dict[str, Any]:
+    """`train --resume TASK_ID --enqueue Q`: the same task back on a queue; the agent that takes it
+    resumes from the last checkpoint in the task's storage (train.agent_config), or starts over when
+    none was uploaded. A task still `in_progress` whose agent died with its machine (kill -9, a lost
+    spot instance) is marked stopped first, with `force`; the server's own non-responsive-task
+    watchdog does that after 2 h without an update (services.tasks.non_responsive_tasks_watchdog)."""
+    from clearml import Task
+
+    from reprozoo.checkpoint_store import latest_stored
+
+    configure_clearml()
+    task = Task.get_task(task_id=task_id)
+    status = str(task.get_status())
+    if status in ("completed", "published", "publishing", "closed"):
+        raise ReproError(f"task {task_id} is {status}: there is nothing to resume; `reprozoo repro {task_id} --enqueue"
+                         f" {queue}` re-runs it as a new task")
+    if status == "queued":
+        raise ReproError(f"task {task_id} is already queued; an agent on its queue will take it (or dequeue it in the UI first)")
+    if status == "in_progress":
+        updated = task.data.last_update
+        if updated is not None and updated.tzinfo is None:
+            updated = updated.replace(tzinfo=timezone.utc)
+        age = f"{(datetime.now(timezone.utc) - updated).total_seconds():.0f} s ago" if updated else "at an unknown time"
+        if not force:
+            raise ReproError(f"task {task_id} is in progress on {task.data.last_worker or 'an unknown worker'} (last update"
+                             f" {age}); if that machine is gone, add --force to mark it stopped and re-enqueue it")
+        task.mark_stopped(force=True, status_message="marked stopped by `reprozoo train --resume --enqueue --force`:"
+                                                     " its agent is gone")
+    stored = latest_stored(task)
+    Task.enqueue(task, queue_name=queue)
+    return {"status": status, "step": stored.step if stored else None}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import tempfile
 import time
 import zipfile
@@ -43,6 +44,9 @@ from reprozoo.session import (
     restore_clearml_env,
 )
 
+# How long a run's end waits for its checkpoint upload in flight (a spot instance's notice is 30 s
+# to 2 min; the fileserver down makes the upload retry until then).
+UPLOAD_WAIT_SECONDS = 120.0
 
 # --- RunConfig <-> task -------------------------------------------------------------------------
 def config_sections(cfg: RunConfig) -> dict[str, dict[str, str]]:
@@ -201,6 +205,7 @@ class Tracker:
         self.resume_changes: list[dict[str, str]] = []  # accepted differences from the run's start (--accept-changes)
         self.closed = False
         self.env_before: dict[str, str] = clearml_env()
+        self.uploader: Any = None  # checkpoint_store.CheckpointUploader of a server run (start_uploads)
 
     @property
     def task_id(self) -> str | None:
@@ -216,6 +221,35 @@ class Tracker:
 
     def lightning_callbacks(self) -> list[Any]:
         return [flush_on_checkpoint(self.task)] if self.task is not None else []
+
+    def start_uploads(self, run_dir: Path) -> Any:
+        """A server run's resume checkpoints go to its task's storage as they are written
+        (checkpoint_store): the run survives its machine. None in offline mode and off."""
+        wanted = self.config is None or self.config.tracking.upload_checkpoints
+        if self.mode == "server" and self.task is not None and self.uploader is None and wanted:
+            from reprozoo.checkpoint_store import CheckpointUploader
+
+            self.uploader = CheckpointUploader(self.task, run_dir)
+        return self.uploader
+
+    def _end_uploads(self, completed: bool) -> dict[str, Any] | None:
+        """Waits for the checkpoint upload in flight; once the task completed, removes its checkpoints
+        from storage unless trainer.keep_last_checkpoint keeps them. What reached the storage."""
+        if self.uploader is None:
+            return None
+        kept = not completed or (self.config is not None and self.config.trainer.keep_last_checkpoint)
+        summary = self.uploader.close(timeout=UPLOAD_WAIT_SECONDS, drop_pending=not kept)
+        stored = ", ".join(str(s["step"]) for s in summary["stored"]) or "none"
+        failed = [f"step {a['step']}: {a['status']}" for a in summary["attempts"] if a["status"] != "stored"]
+        if not kept:
+            removed = [s["url"] for s in summary["stored"]]
+            self.uploader.remove_stored()
+            summary = {**self.uploader.summary(), "removed_at_completion": removed}
+        self.task.get_logger().report_text(
+            f"resume checkpoints uploaded to {summary['storage']}: steps {stored}"
+            + ("" if kept else " (removed: the task completed; trainer.keep_last_checkpoint=true keeps them)")
+            + (f"; not stored: {'; '.join(failed)}" if failed else ""))
+        return summary
 
     # -- before training ---------------------------------------------------------------------------
     def record(self, cfg: RunConfig, plan: Any, weights: Any, git: provenance.GitState | None = None) -> dict[str, Any]:
@@ -288,6 +322,9 @@ class Tracker:
                class_counts: list[float] | None = None) -> None:
         record: dict[str, Any] = {"mode": self.mode, "task_id": self.task_id,
                                   "dataset_id": self.dataset.dataset_id if self.dataset else None}
+        uploads = self._end_uploads(completed=True)
+        if uploads is not None:
+            record["checkpoint_uploads"] = uploads
         write_model_card(export_dir, self.task_id, self.provenance, metrics)
         if self.task is not None:
             reporter = self.task.get_logger()
@@ -348,6 +385,9 @@ class Tracker:
             return  # finish() had closed it: the failure came after the record was complete
         record: dict[str, Any] = {"mode": self.mode, "task_id": self.task_id, "stopped": reason}
         self.closed = True
+        uploads = self._end_uploads(completed=False)  # a preempted run's last checkpoint matters most
+        if uploads is not None:
+            record["checkpoint_uploads"] = uploads
         if self.task is not None:
             self.task.get_logger().report_text(f"training stopped: {reason}")
             if self.mode == "offline":
@@ -428,7 +468,9 @@ def open_task(cfg: RunConfig, task_name: str, plan: Any, continue_task: str | No
         task_name=provenance.redact(cfg.tracking.task_name or task_name),
         task_type=Task.TaskTypes.training,
         reuse_last_task_id=continue_task if reopen else False,
-        continue_last_task=0 if reopen else False,
+        # On an agent, ClearML would otherwise report from the task's last iteration + 1 (a re-enqueued
+        # task that resumes, or starts over): our scalars are numbered by the optimiser step.
+        continue_last_task=0 if reopen or os.environ.get("CLEARML_TASK_ID") else False,
         tags=[f"resumes:{continue_task}"] if continue_task and not reopen else None,
         auto_connect_arg_parser=False,
         auto_connect_frameworks=False,  # we upload the export ourselves, not every checkpoint

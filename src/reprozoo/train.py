@@ -199,7 +199,10 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False, accept_
     if worker:
         cfg, overwrite = _as_ddp_worker(cfg), False
     elif on_clearml_agent():
-        cfg = agent_config(cfg)  # before the plan: the data version and run directory are the task's
+        # Before the plan: the data version and run directory are the task's. A task re-enqueued after
+        # its machine was lost resumes from the last checkpoint it uploaded.
+        cfg, resumes_stored = agent_config(cfg)
+        resume = resume or resumes_stored
     plan = plan_run(cfg, overwrite=overwrite, resuming=resume or worker)
     if resume and (plan.run_dir / "metrics.json").is_file():
         raise ConfigError(f"{plan.run_dir} holds a finished run (metrics.json): there is nothing to resume, and nothing"
@@ -219,7 +222,7 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False, accept_
                                      continue_task=recorded_task_id(plan.run_dir) if resume else None)
         tracker.resume_changes = changes
         with task_stopped_on_failure(tracker, lambda: plan.run_dir):
-            if tracker.config != cfg:
+            if tracker.config != cfg and not resume:
                 # A ClearML agent running a clone: the task's (UI-edited) RunConfig is the run's config.
                 log.warning("running the RunConfig held by the ClearML task (edited in its clone)")
                 plan = plan_run(tracker.config, overwrite=True)
@@ -252,18 +255,47 @@ def on_clearml_agent() -> bool:
     return bool(os.environ.get("CLEARML_TASK_ID") or os.environ.get("TRAINS_TASK_ID"))
 
 
-def agent_config(cfg: RunConfig) -> RunConfig:
-    """The RunConfig held by the agent's task (a clone, maybe edited). Read before planning: planned
-    from the command line's config, a container with no trees tried to download SST-5 instead."""
+def agent_config(cfg: RunConfig) -> tuple[RunConfig, bool]:
+    """The RunConfig held by the agent's task (a clone, maybe edited), and whether the run resumes.
+    Read before planning: planned from the command line's config, a container with no trees tried to
+    download SST-5 instead. A task with a checkpoint in its storage (it was re-enqueued after an
+    interruption) resumes from it, in a run directory fetched from the task (checkpoint_store.fetch_run)."""
     from clearml import Task
     from clearml.config import get_remote_task_id
 
-    from reprozoo import tracking
+    from reprozoo import checkpoint_store, tracking
+    from reprozoo.records import load_record
 
     task = Task.get_task(task_id=get_remote_task_id())
     if provenance.image_env().image is not None:
         refuse_other_code(task.id, task.data.script.version_num or "", task.data.script.diff or "")
-    return tracking.remote_config(task, cfg)
+    cfg = tracking.remote_config(task, cfg)
+    if checkpoint_store.latest_stored(task) is None:
+        return cfg, False
+    run_dir = Path(cfg.out_dir or Path("runs") / f"{cfg.model.name.replace('/', '_')}-{task.id}")
+    return checkpoint_store.fetch_run(task, load_record(task.id), run_dir), True
+
+
+def resumed_run_config(ref: str, out: str | None = None) -> RunConfig:
+    """`train --resume RUN_DIR | TASK_ID`: the interrupted run's own RunConfig, in its run directory;
+    for a server task whose run directory is not on this machine, in one fetched from its task
+    (checkpoint_store.fetch_run) into `out` (default runs/<the recorded directory's name>)."""
+    from reprozoo import checkpoint_store, resume, session
+    from reprozoo.records import load_record
+
+    path = Path(ref)
+    if path.is_dir() or ref.startswith("offline-") or not session.server_configured():
+        return resume.resumed_config(ref)
+    record = load_record(ref)
+    recorded_dir = Path(str(record.provenance.get("run_dir") or ""))
+    if out is None and (recorded_dir / "config.yaml").is_file():
+        return resume.resumed_config(ref)  # where it ran: the local checkpoints
+    from clearml import Task
+
+    run_dir = Path(out or Path("runs") / (recorded_dir.name or f"{record.config.model.name.replace('/', '_')}-{ref}"))
+    if (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--out {run_dir} already holds a run; pass an empty or new --out to resume task {ref} in")
+    return checkpoint_store.fetch_run(Task.get_task(task_id=ref), record, run_dir)
 
 
 def refuse_other_code(task_id: str, commit: str, diff: str) -> None:
@@ -386,6 +418,7 @@ def start_run(plan: Plan, tracker: Any, inputs: Inputs, *, resume: bool, worker:
     os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # what Lightning's deterministic mode sets
     if not worker:
         tracker.record(cfg, plan, inputs.weights, code)
+        tracker.start_uploads(plan.run_dir)  # a server run's checkpoints go to its storage too
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     return resume_from
 
@@ -622,7 +655,8 @@ def _trainer_kwargs(cfg: RunConfig, plan: Plan, tracker: Any) -> dict[str, Any]:
         "enable_model_summary": False,
         "default_root_dir": str(plan.run_dir),
         "num_sanity_val_steps": 0,
-        "plugins": [BackgroundCheckpointIO()],  # checkpoints reach the disk while training goes on
+        # Checkpoints reach the disk while training goes on; a server run's then go to its task's storage.
+        "plugins": [BackgroundCheckpointIO(after_write=tracker.uploader.offer if tracker.uploader is not None else None)],
     }
 
 

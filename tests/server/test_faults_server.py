@@ -79,11 +79,16 @@ def test_apiserver_killed_mid_training_and_restarted(reprozoo_server: Any, clear
 def test_fileserver_down_during_the_artifact_uploads(reprozoo_server: Any, clearml_server: Any, data_dir: Path,
                                                      tmp_path: Path) -> None:
     """Down from mid-training (after the data version and pip-freeze went up) until 15 s after the
-    run has written metrics.json, so the metrics, config, provenance and model uploads meet it down.
-    Found: ClearML retries each upload; the run finishes and every artifact is on the fileserver."""
+    run has written metrics.json, so the metrics, config, provenance and model uploads meet it down,
+    and so do the uploads of the resume checkpoints (issue 18). Found: ClearML retries each upload; the
+    run finishes and every artifact is on the fileserver. The checkpoint uploads that met it down are
+    retried until a newer checkpoint replaces them, the last one until it is stored, and the record
+    says which reached the storage."""
     out = tmp_path / "run"
+    # Kept at completion: the run waits for its last checkpoint's upload (else it is not sent at all).
     proc = reprozoo_server.popen("train", "--tracking", "server", "--data-dir", str(data_dir), "--out", str(out),
-                                 *SMALL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                 *SMALL, "--set", "trainer.keep_last_checkpoint=true", stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE)
     try:
         wait_for(out / "checkpoints" / "last.ckpt", proc)
         clearml_server.stop_files()
@@ -95,6 +100,11 @@ def test_fileserver_down_during_the_artifact_uploads(reprozoo_server: Any, clear
     assert proc.returncode == 0, stderr[-3000:]
     record = json.loads((out / "task.json").read_text())
     assert_complete(read_back(reprozoo_server, record["task_id"]), out, clearml_server.files_url)
+    attempts = record["checkpoint_uploads"]["attempts"]
+    assert any(a["status"].startswith("failed") for a in attempts), attempts  # met the fileserver down
+    assert any(a["status"] == "stored" and a["step"] == STEPS for a in attempts), attempts  # the last one, once it was back
+    assert read_back(reprozoo_server, record["task_id"])["artifact_urls"]["resume-checkpoint"].endswith(".ckpt")
+    assert "checkpoint upload to" in stderr and "retrying in" in stderr
 
 
 @pytest.mark.parametrize("command", [["tasks", "list", "--server"], ["train", "--tracking", "server"]])

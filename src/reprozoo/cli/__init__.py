@@ -78,10 +78,26 @@ def train(
     accept_changes: Annotated[bool, typer.Option(help="with --resume: resume although the code, data, weights or software"
                                                       " differ from the run's start (both states are recorded)")] = False,
     checkpoint_every: Annotated[int | None, typer.Option(help="also checkpoint every N steps (survives kill -9)")] = None,
+    enqueue: Annotated[str | None, typer.Option(help="with --resume TASK_ID: put the task back on this queue; the agent"
+                                                " that takes it resumes from its last checkpoint in storage")] = None,
+    force: Annotated[bool, typer.Option(help="with --enqueue: a task still in progress (its machine is gone) is marked"
+                                        " stopped first")] = False,
     set_: SetOpt = None,
 ) -> None:
     """Fine-tune a model on SST-5 and write a run directory (and a ClearML task)."""
     given = dict(locals())
+    if enqueue is not None:
+        if resume is None:
+            fail("--enqueue needs --resume TASK_ID (to re-run a finished task on an agent: `reprozoo repro TASK_ID --enqueue Q`)")
+        from reprozoo import repro as replay
+
+        need_server("--resume --enqueue", "without it, `reprozoo train --resume` resumes here")
+        session.configure_clearml()
+        call(lambda: require_queue(enqueue))
+        requeued = call(lambda: replay.requeue(resume, enqueue, force=force))
+        since = f"its checkpoint at step {requeued['step']}" if requeued["step"] is not None else "the start (no checkpoint in storage)"
+        say(f"enqueued task {resume} ({requeued['status']} before) on {enqueue}; the agent resumes from {since}")
+        return
     flags = {name: given[name] for name in TRAIN_FLAGS}
     if gpus:
         flags["accelerator"] = "gpu"
@@ -89,9 +105,9 @@ def train(
     def build() -> RunConfig:
         if resume is None:
             return configure(config, set_, **flags)
-        from reprozoo.resume import resumed_config
+        from reprozoo.train import resumed_run_config
 
-        return resumed_config(resume)  # the same run: its recorded settings, unchanged
+        return resumed_run_config(resume, out)  # the same run: its recorded settings, unchanged
 
     from reprozoo.train import train as run_training
 
