@@ -15,7 +15,6 @@ attempt is listed in the run directory's `checkpoint-uploads.json` and, at the e
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from reprozoo.config import RunConfig, apply
 from reprozoo.errors import UserError
 from reprozoo.log import log
 from reprozoo.records import Record
+from reprozoo.weights import sha256_file
 
 ARTIFACT = "resume-checkpoint"  # the task's pointer at its last complete upload
 RECORD = "checkpoint-uploads.json"  # in the run directory: every upload and where it got
@@ -48,14 +48,6 @@ class StoredCheckpoint:
     url: str
     sha256: str
     bytes: int
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(8 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def storage_root(task: Any) -> str:
@@ -94,9 +86,7 @@ class CheckpointUploader:
         except OSError:
             shutil.copyfile(path, link)
         with self._condition:
-            if self._pending is not None:
-                self._note(self._pending[1], "superseded before its upload started")
-                self._pending[0].unlink(missing_ok=True)
+            self._drop_pending("superseded before its upload started")
             self._pending = (link, step)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="reprozoo-checkpoint-upload", daemon=True)
@@ -111,23 +101,24 @@ class CheckpointUploader:
         with self._condition:
             if drop_pending:
                 self._closing = True
-                if self._pending is not None:
-                    self._note(self._pending[1], "not uploaded: the task completed")
-                    self._pending[0].unlink(missing_ok=True)
-                    self._pending = None
+                self._drop_pending("not uploaded: the task completed")
             while (self._pending is not None or self._busy) and time.monotonic() < deadline:
                 self._condition.wait(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
             self._closing = True
-            if self._pending is not None:
-                self._note(self._pending[1], f"not uploaded: the run ended and {timeout:.0f} s passed")
-                self._pending[0].unlink(missing_ok=True)
-                self._pending = None
+            self._drop_pending(f"not uploaded: the run ended and {timeout:.0f} s passed")
             self._condition.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
         with contextlib.suppress(OSError):
             self.staging.rmdir()
         return self.summary()
+
+    def _drop_pending(self, why: str) -> None:
+        """The checkpoint waiting for the upload thread will not be sent (called holding the condition)."""
+        if self._pending is not None:
+            self._note(self._pending[1], why)
+            self._pending[0].unlink(missing_ok=True)
+            self._pending = None
 
     def summary(self) -> dict[str, Any]:
         return {"storage": self.root, "stored": [asdict(s) for s in self.stored], "attempts": list(self.attempts)}
@@ -170,7 +161,7 @@ class CheckpointUploader:
         from clearml import StorageManager
 
         started = time.monotonic()
-        sha256, size = file_sha256(link), link.stat().st_size
+        sha256, size = sha256_file(link), link.stat().st_size
         url = f"{self.root}/last-step{step:08d}-{sha256[:12]}.ckpt"
         for attempt in range(1 << 30):
             try:
@@ -249,7 +240,7 @@ def download(stored: StoredCheckpoint, target: Path, server: str) -> Path:
     if not partial.is_file():
         raise StorageError(f"cannot download the checkpoint {stored.url} from {server} ({reason}); start the server's"
                            " fileserver, or set CLEARML_FILES_HOST to where it is, then resume again")
-    sha256 = file_sha256(partial)
+    sha256 = sha256_file(partial)
     if sha256 != stored.sha256:
         partial.unlink(missing_ok=True)
         raise StorageError(f"the checkpoint {stored.url} has sha256 {sha256[:16]}…, not the {stored.sha256[:16]}… its task"
