@@ -115,6 +115,8 @@ def free_port_base(count: int, start: int = 20000, stop: int = 60000) -> int:
 class NoTracker:
     """A tracker that records nothing, for building a run's Trainer arguments (`train._trainer_kwargs`) alone."""
 
+    uploader = None  # no task: no checkpoint goes to storage
+
     def lightning_logger(self, run_dir: Path) -> list:
         return []
 

@@ -27,6 +27,7 @@ from helpers import free_port_base
 
 REPO = Path(__file__).resolve().parents[2]
 KIT = Path(os.environ.get("REPROZOO_CLEARML_SERVER_KIT") or REPO.parent / "shared" / "clearml-server")
+KIT_LOCK = Path(tempfile.gettempdir()) / "reprozoo-clearml-server-kit-install.lock"  # one install or start at a time
 PORTS = 6  # api, files, redis, mongo, es, es proxy (the kit's CLEARML_LOCAL_PORT_BASE + 0..5)
 HERE = Path(__file__).resolve().parent
 
@@ -154,10 +155,9 @@ def _comes_up(server: LocalServer, name: str, probe: str, seconds: float = 30) -
 def _install_or_skip() -> None:
     if not (KIT / "install.sh").is_file():
         pytest.skip(f"server tests need the local ClearML server kit at {KIT} (or REPROZOO_CLEARML_SERVER_KIT)")
-    lock = Path(tempfile.gettempdir()) / "reprozoo-clearml-server-kit-install.lock"
     try:
-        # One install at a time: the suite's two workers may each start a server.
-        with lock.open("w") as held:
+        # One install at a time: the suite's workers may each start a server.
+        with KIT_LOCK.open("w") as held:
             fcntl.flock(held, fcntl.LOCK_EX)
             done = subprocess.run([str(KIT / "install.sh")], capture_output=True, text=True, timeout=1200, check=False)
     except subprocess.TimeoutExpired:
@@ -171,27 +171,34 @@ def _install_or_skip() -> None:
 def clearml_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     _install_or_skip()
     state = tmp_path_factory.mktemp("clearml-server")
-    base = free_port_base(PORTS)
-    server = LocalServer(state=state, config_file=state / "clearml.conf", api_url=f"http://127.0.0.1:{base}",
-                         files_url=f"http://127.0.0.1:{base + 1}", port_base=base)
+    server: LocalServer | None = None
     try:
         # start.sh insists on the apiserver alone. The fileserver logs in to it at start-up and exits when
         # that fails for ~15 s; on a loaded machine the apiserver took longer (seen with a training job
         # beside the suite: every agent test then failed to upload). Start again, warm, until both answer.
-        for _ in range(3):
-            started = subprocess.run([str(KIT / "start.sh"), str(state)], capture_output=True, text=True, timeout=180,
-                                     check=False, env={**os.environ, "CLEARML_LOCAL_PORT_BASE": str(base)})
-            if started.returncode != 0:
-                tail = (started.stderr or started.stdout).strip().splitlines()[-1:] or ["no output"]
-                pytest.skip(f"server tests: the local ClearML server did not start ({tail[0]})")
-            if _comes_up(server, "files", f"{server.files_url}/"):
-                break
-            server.shutdown()
-        else:
-            pytest.fail(f"the local ClearML fileserver did not start in 3 tries; see {state}/logs/files.log")
+        # One server starts at a time (the suite's server units each start one): started together while
+        # the kit installed, neither fileserver came up in three tries. Each try takes fresh ports: the
+        # previous try's apiserver port was still in use ("Address already in use"), and start.sh failed.
+        with KIT_LOCK.open("w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            for _ in range(3):
+                base = free_port_base(PORTS)
+                server = LocalServer(state=state, config_file=state / "clearml.conf", api_url=f"http://127.0.0.1:{base}",
+                                     files_url=f"http://127.0.0.1:{base + 1}", port_base=base)
+                started = subprocess.run([str(KIT / "start.sh"), str(state)], capture_output=True, text=True, timeout=180,
+                                         check=False, env={**os.environ, "CLEARML_LOCAL_PORT_BASE": str(base)})
+                if started.returncode != 0:
+                    tail = (started.stderr or started.stdout).strip().splitlines()[-1:] or ["no output"]
+                    pytest.skip(f"server tests: the local ClearML server did not start ({tail[0]})")
+                if _comes_up(server, "files", f"{server.files_url}/"):
+                    break
+                server.shutdown()
+            else:
+                pytest.fail(f"the local ClearML fileserver did not start in 3 tries; see {state}/logs/files.log")
         yield server
     finally:
-        server.shutdown()
+        if server is not None:
+            server.shutdown()
 
 
 class ServerCLI:
