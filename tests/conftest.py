@@ -18,7 +18,7 @@ SHARED_TREES = REPO.parent / "shared" / "data" / "sst5" / "trees"
 # layer cache) and go with them; each unit starts the ClearML server it needs in its own worker.
 # The preemption tests (a second server: real agents killed and runs resumed) are a unit of their own.
 SERVICE_UNITS = {"tests/server/test_agents_docker.py": "docker", "tests/server/test_preemption.py": "preemption",
-                 "tests/server/test_resume_server.py": "preemption", "tests/server/": "server", "tests/containers/": "docker"}
+                 "tests/server/": "server", "tests/containers/": "docker"}
 
 
 def lane(nodeid: str) -> str:

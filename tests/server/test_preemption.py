@@ -8,7 +8,9 @@ metrics.json byte for byte those of the same run uninterrupted:
   it, and a stored checkpoint whose sha256 is not its record's is refused in one line;
 - two venv-mode agents on one queue: the one running the task is killed with its process tree, the
   task is re-enqueued (`train --resume TASK_ID --enqueue Q --force`), the other agent finishes it.
-Every step is in the task's scalars once (the one at the checkpoint boundary may be missing)."""
+Every step is in the task's scalars once (the one at the checkpoint boundary may be missing).
+(This replaced tests/server/test_resume_server.py, the same run resumed where it ran, killed at a
+random moment: the moments that matter are tested on purpose in tests/test_resume.py.)"""
 
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ import json, sys
 from clearml import Task
 task = Task.get_task(task_id=sys.argv[1])
 print(json.dumps({"status": task.get_status(), "scalars": task.get_reported_scalars(),
+                  "single_values": task.get_reported_single_values(),
                   "artifacts": {k: a.url for k, a in task.artifacts.items()}, "models": [m.url for m in task.models["output"]],
                   "stored": task.artifacts["resume-checkpoint"].url if "resume-checkpoint" in task.artifacts else None}))
 """
@@ -140,6 +143,10 @@ def test_resume_by_task_id_on_a_fresh_machine_is_bit_identical(uninterrupted: di
     task = read_task(fresh, task_id)
     assert task["status"] == "completed"
     assert_every_step_once(task["scalars"], step)
+    assert task["scalars"]["lr"]["pg1"]["x"] == list(range(STEPS))  # logged before each batch's checkpoint
+    assert {9, 19} <= set(task["scalars"]["val"]["accuracy"]["x"])  # dev at half and end of the epoch
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert task["single_values"]["test_accuracy"] == metrics["test"]["accuracy"]
 
 
 # --- agents -----------------------------------------------------------------------------------------
