@@ -241,6 +241,31 @@ def test_sigterm_on_the_step_an_evaluation_follows_resumes_bit_identical(uninter
     assert (out / "metrics.json").read_bytes() == uninterrupted
 
 
+def test_best_checkpoint_state_follows_a_moved_run_directory(tmp_path: Path) -> None:
+    """Resumed in another directory (fetched onto another machine), the best score and path are kept:
+    Lightning's own ModelCheckpoint dropped the score, and the next evaluation became "best"."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from reprozoo.resume import RelocatableModelCheckpoint
+
+    settings = {"filename": "best-{epoch}-{step}", "monitor": "val/macro_f1", "mode": "max", "save_top_k": 1}
+    before = ModelCheckpoint(dirpath=tmp_path / "lost" / "checkpoints", **settings)
+    before.best_model_path = str(tmp_path / "lost" / "checkpoints" / "best-0-10.ckpt")
+    before.best_model_score, before.kth_value = torch.tensor(0.4), torch.tensor(0.4)
+    before.kth_best_model_path = before.best_model_path
+    before.best_k_models = {before.best_model_path: torch.tensor(0.4)}
+    after = RelocatableModelCheckpoint(dirpath=tmp_path / "elsewhere" / "checkpoints", **settings)
+    assert after.state_key == before.state_key  # either resumes from a checkpoint of the other
+    after.load_state_dict(before.state_dict())
+    moved = str(tmp_path / "elsewhere" / "checkpoints" / "best-0-10.ckpt")
+    assert after.best_model_path == moved and after.kth_best_model_path == moved
+    assert after.best_model_score == torch.tensor(0.4) and after.best_k_models == {moved: torch.tensor(0.4)}
+    plain = ModelCheckpoint(dirpath=tmp_path / "elsewhere" / "checkpoints", **settings)
+    with pytest.warns(UserWarning, match="dirpath has changed"):
+        plain.load_state_dict(before.state_dict())
+    assert plain.best_model_score is None  # what a resume on another machine lost on eee4b67
+
+
 def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     checkpoints = tmp_path / "checkpoints"
     io = AtomicCheckpointIO()

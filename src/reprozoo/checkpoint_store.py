@@ -1,10 +1,12 @@
 """A server-tracked run's resume checkpoints in its task's storage, so that it survives its machine.
 
 Each `last.ckpt` the run writes is uploaded, in a thread of its own, to the task's `output_uri`
-(by default the fileserver) under a name of its own (`last-step00000040-<sha256 prefix>.ckpt`).
-Only once that upload has completed does the task's `resume-checkpoint` artifact point at it, with
-its step, sha256 and size: a half-uploaded checkpoint is never the one resumed, and a resume refuses
-a file whose sha256 is not the recorded one. The latest `KEEP_STORED` uploads stay in storage; when
+(by default the fileserver) under a name of its own (`last-step00000040-<sha256 prefix>.ckpt`),
+with the best checkpoint its state names (weights only; sent again only when it changed): a run
+resumed elsewhere scores the same best checkpoint as the run uninterrupted. Only once both uploads
+have completed does the task's `resume-checkpoint` artifact point at them, with step, sha256 and
+size: a half-uploaded checkpoint is never the one resumed, and a resume refuses a file whose sha256
+is not the recorded one. The latest `KEEP_STORED` uploads stay in storage; when
 the task completes they are removed unless `trainer.keep_last_checkpoint` keeps them.
 
 Uploads never hold training: a newer checkpoint replaces one still waiting, and a failed upload
@@ -43,11 +45,20 @@ class StorageError(UserError, RuntimeError):
 
 
 @dataclass
+class StoredFile:
+    name: str  # its name in the run's checkpoints/ folder
+    url: str
+    sha256: str
+    bytes: int
+
+
+@dataclass
 class StoredCheckpoint:
     step: int
     url: str
     sha256: str
     bytes: int
+    best: StoredFile | None = None  # the best checkpoint its state names, when there was one
 
 
 def storage_root(task: Any) -> str:
@@ -69,25 +80,22 @@ class CheckpointUploader:
         self.staging = run_dir / "checkpoints" / STAGING
         self.attempts: list[dict[str, Any]] = []  # every checkpoint offered: stored, superseded or failed
         self.stored: list[StoredCheckpoint] = []  # in storage now, oldest first
-        self._pending: tuple[Path, int] | None = None
+        self._pending: tuple[Path, int, Path | None] | None = None
         self._busy = False
         self._closing = False
         self._condition = threading.Condition()
         self._thread: threading.Thread | None = None
 
     # -- the writer's side ---------------------------------------------------------------------------
-    def offer(self, path: Path, step: int) -> None:
-        """`path` (just written, complete) is the newest checkpoint: upload it, replacing any not yet started."""
+    def offer(self, path: Path, step: int, best: Path | None = None) -> None:
+        """`path` (just written, complete) is the newest checkpoint, `best` the best checkpoint its state
+        names: upload them, replacing any not yet started."""
         self.staging.mkdir(parents=True, exist_ok=True)
-        link = self.staging / f"last-step{step:08d}.ckpt"
-        link.unlink(missing_ok=True)
-        try:
-            os.link(path, link)  # last.ckpt is replaced by rename: the link keeps this one, at no copy
-        except OSError:
-            shutil.copyfile(path, link)
+        link = self._staged(path, f"last-step{step:08d}.ckpt")
+        best_link = self._staged(best, f"step{step:08d}-{best.name}") if best is not None else None
         with self._condition:
             self._drop_pending("superseded before its upload started")
-            self._pending = (link, step)
+            self._pending = (link, step, best_link)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="reprozoo-checkpoint-upload", daemon=True)
                 self._thread.start()
@@ -113,11 +121,22 @@ class CheckpointUploader:
             self.staging.rmdir()
         return self.summary()
 
+    def _staged(self, path: Path, name: str) -> Path:
+        link = self.staging / name
+        link.unlink(missing_ok=True)
+        try:
+            os.link(path, link)  # last.ckpt is replaced by rename, a best file removed: the link keeps this one
+        except OSError:
+            shutil.copyfile(path, link)
+        return link
+
     def _drop_pending(self, why: str) -> None:
         """The checkpoint waiting for the upload thread will not be sent (called holding the condition)."""
         if self._pending is not None:
             self._note(self._pending[1], why)
-            self._pending[0].unlink(missing_ok=True)
+            for staged in (self._pending[0], self._pending[2]):
+                if staged is not None:
+                    staged.unlink(missing_ok=True)
             self._pending = None
 
     def summary(self) -> dict[str, Any]:
@@ -126,7 +145,9 @@ class CheckpointUploader:
     def remove_stored(self) -> None:
         """Retention: the task completed, its resume checkpoints are dead weight in storage."""
         for stored in list(self.stored):
-            self._delete(stored)
+            self._delete(stored.url)
+        for url in {s.best.url for s in self.stored if s.best is not None}:
+            self._delete(url)
         self.stored.clear()
         # ClearML's artifact manager sends every artifact it registered with each new upload (clearml
         # 2.1.12, Artifacts._task_artifact_list): deleted on the server alone, the pointer came back
@@ -146,27 +167,64 @@ class CheckpointUploader:
                     self._condition.wait()
                 if self._pending is None:
                     return
-                (link, step), self._pending, self._busy = self._pending, None, True
+                (link, step, best_link), self._pending, self._busy = self._pending, None, True
             try:
-                self._upload(link, step)
+                self._upload(link, step, best_link)
             except Exception as err:  # never the training's problem: recorded, and the next one tries again
                 self._note(step, f"failed: {type(err).__name__}: {err}")
             finally:
                 link.unlink(missing_ok=True)
+                if best_link is not None:
+                    best_link.unlink(missing_ok=True)
                 with self._condition:
                     self._busy = False
                     self._condition.notify_all()
 
-    def _upload(self, link: Path, step: int) -> None:
-        from clearml import StorageManager
-
-        started = time.monotonic()
+    def _upload(self, link: Path, step: int, best_link: Path | None) -> None:
+        started, attempts = time.monotonic(), [0]
+        best = None
+        if best_link is not None:
+            name = best_link.name.split("-", 1)[1]  # step00000040-best-0-39.ckpt → best-0-39.ckpt
+            sha256 = sha256_file(best_link)
+            previous = next((s.best for s in reversed(self.stored) if s.best is not None), None)
+            if previous is not None and previous.name == name and previous.sha256 == sha256:
+                best = previous  # unchanged since the last upload: not sent again
+            else:
+                url = f"{self.root}/{Path(name).stem}-{sha256[:12]}.ckpt"
+                if not self._send(best_link, url, step, attempts):
+                    return
+                best = StoredFile(name=name, url=url, sha256=sha256, bytes=best_link.stat().st_size)
         sha256, size = sha256_file(link), link.stat().st_size
         url = f"{self.root}/last-step{step:08d}-{sha256[:12]}.ckpt"
+        if not self._send(link, url, step, attempts):
+            if best is not None and all(s.best is None or s.best.url != best.url for s in self.stored):
+                self._delete(best.url)  # sent for this checkpoint alone: nothing names it now
+            return
+        stored = StoredCheckpoint(step=step, url=url, sha256=sha256, bytes=size, best=best)
+        # The pointer moves only now, to complete uploads.
+        metadata = {"step": str(step), "sha256": sha256, "bytes": str(size)}
+        if best is not None:
+            metadata.update(best_name=best.name, best_url=best.url, best_sha256=best.sha256, best_bytes=str(best.bytes))
+        self.task.upload_artifact(ARTIFACT, artifact_object=url, wait_on_upload=True, metadata=metadata)
+        self.stored.append(stored)
+        self._note(step, "stored", url=url, sha256=sha256, bytes=size, attempts=attempts[0],
+                   seconds=round(time.monotonic() - started, 3), **({"best_url": best.url} if best is not None else {}))
+        while len(self.stored) > self.keep:
+            dropped = self.stored.pop(0)
+            self._delete(dropped.url)
+            if dropped.best is not None and all(s.best is None or s.best.url != dropped.best.url for s in self.stored):
+                self._delete(dropped.best.url)
+        self._write_record()
+
+    def _send(self, path: Path, url: str, step: int, attempts: list[int]) -> bool:
+        """Uploads `path` to `url`, retrying; False (noted) once a newer checkpoint or the run's end stops it."""
+        from clearml import StorageManager
+
         for attempt in range(1 << 30):
+            attempts[0] += 1
             try:
-                StorageManager.upload_file(str(link), url, wait_for_upload=True, retries=1)
-                break
+                StorageManager.upload_file(str(path), url, wait_for_upload=True, retries=1)
+                return True
             except Exception as err:
                 wait = self.retry_seconds[min(attempt, len(self.retry_seconds) - 1)]
                 log.warning(f"checkpoint upload to {url} failed ({type(err).__name__}: {err}); retrying in {wait:.0f} s")
@@ -175,25 +233,16 @@ class CheckpointUploader:
                     if self._pending is not None or self._closing:
                         why = "superseded by a newer checkpoint" if self._pending is not None else "the run ended first"
                         self._note(step, f"failed {attempt + 1} time(s) ({type(err).__name__}), then {why}", url=url)
-                        return
-        stored = StoredCheckpoint(step=step, url=url, sha256=sha256, bytes=size)
-        # The pointer moves only now, to a complete upload.
-        self.task.upload_artifact(ARTIFACT, artifact_object=url, wait_on_upload=True,
-                                  metadata={"step": str(step), "sha256": sha256, "bytes": str(size)})
-        self.stored.append(stored)
-        self._note(step, "stored", url=url, sha256=sha256, bytes=size, attempts=attempt + 1,
-                   seconds=round(time.monotonic() - started, 3))
-        while len(self.stored) > self.keep:
-            self._delete(self.stored.pop(0))
-        self._write_record()
+                        return False
+        return False
 
-    def _delete(self, stored: StoredCheckpoint) -> None:
+    def _delete(self, url: str) -> None:
         from clearml.storage.helper import StorageHelper
 
         try:
-            StorageHelper.get(stored.url).delete(stored.url, silent=True)
+            StorageHelper.get(url).delete(url, silent=True)
         except Exception as err:
-            log.warning(f"could not remove {stored.url} from storage ({type(err).__name__}: {err}); it stays there")
+            log.warning(f"could not remove {url} from storage ({type(err).__name__}: {err}); it stays there")
 
     def _note(self, step: int, status: str, **fields: Any) -> None:
         self.attempts.append({"step": step, "status": status, **fields})
@@ -214,14 +263,21 @@ def latest_stored(task: Any) -> StoredCheckpoint | None:
         return None
     meta = artifact.metadata or {}
     try:
+        best = None
+        if meta.get("best_url"):
+            name = Path(str(meta["best_name"])).name  # a file name only: the record is another machine's
+            if not name.endswith(".ckpt") or name in (".ckpt", "last.ckpt"):
+                raise ValueError(name)
+            best = StoredFile(name=name, url=str(meta["best_url"]), sha256=str(meta["best_sha256"]),
+                              bytes=int(meta["best_bytes"]))
         return StoredCheckpoint(step=int(meta["step"]), url=str(artifact.url), sha256=str(meta["sha256"]),
-                                bytes=int(meta["bytes"]))
+                                bytes=int(meta["bytes"]), best=best)
     except (KeyError, TypeError, ValueError):
         raise StorageError(f"task {task.id}: its {ARTIFACT} artifact has no step, sha256 and bytes; it was not written by"
                            " reprozoo, and cannot be resumed from") from None
 
 
-def download(stored: StoredCheckpoint, target: Path, server: str) -> Path:
+def download(stored: StoredCheckpoint | StoredFile, target: Path, server: str) -> Path:
     """`stored` into `target` (atomically), its sha256 checked against the record."""
     from clearml import StorageManager
 
@@ -253,7 +309,8 @@ def fetch_run(task: Any, record: Record, run_dir: Path) -> RunConfig:
     """A run directory to resume `task` in, on a machine that has none of it: the recorded RunConfig
     writing into `run_dir` (pinned to the recorded weights, and to the recorded data version when its
     data directory is not here), provenance.json and git.diff as recorded (what the resume checks the
-    code, data, weights and software against), and checkpoints/last.ckpt from storage, sha256-checked."""
+    code, data, weights and software against), and checkpoints/last.ckpt with the best checkpoint it
+    names from storage, sha256-checked."""
     from urllib.parse import urlsplit
 
     from reprozoo.resume import LAST
@@ -271,6 +328,8 @@ def fetch_run(task: Any, record: Record, run_dir: Path) -> RunConfig:
         values["model.revision"] = record.model_revision
     cfg = apply(record.config, values).validate()
     parts = urlsplit(stored.url)
+    if stored.best is not None:
+        download(stored.best, run_dir / "checkpoints" / stored.best.name, f"{parts.scheme}://{parts.netloc}")
     download(stored, run_dir / "checkpoints" / LAST, f"{parts.scheme}://{parts.netloc}")
     (run_dir / "provenance.json").write_text(json.dumps(record.provenance, indent=2) + "\n")
     if record.diff:

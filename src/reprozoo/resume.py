@@ -27,14 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
 from lightning.pytorch.plugins.io import AsyncCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader
 
 from reprozoo import safeyaml
 from reprozoo.config import ConfigError, RunConfig
-from reprozoo.errors import UserError
+from reprozoo.errors import Preempted, UserError
 from reprozoo.log import log
 from reprozoo.records import MAX_MEMBER_BYTES, load_record, record_mapping, run_dir_json
 
@@ -95,10 +95,11 @@ class BackgroundCheckpointIO(AsyncCheckpointIO):
     Measured on a 2-core CPU (MiniLM, 4 evaluations in 32 steps): the largest wait between steps fell
     from 6.1 s to 1.1 s, but the loop as a whole did not get faster (26.8 s vs 25.5 s): the writer
     competes with torch's two threads there. Where a GPU computes, the host cores are free for it.
-    `after_write(path, step)`: called by the worker once a `last.ckpt` is complete on disk (a server
-    run uploads it from there, checkpoint_store); its failures are logged, never the run's."""
+    `after_write(path, step, best)`: called by the worker once a `last.ckpt` is complete on disk, with
+    the best checkpoint its state names (written before it, by this same worker), or None (a server run
+    uploads both from there, checkpoint_store); its failures are logged, never the run's."""
 
-    def __init__(self, max_pending: int = 2, after_write: Callable[[Path, int], None] | None = None) -> None:
+    def __init__(self, max_pending: int = 2, after_write: Callable[[Path, int, Path | None], None] | None = None) -> None:
         super().__init__(AtomicCheckpointIO())
         self.after_write = after_write
         self._slots = threading.BoundedSemaphore(max_pending)
@@ -146,7 +147,7 @@ class BackgroundCheckpointIO(AsyncCheckpointIO):
         else:
             if self.after_write is not None and Path(path).name == LAST:
                 try:
-                    self.after_write(Path(path), int(snapshot.get("global_step", 0)))
+                    self.after_write(Path(path), int(snapshot.get("global_step", 0)), _best_named_in(snapshot))
                 except Exception as err:
                     log.warning(f"after writing {path}: {type(err).__name__}: {err}")
         finally:
@@ -165,6 +166,43 @@ class BackgroundCheckpointIO(AsyncCheckpointIO):
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+
+def _best_named_in(checkpoint: dict[str, Any]) -> Path | None:
+    """The best checkpoint file a checkpoint's ModelCheckpoint state names, when it is on disk."""
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        if key.startswith("ModelCheckpoint") and isinstance(state, dict) and state.get("best_model_path"):
+            best = Path(state["best_model_path"])
+            return best if best.is_file() else None
+    return None
+
+
+class RelocatableModelCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, whose state survives its run directory being somewhere else on
+    resume: fetched onto another machine from the task's storage (checkpoint_store), or moved. Lightning
+    restores only `best_model_path`, the old path, when the directory differs; the best score was lost,
+    and the next evaluation became "best" whatever its score (a run resumed on an agent scored another
+    checkpoint than the same run uninterrupted). The recorded paths are moved to this directory
+    instead, where the files have the same names. Its state key is ModelCheckpoint's, so a checkpoint
+    of either resumes with either."""
+
+    @property
+    def state_key(self) -> str:
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        recorded = state_dict.get("dirpath")
+        if recorded and self.dirpath and recorded != self.dirpath:
+            here = Path(self.dirpath)
+
+            def moved(path: Any) -> Any:
+                return str(here / Path(path).name) if path else path
+
+            state_dict = {**state_dict, "dirpath": self.dirpath, "best_model_path": moved(state_dict.get("best_model_path")),
+                          "kth_best_model_path": moved(state_dict.get("kth_best_model_path")),
+                          "last_model_path": moved(state_dict.get("last_model_path")),
+                          "best_k_models": {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}}
+        super().load_state_dict(state_dict)
 
 
 def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
@@ -314,12 +352,6 @@ class ResumeCheckpoint(Checkpoint):
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         self.on_fit_end(trainer, pl_module)  # Preempted (or a failure) ends fit without on_fit_end
-
-
-class Preempted(Exception):
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def resume_dir(ref: str) -> Path:

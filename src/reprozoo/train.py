@@ -370,7 +370,7 @@ def task_stopped_on_failure(tracker: Any, run_dir: Callable[[], Path]) -> Iterat
     """Any failure once the task is open (preemption, a bad batch, a full disk) closes it: what it
     holds is kept, marked stopped (interrupted) or failed, and the next training in this process can open its own.
     `run_dir` is asked at the failure: the directory is claimed (and may be renamed) inside."""
-    from reprozoo.resume import Preempted
+    from reprozoo.errors import Preempted
 
     try:
         yield
@@ -385,13 +385,18 @@ def prepare(plan: Plan) -> Inputs:
     """Weights, tokenizer and the parsed (so validated) trees."""
     from transformers import AutoTokenizer
 
-    from reprozoo.data.module import SST5DataModule
+    from reprozoo.data.sst5 import load_trees, token_cache_path
 
     cfg = plan.cfg
     weights = zoo.resolve_weights(plan.entry, cfg.model.revision)
     tokenizer = AutoTokenizer.from_pretrained(str(weights.path))
+    # Trees not tokenized before are parsed before Lightning is imported (~10 s here): bad input fails fast.
+    cached = token_cache_path(cfg.data, plan.data_sha256, tokenizer, plan.max_length).is_file()
+    trees = None if cached else load_trees(plan.data_dir)
+    from reprozoo.data.module import SST5DataModule
+
     datamodule = SST5DataModule(cfg.data, plan.data_dir, plan.data_sha256, tokenizer,
-                                plan.max_length, plan.batch_size, cfg.seed)
+                                plan.max_length, plan.batch_size, cfg.seed, trees=trees)
     datamodule.prepare_data()  # parses (and so validates) the trees
     datamodule.setup("fit")
     return Inputs(weights, tokenizer, datamodule)
@@ -587,9 +592,9 @@ def _new_run_dir(run_dir: Path) -> Path:
 
 
 def _trainer_kwargs(cfg: RunConfig, plan: Plan, tracker: Any) -> dict[str, Any]:
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 
-    from reprozoo.resume import BackgroundCheckpointIO, ResumeCheckpoint, ResumeState
+    from reprozoo.resume import BackgroundCheckpointIO, RelocatableModelCheckpoint, ResumeCheckpoint, ResumeState
 
     t = cfg.trainer
     checkpoints = plan.run_dir / "checkpoints"
@@ -601,7 +606,7 @@ def _trainer_kwargs(cfg: RunConfig, plan: Plan, tracker: Any) -> dict[str, Any]:
         # validation per epoch): last.ckpt, written there too, then holds their states after it.
         # Weights only: test and export read nothing else, and resuming reads last.ckpt (a third of the
         # bytes: 91 MB for MiniLM instead of 272 MB with AdamW's two moments).
-        ModelCheckpoint(dirpath=checkpoints, filename="best-{epoch}-{step}", monitor="val/macro_f1",
+        RelocatableModelCheckpoint(dirpath=checkpoints, filename="best-{epoch}-{step}", monitor="val/macro_f1",
                         mode="max", save_top_k=1, save_last=False, auto_insert_metric_name=False, save_weights_only=True,
                         enable_version_counter=False, save_on_train_epoch_end=False),
         EarlyStopping(monitor="val/macro_f1", mode="max", patience=t.early_stopping_patience,

@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 STEPS = 20  # 320 sentences, batch 16, one epoch
 RUN = ["train", "--model", "all-minilm-l6-v2", "--tracking", "server", "--limit-train-samples", "320",
        "--limit-eval-samples", "64", "--max-length", "32", "--batch-size", "16", "--max-epochs", "1",
-       "--checkpoint-every", "3", "--set", "trainer.val_check_interval=0.5", "--set", "trainer.log_every_n_steps=1"]
+       "--checkpoint-every", "5", "--set", "trainer.val_check_interval=0.5", "--set", "trainer.log_every_n_steps=1"]
 SCALARS = """
 import json, sys
 from clearml import Task
@@ -62,8 +62,8 @@ def assert_every_step_once(scalars: dict[str, Any], resumed_from: int) -> None:
     assert missing <= {resumed_from - 1}, (sorted(missing), resumed_from)
 
 
-def stored_files(server: Any) -> list[Path]:
-    return sorted((server.state / "files").rglob("last-step*.ckpt"))
+def stored_files(server: Any, task_id: str, pattern: str = "last-step*.ckpt") -> list[Path]:
+    return sorted(p for p in (server.state / "files").rglob(pattern) if task_id in str(p))
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,8 @@ def test_checkpoints_reach_storage_and_go_when_the_task_completes(uninterrupted:
     uploads = uninterrupted["uploads"]
     stored = [a for a in uploads["attempts"] if a["status"] == "stored"]
     assert len(stored) >= 3 and all(a["url"].startswith(clearml_server.files_url) for a in stored), uploads
+    # From the first evaluation on, the best checkpoint goes with each (scored at the end, wherever it resumed).
+    assert all("best_url" in a for a in stored if a["step"] >= STEPS // 2), uploads
     # The last checkpoint (end-of-epoch evaluation) is stored, or was not sent: the task completed.
     last = uploads["attempts"][-1]
     assert last["step"] == STEPS and last["status"] in ("stored", "not uploaded: the task completed"), uploads
@@ -89,7 +91,7 @@ def test_checkpoints_reach_storage_and_go_when_the_task_completes(uninterrupted:
     assert uploads["stored"] == []
     task = read_task(uninterrupted["cli"], uninterrupted["task_id"])
     assert task["status"] == "completed" and "resume-checkpoint" not in task["artifacts"]
-    assert not [p for p in stored_files(clearml_server) if uninterrupted["task_id"] in str(p)]
+    assert not stored_files(clearml_server, uninterrupted["task_id"], "*.ckpt")  # the best ones too
 
 
 def test_resume_by_task_id_on_a_fresh_machine_is_bit_identical(uninterrupted: dict[str, Any], server_cli: Any,
@@ -98,8 +100,9 @@ def test_resume_by_task_id_on_a_fresh_machine_is_bit_identical(uninterrupted: di
     out = tmp_path / "lost" / "run"
     proc = first.popen(*RUN, "--data-dir", str(data_dir), "--out", str(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     record, deadline = out / "checkpoint-uploads.json", time.monotonic() + 600
-    # Killed once a checkpoint is in storage, and the machine gone with its run directory.
-    while not (record.is_file() and '"stored"' in record.read_text()):
+    # Killed once a checkpoint after the first evaluation is in storage (its best checkpoint with it:
+    # the resumed run must score that one), and the machine gone with its run directory.
+    while not (record.is_file() and '"best_url"' in record.read_text()):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "no checkpoint uploaded in 10 minutes"
         time.sleep(0.1)
@@ -108,7 +111,8 @@ def test_resume_by_task_id_on_a_fresh_machine_is_bit_identical(uninterrupted: di
     task_id = json.loads((out / "provenance.json").read_text())["task_id"]
     shutil.rmtree(tmp_path / "lost")
     # Bounded: the two latest (a third while the kill fell between an upload and the removal it allows).
-    assert 1 <= len([p for p in stored_files(clearml_server) if task_id in str(p)]) <= KEEP_STORED + 1
+    assert 1 <= len(stored_files(clearml_server, task_id)) <= KEEP_STORED + 1
+    assert stored_files(clearml_server, task_id, "best-*.ckpt")
 
     fresh = server_cli(tmp_path / "elsewhere")  # its own HOME, caches, and working directory
     env = {k: v for k, v in fresh.env.items() if k != "REPROZOO_DATA_DIR"}
@@ -122,8 +126,7 @@ def test_resume_by_task_id_on_a_fresh_machine_is_bit_identical(uninterrupted: di
     assert last.startswith("error: cannot download the checkpoint") and clearml_server.files_url in last, down.stderr[-2000:]
     assert "start the server's fileserver" in last
 
-    checkpoint = stored_files(clearml_server)
-    checkpoint = [p for p in checkpoint if task_id in str(p)][-1]
+    checkpoint = stored_files(clearml_server, task_id)[-1]
     original = checkpoint.read_bytes()
     checkpoint.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one bit changed in storage
     try:
