@@ -16,9 +16,19 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_TREES = REPO.parent / "shared" / "data" / "sst5" / "trees"
 # Longest prefix first: the docker-mode agent tests build the container tests' image (one engine
 # layer cache) and go with them; each unit starts the ClearML server it needs in its own worker.
-# The preemption tests (a second server: real agents killed and runs resumed) are a unit of their own.
+# The venv-mode agent tests and the preemption tests (real agents, runs killed and resumed) are units
+# of their own, each with its own server: together with the other server tests they were one
+# worker's 55 minutes.
 SERVICE_UNITS = {"tests/server/test_agents_docker.py": "docker", "tests/server/test_preemption.py": "preemption",
-                 "tests/server/": "server", "tests/containers/": "docker"}
+                 "tests/server/test_agents.py": "agents", "tests/server/": "server", "tests/containers/": "docker"}
+# Seconds each long unit took in a fresh-clone CI run (3 workers on 2 cores, REPROZOO_TEST_TIMELINE),
+# to hand the longest out first: the last unit handed out was test_resume.py's 30 minutes, and it
+# ended the suite 4 minutes after the others. Units not listed are short; they fill in at the end.
+UNIT_SECONDS = {"agents": 2200, "tests/test_resume.py": 1770, "docker": 1490, "server": 1090, "preemption": 1010,
+                "tests/test_mpnet.py": 470, "tests/test_cli.py": 390, "tests/test_devices.py": 310,
+                "tests/test_run_claims.py": 280, "tests/test_repro.py": 270, "tests/test_records_e2e.py": 260,
+                "tests/test_sweep.py": 240, "tests/test_readme.py": 240, "tests/test_train_e2e.py": 230,
+                "tests/test_concurrency.py": 230, "tests/test_hpo.py": 190}
 
 
 def lane(nodeid: str) -> str:
@@ -46,17 +56,18 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The units in the order xdist hands them out (make test: --no-loadscope-reorder), longest first:
-    the server tests, the docker tests, then the modules with slow tests, then the rest. xdist hands a
-    worker its next unit when two of its tests are left, so that unit waits behind them: a module with
-    no slow test goes right after the service units, so the first unit to wait behind one is short."""
+    """The units in the order xdist hands them out (make test: --no-loadscope-reorder), longest first
+    (UNIT_SECONDS), then the other modules with slow tests, then the rest. xdist hands a worker its next
+    unit when two of its tests are left, so that unit waits behind them: a module with no slow test goes
+    right after the first three units, so the first unit to wait behind one is short."""
     units: dict[str, list[pytest.Item]] = {}
     for item in items:
         units.setdefault(lane(item.nodeid), []).append(item)
     slow = {name for name, unit in units.items() if any(i.get_closest_marker("slow") for i in unit)}
-    quick = [name for name in units if name not in slow and name not in SERVICE_UNITS.values()]
-    rank = {"server": 0, "docker": 1, **({quick[0]: 2} if quick else {})}
-    order = sorted(units, key=lambda name: rank.get(name, 3 if name in slow else 4))
+    longest = sorted((name for name in units if name in UNIT_SECONDS), key=lambda name: -UNIT_SECONDS[name])
+    rest = [name for name in units if name not in UNIT_SECONDS]
+    quick = [name for name in rest if name not in slow]
+    order = longest[:3] + quick[:1] + longest[3:] + [n for n in rest if n in slow] + quick[1:]
     items[:] = [item for name in order for item in units[name]]
 
 

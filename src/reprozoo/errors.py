@@ -7,6 +7,8 @@ catch those keep working. Anything that is not a `ReprozooError` is a bug in rep
 
 from __future__ import annotations
 
+import signal
+
 
 class ReprozooError(Exception):
     """Base of every error reprozoo raises on purpose."""
@@ -21,3 +23,12 @@ class ConfigError(UserError, ValueError):
 
     Defined here (and re-exported by `reprozoo.config`) so that the bounded parsers in
     `reprozoo.safeyaml`, which config imports, can raise it too."""
+
+
+class Preempted(ReprozooError):
+    """SIGTERM/SIGINT stopped training after a checkpoint (`reprozoo.resume` raises it); the command
+    exits 128 + the signal. Here, not in `resume`: the CLI catches it without importing Lightning."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum

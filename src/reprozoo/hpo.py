@@ -264,7 +264,7 @@ def search_local(base: RunConfig, space: list[Dimension], n_trials: int, out: Pa
     _claim_out(out)
     import optuna
 
-    from reprozoo.resume import Preempted
+    from reprozoo.errors import Preempted
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     trials: list[Trial] = []

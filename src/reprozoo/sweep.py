@@ -273,7 +273,7 @@ def run_local(plan: SweepPlan, *, records: list[Any] | None = None, runs_dir: Pa
     if data_dir is None and plan.steps:
         found = plan.steps[0].config.data.data_dir or os.environ.get("REPROZOO_DATA_DIR")
         data_dir = Path(found) if found else None
-    from reprozoo.resume import Preempted
+    from reprozoo.errors import Preempted
 
     if records is None and plan.steps:
         from reprozoo.session import resolve_mode

@@ -64,6 +64,22 @@ def test_collator_pads_dynamically_on_either_side() -> None:
     assert right["labels"].tolist() == [1, 4] and right["weights"].tolist() == [1.0, 2.0]
 
 
+def test_a_limited_run_tokenizes_only_the_examples_it_keeps(data_dir: Path, tokenizer, fresh_cache: Path) -> None:
+    """The same tensors as the whole splits cut to the limits, from a cache entry of their own."""
+    full = make_module(data_dir, tokenizer, granularity="phrases", limit_eval_samples=None)
+    limited = make_module(data_dir, tokenizer, granularity="phrases", limit_train_samples=32, limit_eval_samples=16)
+    assert limited.cache_path != full.cache_path
+    for module in (full, limited):
+        module.prepare_data()
+        module.setup()
+    stored = torch.load(limited.cache_path, weights_only=True)
+    assert [len(stored[name]["labels"]) for name in ("train", "dev", "test")] == [32, 16, 16]
+    for name, k in (("train", 32), ("dev", 16), ("test", 16)):
+        want, got = full.splits[name].subset(k), limited.splits[name]
+        for field in ("ids", "offsets", "labels", "weights"):
+            assert torch.equal(getattr(got, field), getattr(want, field)), (name, field)
+
+
 def test_tokenisation_cache_is_reused(data_dir: Path, tokenizer, fresh_cache: Path) -> None:
     first = make_module(data_dir, tokenizer, granularity="sentences")
     first.prepare_data()

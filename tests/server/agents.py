@@ -18,8 +18,10 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 LOCK = REPO / "envs" / "colab-agent.lock"
+# Resume checkpoints stay on the machine: uploading them is tests/server/test_preemption.py's subject,
+# and each of these one-step tasks would send 272 MB to the fileserver only to remove it at completion.
 TINY = ["--model", "all-minilm-l6-v2", "--limit-train-samples", "32", "--limit-eval-samples", "16", "--max-length", "32",
-        "--max-epochs", "1", "--tracking", "server"]
+        "--max-epochs", "1", "--set", "tracking.upload_checkpoints=false", "--tracking", "server"]
 
 
 # What a venv-mode agent needs to build the recorded environment (docs/scaling.md says why):

@@ -92,7 +92,7 @@ def test_repro_enqueue_is_replayed_by_a_venv_agent_bit_for_bit(original: dict[st
     # Set up as clearml-agent documents it: no PYTHONPATH, no SKIP_* overrides, not this interpreter.
     agent = serve(agents, agent_binary, env, tmp_path, "venv-q", "venv", build_venv=True)
     clone, enqueued = enqueue(env, original["task_id"], "venv-q")
-    task = server_tasks(env, [clone], wait=600)[clone]
+    task = server_tasks(env, [clone], wait=900)[clone]
     assert task["status"] == "completed", agent.log()[-4000:]
     assert task["metrics"] == original["metrics"]  # byte for byte
     assert task["parent"] == original["task_id"] and f"repro-of:{original['task_id']}" in task["tags"]
@@ -191,7 +191,7 @@ def test_an_unknown_queue_is_one_line_naming_the_queues_that_exist(original: dic
 
 
 SMALL = ["--set", "data.limit_train_samples=32", "--set", "data.limit_eval_samples=16", "--set", "data.max_length=32",
-         "--set", "trainer.max_epochs=1", "--set", "tracking.mode=server"]
+         "--set", "trainer.max_epochs=1", "--set", "tracking.mode=server", "--set", "tracking.upload_checkpoints=false"]
 
 
 def test_sweep_on_a_queue_is_served_by_an_agent_rerun_skips_leaderboard_lists(env: dict[str, str], agents: Agents,
@@ -225,7 +225,7 @@ def test_hpo_on_a_queue_runs_three_trials_on_an_agent_and_best_yaml_replays(env:
     out = tmp_path / "hpo"
     done = reprozoo("hpo", "--model", "all-minilm-l6-v2", "--space", "lr=1e-5:1e-4:log", "--trials", "3", "--queue", "hpo-q",
                     "--max-epochs", "1", "--limit-train-samples", "32", "--limit-eval-samples", "16", "--set", "data.max_length=32",
-                    "--tracking", "server", "--out", str(out), timeout=1800, env=env)
+                    "--set", "tracking.upload_checkpoints=false", "--tracking", "server", "--out", str(out), timeout=1800, env=env)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "3/3 trials finished" in done.stdout
     trials = json.loads((out / "trials.json").read_text())

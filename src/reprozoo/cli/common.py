@@ -13,7 +13,7 @@ import typer
 
 from reprozoo import session, zoo
 from reprozoo.config import RunConfig, apply
-from reprozoo.errors import UserError
+from reprozoo.errors import Preempted, UserError
 from reprozoo.log import log
 
 # Options several commands share.
@@ -66,8 +66,6 @@ def need_server(purpose: str, fallback: str = "") -> None:
 
 def until_preempted(action: Callable[[], Any], stopped: str, then: str) -> Any:
     """`call(action)`; stopped by SIGTERM/SIGINT (resume.Preempted, after a checkpoint): a note, exit 128+signal."""
-    from reprozoo.resume import Preempted
-
     try:
         return call(action)
     except Preempted as stop:

@@ -9,8 +9,6 @@ run skips tokenisation entirely. `prepare_data` (one process per node) fills the
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +18,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from reprozoo.config import ConfigError, DataConfig
-from reprozoo.data.sst5 import Examples, cache_root, load_trees, split_examples
+from reprozoo.data.sst5 import Examples, load_trees, split_examples, token_cache_path
 from reprozoo.resume import ResumableDataLoader, atomic_torch_save
 
-CACHE_FORMAT = 1
+
+def subset_indices(n: int, k: int | None) -> torch.Tensor | None:
+    """Which k of n examples a limited run keeps (TokenizedSplit.subset), sorted; None: all of them."""
+    if k is None or k >= n:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(20131018))[:k].sort().values
 
 
 @dataclass
@@ -42,10 +45,9 @@ class TokenizedSplit:
     def subset(self, k: int | None) -> TokenizedSplit:
         """A fixed random subset of k examples (the files are sorted by label, so the first k
         would be one-sided); the same k examples for every run seed, in file order."""
-        n = len(self.labels)
-        if k is None or k >= n:
+        keep = subset_indices(len(self.labels), k)
+        if keep is None:
             return self
-        keep = torch.randperm(n, generator=torch.Generator().manual_seed(20131018))[:k].sort().values
         lengths = self.lengths[keep]
         offsets = torch.zeros(k + 1, dtype=torch.int64)
         torch.cumsum(lengths, 0, out=offsets[1:])
@@ -79,19 +81,6 @@ class Rows:
 
     split: TokenizedSplit
     index: torch.Tensor
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        state = json.loads(backend.to_str())
-        # Calling the tokenizer sets its truncation/padding state; that is not its identity.
-        state.pop("truncation", None)
-        state.pop("padding", None)
-        text = json.dumps(state, sort_keys=True)
-    else:
-        text = json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    return hashlib.sha256(f"{type(tokenizer).__name__}\n{text}".encode()).hexdigest()
 
 
 def tokenize(examples: Examples, tokenizer, max_length: int) -> TokenizedSplit:
@@ -268,19 +257,25 @@ class Collator:
         }
 
 
+def _kept(examples: Examples, keep: torch.Tensor | None) -> Examples:
+    if keep is None:
+        return examples
+    index = keep.tolist()
+    return Examples([examples.texts[i] for i in index], [examples.labels[i] for i in index],
+                    [examples.weights[i] for i in index])
+
+
 class SST5DataModule(L.LightningDataModule):
     def __init__(self, cfg: DataConfig, data_dir: Path, data_sha256: dict[str, str], tokenizer,
-                 max_length: int, batch_size: int, seed: int) -> None:
+                 max_length: int, batch_size: int, seed: int, trees: dict | None = None) -> None:
+        """`trees`: data_dir's trees already parsed (load_trees), else parsed here when the cache misses."""
         super().__init__()
         self.cfg, self.data_dir, self.data_sha256 = cfg, data_dir, data_sha256
         self.tokenizer, self.max_length, self.batch_size, self.seed = tokenizer, max_length, batch_size, seed
+        self.trees = trees
         self.splits: dict[str, TokenizedSplit] = {}
         self.cache_hit: bool | None = None
-        # Fingerprint before tokenising: calling the tokenizer changes its truncation state.
-        key = json.dumps({"format": CACHE_FORMAT, "data": data_sha256, "granularity": cfg.granularity,
-                          "weighting": cfg.phrase_weighting, "tokenizer": tokenizer_fingerprint(tokenizer),
-                          "max_length": max_length}, sort_keys=True)
-        self.cache_path = cache_root() / "tokens" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
+        self.cache_path = token_cache_path(cfg, data_sha256, tokenizer, max_length)
 
     def prepare_data(self) -> None:
         path = self.cache_path
@@ -289,8 +284,14 @@ class SST5DataModule(L.LightningDataModule):
                 self.cache_hit = True
             return
         self.cache_hit = False
-        examples = split_examples(load_trees(self.data_dir), self.cfg.granularity, self.cfg.phrase_weighting)
-        tokenized = {name: tokenize(ex, self.tokenizer, self.max_length).to_dict() for name, ex in examples.items()}
+        trees = self.trees if self.trees is not None else load_trees(self.data_dir)
+        examples = split_examples(trees, self.cfg.granularity, self.cfg.phrase_weighting)
+        # A limited run tokenizes only the examples it keeps (159k train phrases took ~10 s for a
+        # 32-example run); its cache entry is its own (token_cache_path keys the limits).
+        limits = {"train": self.cfg.limit_train_samples, "dev": self.cfg.limit_eval_samples,
+                  "test": self.cfg.limit_eval_samples}
+        kept = {name: _kept(ex, subset_indices(len(ex), limits[name])) for name, ex in examples.items()}
+        tokenized = {name: tokenize(ex, self.tokenizer, self.max_length).to_dict() for name, ex in kept.items()}
         atomic_torch_save(tokenized, path)
 
     def setup(self, stage: str | None = None) -> None:

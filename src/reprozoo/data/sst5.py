@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import urllib.request
 import zipfile
@@ -122,3 +123,33 @@ def phrase_examples(trees: list[Tree], weighting: str = "count") -> Examples:
 def split_examples(trees: dict[str, list[Tree]], granularity: str, weighting: str = "count") -> dict[str, Examples]:
     train = phrase_examples(trees["train"], weighting) if granularity == "phrases" else sentence_examples(trees["train"])
     return {"train": train, "dev": sentence_examples(trees["dev"]), "test": sentence_examples(trees["test"])}
+
+
+# Bumped when the tokenized cache's layout changes.
+CACHE_FORMAT = 1
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        # Calling the tokenizer sets its truncation/padding state; that is not its identity.
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        text = json.dumps(state, sort_keys=True)
+    else:
+        text = json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(f"{type(tokenizer).__name__}\n{text}".encode()).hexdigest()
+
+
+def token_cache_path(cfg, data_sha256: dict[str, str], tokenizer, max_length: int) -> Path:
+    """Where the splits of these trees (by sha256), tokenized by this tokenizer, are cached (a DataConfig `cfg`).
+    Here, not in data.module, so that train.prepare can parse new trees before Lightning is imported."""
+    # Fingerprint before tokenising: calling the tokenizer changes its truncation state.
+    fields = {"format": CACHE_FORMAT, "data": data_sha256, "granularity": cfg.granularity,
+              "weighting": cfg.phrase_weighting, "tokenizer": tokenizer_fingerprint(tokenizer), "max_length": max_length}
+    if cfg.limit_train_samples is not None or cfg.limit_eval_samples is not None:
+        # Only the kept examples are tokenized (data.module); an unlimited run's key is unchanged.
+        fields["limits"] = [cfg.limit_train_samples, cfg.limit_eval_samples]
+    key = json.dumps(fields, sort_keys=True)
+    return cache_root() / "tokens" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
