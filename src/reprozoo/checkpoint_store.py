@@ -197,7 +197,7 @@ class CheckpointUploader:
         sha256, size = sha256_file(link), link.stat().st_size
         url = f"{self.root}/last-step{step:08d}-{sha256[:12]}.ckpt"
         if not self._send(link, url, step, attempts):
-            if best is not None and all(s.best is None or s.best.url != best.url for s in self.stored):
+            if best is not None and not self._names(best.url):
                 self._delete(best.url)  # sent for this checkpoint alone: nothing names it now
             return
         stored = StoredCheckpoint(step=step, url=url, sha256=sha256, bytes=size, best=best)
@@ -212,9 +212,13 @@ class CheckpointUploader:
         while len(self.stored) > self.keep:
             dropped = self.stored.pop(0)
             self._delete(dropped.url)
-            if dropped.best is not None and all(s.best is None or s.best.url != dropped.best.url for s in self.stored):
+            if dropped.best is not None and not self._names(dropped.best.url):
                 self._delete(dropped.best.url)
         self._write_record()
+
+    def _names(self, best_url: str) -> bool:
+        """Whether a checkpoint kept in storage names this best checkpoint."""
+        return any(s.best is not None and s.best.url == best_url for s in self.stored)
 
     def _send(self, path: Path, url: str, step: int, attempts: list[int]) -> bool:
         """Uploads `path` to `url`, retrying; False (noted) once a newer checkpoint or the run's end stops it."""

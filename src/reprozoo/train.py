@@ -391,12 +391,12 @@ def prepare(plan: Plan) -> Inputs:
     weights = zoo.resolve_weights(plan.entry, cfg.model.revision)
     tokenizer = AutoTokenizer.from_pretrained(str(weights.path))
     # Trees not tokenized before are parsed before Lightning is imported (~10 s here): bad input fails fast.
-    cached = token_cache_path(cfg.data, plan.data_sha256, tokenizer, plan.max_length).is_file()
-    trees = None if cached else load_trees(plan.data_dir)
+    cache_path = token_cache_path(cfg.data, plan.data_sha256, tokenizer, plan.max_length)
+    trees = None if cache_path.is_file() else load_trees(plan.data_dir)
     from reprozoo.data.module import SST5DataModule
 
     datamodule = SST5DataModule(cfg.data, plan.data_dir, plan.data_sha256, tokenizer,
-                                plan.max_length, plan.batch_size, cfg.seed, trees=trees)
+                                plan.max_length, plan.batch_size, cfg.seed, trees=trees, cache_path=cache_path)
     datamodule.prepare_data()  # parses (and so validates) the trees
     datamodule.setup("fit")
     return Inputs(weights, tokenizer, datamodule)

@@ -267,15 +267,22 @@ def _kept(examples: Examples, keep: torch.Tensor | None) -> Examples:
 
 class SST5DataModule(L.LightningDataModule):
     def __init__(self, cfg: DataConfig, data_dir: Path, data_sha256: dict[str, str], tokenizer,
-                 max_length: int, batch_size: int, seed: int, trees: dict | None = None) -> None:
-        """`trees`: data_dir's trees already parsed (load_trees), else parsed here when the cache misses."""
+                 max_length: int, batch_size: int, seed: int, trees: dict | None = None,
+                 cache_path: Path | None = None) -> None:
+        """`trees`: data_dir's trees already parsed (load_trees), else parsed here when the cache misses;
+        `cache_path`: their token_cache_path, when the caller has it already (it hashes the tokenizer)."""
         super().__init__()
         self.cfg, self.data_dir, self.data_sha256 = cfg, data_dir, data_sha256
         self.tokenizer, self.max_length, self.batch_size, self.seed = tokenizer, max_length, batch_size, seed
         self.trees = trees
         self.splits: dict[str, TokenizedSplit] = {}
         self.cache_hit: bool | None = None
-        self.cache_path = token_cache_path(cfg, data_sha256, tokenizer, max_length)
+        self.cache_path = cache_path or token_cache_path(cfg, data_sha256, tokenizer, max_length)
+
+    @property
+    def limits(self) -> dict[str, int | None]:
+        """How many examples of each split the run keeps (None: all)."""
+        return {"train": self.cfg.limit_train_samples, "dev": self.cfg.limit_eval_samples, "test": self.cfg.limit_eval_samples}
 
     def prepare_data(self) -> None:
         path = self.cache_path
@@ -288,9 +295,7 @@ class SST5DataModule(L.LightningDataModule):
         examples = split_examples(trees, self.cfg.granularity, self.cfg.phrase_weighting)
         # A limited run tokenizes only the examples it keeps (159k train phrases took ~10 s for a
         # 32-example run); its cache entry is its own (token_cache_path keys the limits).
-        limits = {"train": self.cfg.limit_train_samples, "dev": self.cfg.limit_eval_samples,
-                  "test": self.cfg.limit_eval_samples}
-        kept = {name: _kept(ex, subset_indices(len(ex), limits[name])) for name, ex in examples.items()}
+        kept = {name: _kept(ex, subset_indices(len(ex), self.limits[name])) for name, ex in examples.items()}
         tokenized = {name: tokenize(ex, self.tokenizer, self.max_length).to_dict() for name, ex in kept.items()}
         atomic_torch_save(tokenized, path)
 
@@ -298,9 +303,7 @@ class SST5DataModule(L.LightningDataModule):
         if self.splits:
             return
         stored = torch.load(self.cache_path, weights_only=True)
-        limits = {"train": self.cfg.limit_train_samples, "dev": self.cfg.limit_eval_samples,
-                  "test": self.cfg.limit_eval_samples}
-        self.splits = {name: TokenizedSplit(**stored[name]).subset(limits[name]) for name in ("train", "dev", "test")}
+        self.splits = {name: TokenizedSplit(**stored[name]).subset(self.limits[name]) for name in ("train", "dev", "test")}
 
     def class_counts(self) -> list[float]:
         split = self.splits["train"]
