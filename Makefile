@@ -83,7 +83,7 @@ bench: setup ## throughput vs HF Trainer (A: pad 128, B: group_by_length) + a re
 bench-quick: setup ## the same on 1,024 phrases + 512 sentences, projected epoch (234 s on the idle machine)
 	$(PY) bench/throughput.py --quick $(ARGS)
 
-bench-gpu: setup ## GPU throughput of base-size BERT/RoBERTa/DeBERTa-v3/ELECTRA, bf16 ± torch.compile (needs a GPU)
+bench-gpu: setup ## the device script (needs a GPU; ≤10 min): CUDA stack, timed bf16 MiniLM, determinism, fp16+clip, throughput [ARGS=--compile|--prepare|--wiring]
 	PYTHON=$(PY) bench/gpu.sh $(ARGS)
 
 bench-accuracy: setup ## accuracy benchmark: MODEL's zoo recipe on full SST-5 (2 CPU cores: MiniLM ~20 min, MODEL=all-mpnet-base-v2 ~60 min)

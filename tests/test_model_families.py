@@ -49,6 +49,20 @@ def test_family_forward_backward(family: str) -> None:
     assert sum(len(g["params"]) for g in groups) == len([p for p in net.parameters() if p.requires_grad])
 
 
+@pytest.mark.parametrize("saved_as", [torch.float16, torch.bfloat16])
+def test_a_backbone_saved_in_half_precision_trains_in_fp32(tmp_path, saved_as: torch.dtype) -> None:
+    """Transformers 5 loads a checkpoint in its saved dtype by default: an fp16/bf16 backbone under
+    our fp32 head failed at the first step ("mat1 and mat2 must have the same dtype")."""
+    from transformers import AutoModel
+
+    spec = zoo.families()["bert"]
+    AutoModel.from_config(AutoConfig.for_model(spec["model_type"], **spec["tiny"])).to(saved_as).save_pretrained(tmp_path)
+    net = ReprozooForSequenceClassification.from_backbone(str(tmp_path), "mean", 0.1, {i: str(i) for i in range(5)})
+    assert {p.dtype for p in net.parameters()} == {torch.float32}
+    ids = torch.randint(5, 100, (2, 8))
+    net(ids, torch.ones_like(ids)).logits.sum().backward()
+
+
 def test_pooling_handles_left_and_right_padding() -> None:
     hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)
     right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])

@@ -67,8 +67,10 @@ class ReprozooForSequenceClassification(PreTrainedModel):
     @classmethod
     def from_backbone(cls, backbone_dir: str, pooling: str, dropout: float, id2label: dict[int, str],
                       revision: str | None = None) -> ReprozooForSequenceClassification:
-        """Pretrained backbone weights, freshly initialised head."""
-        backbone = AutoModel.from_pretrained(backbone_dir, revision=revision)
+        """Pretrained backbone weights, freshly initialised head. The weights are loaded as fp32
+        whatever dtype they were saved in (transformers 5 keeps a checkpoint's own by default): the
+        optimiser updates fp32 master weights, and AMP runs the matmuls in bf16/fp16 where asked."""
+        backbone = AutoModel.from_pretrained(backbone_dir, revision=revision, dtype=torch.float32)
         config = ReprozooConfig(backbone=backbone.config, pooling=pooling, classifier_dropout=dropout,
                                 id2label=id2label, label2id={v: k for k, v in id2label.items()})
         return cls(config, backbone=backbone)

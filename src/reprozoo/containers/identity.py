@@ -26,12 +26,12 @@ from reprozoo.provenance import file_sha256, image_env
 
 FLAVOURS = ("cpu", "cuda")
 IMAGE_REPO = "reprozoo"
-# The cpu flavour's default base (the Dockerfile's own default is the CUDA image): the digest as
-# pinned in public Dockerfiles on GitHub (code search, Nov 2026); tests here use a local base instead.
-DEFAULT_BASES: dict[str, str | None] = {
-    "cuda": None,
-    "cpu": "python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b",
-}
+# Both flavours start from the same Debian bookworm + CPython 3.11 base (also the Dockerfile's default):
+# PyPI's CUDA torch brings the CUDA runtime, cuDNN, cuBLAS and NCCL in its nvidia-* wheels and the host
+# brings the driver, so a CUDA base image would only hold a second copy (docs/containers.md). The digest
+# as pinned in public Dockerfiles on GitHub (code search, Nov 2026); tests here use a local base instead.
+PYTHON_BASE = "python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b"
+DEFAULT_BASES: dict[str, str | None] = {"cuda": PYTHON_BASE, "cpu": PYTHON_BASE}
 
 
 class ContainerError(UserError, RuntimeError):
@@ -74,7 +74,7 @@ class ImageSpec:
     """What an image is built from, and the tag those inputs give."""
 
     flavour: str
-    base: str | None  # None: the Dockerfile's default (the pinned CUDA image)
+    base: str | None  # None: the Dockerfile's default (the pinned python:3.11-slim-bookworm)
     version: str
     lock_sha256: str
     dockerfile_sha256: str
