@@ -90,6 +90,22 @@ def local_registry(folder: Path) -> Iterator[str]:
         process.wait(timeout=10)
 
 
+def train_in_image(image: str, data_dir: Path, root: Path, out: str, *train_args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, str]]:
+    """`reprozoo image run --network none -- train --model all-minilm-l6-v2 … --out runs/OUT` with the
+    SST-5 trees, a Hugging Face cache, runs/ and an offline ClearML home under ROOT (nothing of the
+    user's, no server credentials): the process and the environment it ran with."""
+    env = {**os.environ, "CLEARML_CACHE_DIR": str(root / "clearml" / "cache"), "HF_HOME": str(root / "hf"),
+           "REPROZOO_DATA_DIR": str(data_dir), "CLEARML_CONFIG_FILE": str(root / "absent-clearml.conf")}
+    for name in ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY"):
+        env.pop(name, None)
+    result = subprocess.run([sys.executable, "-m", "reprozoo", "image", "run", "--image", image, "--network", "none",
+                             "--data-dir", str(data_dir), "--hf-cache", str(root / "hf"), "--runs-dir", str(root / "runs"),
+                             "--clearml-dir", str(root / "clearml"), "--", "train", "--model", "all-minilm-l6-v2",
+                             *train_args, "--tracking", "offline", "--out", f"runs/{out}"],
+                            capture_output=True, text=True, check=False, env=env)
+    return result, env
+
+
 def free_port_base(count: int, start: int = 20000, stop: int = 60000) -> int:
     """A base port whose COUNT consecutive ports all bind on 127.0.0.1 (pid-spread so that
     concurrent sessions probe different places first)."""

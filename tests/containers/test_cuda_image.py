@@ -7,12 +7,11 @@ Checked: torch's CUDA version is the one the lock's nvidia-cuda-runtime pins; cu
 the CUDA runtime load from the nvidia-* wheels at the versions the lock pins (no driver needed for
 that); `train --gpus` inside falls back to CPU with one line and trains; the run's image.json and
 ClearML record name the flavour, the lock's sha256 and the digest `image push` printed.
-Shares test_docker.py's engine and base fixtures; pushes to a registry of its own.
+Shares test_docker.py's engine, base and registry fixtures (a registry of its own: one per module).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -23,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_docker import LOCAL_BASE, base_image, engine  # noqa: F401 (fixtures shared with the cpu image tests)
+from test_docker import LOCAL_BASE, base_image, engine, registry  # noqa: F401 (fixtures shared with the cpu image tests)
 
-from helpers import local_registry, reprozoo, scratch
+from helpers import reprozoo, scratch, train_in_image
 from reprozoo.containers.build import BuildResult, build_image, download_wheelhouse, normalise_name
 from reprozoo.containers.identity import ContainerError, image_spec, source_state
 from reprozoo.provenance import file_sha256
@@ -129,22 +128,7 @@ def test_cuda_libraries_match_the_lock(engine: Any, built: BuildResult) -> None:
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory, engine: Any) -> Iterator[str]:  # noqa: F811
-    """A registry of this module's own on 127.0.0.1; afterwards the image keeps its content tag, not its refs
-    to the gone registry (the pushed tag and its digest go together: the second removal finds nothing)."""
-    from docker.errors import ImageNotFound
-
-    with scratch(tmp_path_factory, "cuda-registry") as folder, local_registry(folder) as address:
-        yield address
-    for image in engine.images.list():
-        for ref in [*image.tags, *(image.attrs.get("RepoDigests") or [])]:
-            if ref.startswith(f"{address}/"):
-                with contextlib.suppress(ImageNotFound):
-                    engine.images.remove(ref, noprune=True)
-
-
-@pytest.fixture(scope="module")
-def pinned(built: BuildResult, registry: str) -> str:
+def pinned(built: BuildResult, registry: str) -> str:  # noqa: F811 (the imported fixture)
     pushed = reprozoo("image", "push", "--flavour", "cuda", "--base", LOCAL_BASE, "--registry", registry, timeout=1800)
     assert pushed.returncode == 0, pushed.stderr
     reference = pushed.stdout.strip()
@@ -156,16 +140,8 @@ def pinned(built: BuildResult, registry: str) -> str:
 def trained(pinned: str, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """`train --gpus` in the cuda image on this GPU-less host: a 32-example MiniLM run, ClearML offline."""
     with scratch(tmp_path_factory, "cuda-inside") as root:
-        env = {**os.environ, "CLEARML_CACHE_DIR": str(root / "clearml" / "cache"), "HF_HOME": str(root / "hf"),
-               "REPROZOO_DATA_DIR": str(data_dir), "CLEARML_CONFIG_FILE": str(root / "absent-clearml.conf")}
-        for name in ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY"):
-            env.pop(name, None)
-        result = subprocess.run([sys.executable, "-m", "reprozoo", "image", "run", "--image", pinned, "--network", "none",
-                                 "--data-dir", str(data_dir), "--hf-cache", str(root / "hf"), "--runs-dir", str(root / "runs"),
-                                 "--clearml-dir", str(root / "clearml"), "--", "train", "--gpus", "--model", "all-minilm-l6-v2",
-                                 "--limit-train-samples", "32", "--limit-eval-samples", "32", "--max-epochs", "1",
-                                 "--tracking", "offline", "--out", "runs/cuda"],
-                                capture_output=True, text=True, check=False, env=env)
+        result, env = train_in_image(pinned, data_dir, root, "cuda", "--gpus", "--limit-train-samples", "32",
+                                     "--limit-eval-samples", "32", "--max-epochs", "1")
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         yield {"result": result, "run": root / "runs" / "cuda", "env": env}
 

@@ -9,6 +9,7 @@ and the engine's layer cache.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from helpers import local_registry, reprozoo, scratch
+from helpers import local_registry, reprozoo, scratch, train_in_image
 from reprozoo.containers.audit import find_secrets
 from reprozoo.containers.build import BuildResult, build_image, download_wheelhouse
 from reprozoo.containers.engine import client, find_image
@@ -112,16 +113,18 @@ def built(engine: Any, base_image: str, checkout: Path, wheelhouse: Path) -> Bui
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory, engine: Any) -> Iterator[str]:
-    """Debian's docker-registry (distribution 2.8) on 127.0.0.1, storage in a temp folder."""
+    """Debian's docker-registry (distribution 2.8) on 127.0.0.1, storage in a temp folder (one per module)."""
+    from docker.errors import ImageNotFound
+
     with scratch(tmp_path_factory, "registry") as folder, local_registry(folder) as address:
         yield address
-    port = int(address.rpartition(":")[2])
-    # The registry (and its port) are gone: drop the references to it, keep the image and its cache.
+    # The registry (and its port) are gone: drop the references to it, keep the image and its cache. A
+    # pushed tag and its digest can go together, so the second removal may find nothing.
     for image in engine.images.list():
-        refs = [*image.tags, *(image.attrs.get("RepoDigests") or [])]
-        for ref in refs:
-            if ref.startswith(f"127.0.0.1:{port}/"):
-                engine.images.remove(ref, noprune=True)
+        for ref in [*image.tags, *(image.attrs.get("RepoDigests") or [])]:
+            if ref.startswith(f"{address}/"):
+                with contextlib.suppress(ImageNotFound):
+                    engine.images.remove(ref, noprune=True)
 
 
 def test_image_carries_its_identity(engine: Any, built: BuildResult) -> None:
@@ -214,16 +217,8 @@ def inside(engine: Any, built: BuildResult, pinned: str, data_dir: Path,
     pulled.tag("reprozoo", built.ref.split(":", 1)[1])  # keep the content tag for later use
 
     with scratch(tmp_path_factory, "inside") as root:
-        env = {**os.environ, "CLEARML_CACHE_DIR": str(root / "clearml" / "cache"), "HF_HOME": str(root / "hf"),
-               "REPROZOO_DATA_DIR": str(data_dir), "CLEARML_CONFIG_FILE": str(root / "absent-clearml.conf")}
-        for name in ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY"):
-            env.pop(name, None)
-        result = subprocess.run([sys.executable, "-m", "reprozoo", "image", "run", "--image", pinned, "--network", "none",
-                                 "--data-dir", str(data_dir), "--hf-cache", str(root / "hf"), "--runs-dir", str(root / "runs"),
-                                 "--clearml-dir", str(root / "clearml"), "--", "train", "--model", "all-minilm-l6-v2",
-                                 "--limit-train-samples", "200", "--limit-eval-samples", "100", "--max-epochs", "1",
-                                 "--tracking", "offline", "--out", "runs/minilm"],
-                                capture_output=True, text=True, check=False, env=env)
+        result, env = train_in_image(pinned, data_dir, root, "minilm", "--limit-train-samples", "200", "--limit-eval-samples",
+                                     "100", "--max-epochs", "1")
         assert result.returncode == 0, result.stderr[-2000:]
         yield {"result": result, "run": root / "runs" / "minilm", "env": env, "root": root}
 
