@@ -24,7 +24,7 @@ STAMP := $(VENV)/.installed
 
 export REPROZOO_DATA_DIR := $(DATA_DIR)
 
-.PHONY: help setup train repro sweep leaderboard test test-fast lint models data-stats bench bench-quick bench-accuracy bench-gpu lock wheelhouse image push run engine clean \
+.PHONY: help setup train repro sweep leaderboard test test-fast lint models data-stats bench bench-quick bench-startup bench-budget-accuracy bench-accuracy bench-gpu lock wheelhouse image push run engine clean \
 	hpo agent clearml-server pin-clearml
 
 # Containers (docker/Dockerfile): FLAVOUR cpu|cuda, BASE another base image, REGISTRY for push.
@@ -45,7 +45,9 @@ $(STAMP): pyproject.toml envs/cpu.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: a plain `torch` requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -c envs/cpu.txt -e '.[dev]'
+	# dev: the test tools; bench: accelerate, which the benchmark's HF Trainer baselines need (reprozoo and
+	# its images do not). envs/cpu.txt pins both, so this venv is what a record names as envs/cpu.txt.
+	$(PY) -m pip install --quiet -c envs/cpu.txt -e '.[dev,bench]'
 	@touch $@
 
 train: setup ## train MODEL on SST-5 (ClearML offline unless a server is configured); ARGS='--max-epochs 1 ...'
@@ -77,11 +79,17 @@ models: setup ## list the model zoo
 data-stats: setup ## class distribution table + bar chart (class_distribution.png)
 	$(VENV)/bin/reprozoo data stats
 
-bench: setup ## throughput vs HF Trainer (A: pad 128, B: group_by_length) + a real phrase epoch of ours (run 3 in bench/RESULTS.md, with --no-full-epoch: 16 min idle)
+bench: setup ## throughput vs HF Trainer (A: pad 128, B: group_by_length): 8,192 phrases + 2,048 sentences per system, ~10 min idle [ARGS=--full-epoch: + a real phrase epoch of ours]
 	$(PY) bench/throughput.py $(ARGS)
 
-bench-quick: setup ## the same on 1,024 phrases + 512 sentences, projected epoch (234 s on the idle machine)
+bench-quick: setup ## the same on 4,096 phrases + 1,024 sentences (~6 min idle), sized so its ratios predict the full run's
 	$(PY) bench/throughput.py --quick $(ARGS)
+
+bench-startup: setup ## launch -> first optimiser step: a fresh `reprozoo train` vs runs in one process (sweep items, HPO trials), against the import floor (~2 min)
+	$(PY) bench/startup.py $(ARGS)
+
+bench-budget-accuracy: setup ## dev accuracy of token-budget vs fixed batches after the same 6,400 phrases, 3 seeds (~8 min) [ARGS=--lr-scale 2]
+	$(PY) bench/budget_accuracy.py $(ARGS)
 
 bench-gpu: setup ## the device script (needs a GPU; ≤10 min): CUDA stack, timed bf16 MiniLM, determinism, fp16+clip, throughput [ARGS=--compile|--prepare|--wiring]
 	PYTHON=$(PY) bench/gpu.sh $(ARGS)

@@ -21,11 +21,12 @@ Reported per granularity and system: examples/s, real (non-padding) tokens/s, pa
 efficiency, fraction of the loop waiting on data, dev accuracy after the same number of
 examples; ratios ours/A and ours/B; measured fp32 matmul FLOP/s and model FLOP/s utilisation
 (6 × non-embedding params × real tokens + 12 × layers × width × Σ length², fwd+bwd); the
-phrase-epoch time (B over all nodes vs ours over unique spans); ours' time from launching
-`reprozoo train` to the first optimiser step with a warm token cache. Ends with one JSON line.
+phrase-epoch time (B over all nodes vs ours over unique spans, projected from the samples unless
+--full-epoch); ours' time from launching `reprozoo train` to the first optimiser step with a warm
+token cache. Ends with one JSON line.
 
-    python bench/throughput.py --quick            # < 10 min on 2 cores
-    python bench/throughput.py                    # larger samples + a real full phrase epoch of ours
+    python bench/throughput.py --quick            # 4,096 phrases + 1,024 sentences: ~7 min on 2 cores
+    python bench/throughput.py                    # 8,192 + 2,048: ~12 min; --full-epoch adds a real phrase epoch of ours
 """
 
 from __future__ import annotations
@@ -271,22 +272,29 @@ def run_ours(granularity: str, command: list[str], out: Path) -> Result:
                   t["steps"], t["data_wait_seconds"], metrics["dev"]["accuracy"], extra)
 
 
-def warm_token_cache(data_dir: Path, weights: Path, batch_size: int, seed: int) -> None:
-    """Fill ours' token cache for both granularities, so ours is timed with a warm cache."""
+def warm_token_cache(data_dir: Path, weights: Path, batch_size: int, seed: int, limits: dict[str, int | None],
+                     limit_eval: int | None) -> None:
+    """Fill ours' token caches, so ours is timed with a warm cache: the data config `reprozoo train`
+    resolves (the zoo recipe's), for the whole splits (a full epoch) and for each granularity's limited
+    run, whose entry is its own (a limited run tokenizes only what it keeps)."""
+    from dataclasses import replace
+
     from transformers import AutoTokenizer
 
     from reprozoo import zoo
-    from reprozoo.config import DataConfig
+    from reprozoo.config import RunConfig, apply
     from reprozoo.data.module import SST5DataModule
     from reprozoo.data.sst5 import data_fingerprint
 
     tokenizer = AutoTokenizer.from_pretrained(str(weights))
     sha = data_fingerprint(data_dir)
+    recipe = apply(RunConfig(), zoo.recipe(MODEL)).data
     for granularity in ("phrases", "sentences"):
-        module = SST5DataModule(DataConfig(granularity=granularity), data_dir, sha, tokenizer,
-                                zoo.get(MODEL).max_length, batch_size, seed)
-        module.prepare_data()
-        print(f"  token cache {granularity}: {'warm' if module.cache_hit else 'filled now'} ({module.cache_path})", flush=True)
+        for limit, evals in {(None, None), (limits.get(granularity), limit_eval)}:
+            data = replace(recipe, granularity=granularity, limit_train_samples=limit, limit_eval_samples=evals)
+            module = SST5DataModule(data, data_dir, sha, tokenizer, zoo.get(MODEL).max_length, batch_size, seed)
+            module.prepare_data()
+            print(f"  token cache {granularity} (train limit {limit}): {'warm' if module.cache_hit else 'filled now'}", flush=True)
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -308,13 +316,17 @@ def main() -> int:
     shared = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst5" / "trees"  # as the Makefile
     parser.add_argument("--data-dir", default=os.environ.get("REPROZOO_DATA_DIR") or (str(shared) if shared.is_dir() else None))
     parser.add_argument("--out", default="runs/bench-throughput")
-    parser.add_argument("--phrases", type=int, help="training examples per system, phrases (quick 1024, full 8192)")
-    parser.add_argument("--sentences", type=int, help="training examples per system, sentences (quick 512, full 2048)")
+    parser.add_argument("--phrases", type=int, help="training examples per system, phrases (quick 4096, full 8192)")
+    parser.add_argument("--sentences", type=int, help="training examples per system, sentences (quick 1024, full 2048)")
+    parser.add_argument("--a-examples", type=int, default=None,
+                        help="A's sample per granularity (default: an eighth of the others', at least 256): A pads every example "
+                             "to 128 tokens, so its cost per example is the same at any sample size, and at 10 ex/s a full-size "
+                             "sample alone took 13 min")
     parser.add_argument("--batch-size", type=int, default=None, help="nominal batch size for all (default: the zoo's)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate for all (default: the zoo's)")
     parser.add_argument("--max-tokens", type=int, default=2048, help="ours: token budget per batch (0: fixed batch size)")
-    parser.add_argument("--full-epoch", action=argparse.BooleanOptionalAction, default=None,
-                        help="run ours over one whole phrase epoch (default: on unless --quick)")
+    parser.add_argument("--full-epoch", action=argparse.BooleanOptionalAction, default=False,
+                        help="also run ours over one whole phrase epoch (~15 min here) instead of projecting it from the sample")
     parser.add_argument("--systems", default="A,B,ours,ours-fixed",
                         help="subset to run; ours-fixed: ours with a fixed batch size (no token budget), phrases only")
     parser.add_argument("--limit-eval", type=int, default=None, help="smoke tests only: score ours on K dev/test sentences")
@@ -341,9 +353,14 @@ def main() -> int:
     data_dir = resolve_data_dir(args.data_dir)
     batch_size, lr = args.batch_size or entry.batch_size, args.lr or entry.lr
     max_tokens = args.max_tokens or None
-    n = {"phrases": args.phrases or (1024 if args.quick else 8192),
-         "sentences": args.sentences or (512 if args.quick else 2048)}
-    full_epoch = (not args.quick) if args.full_epoch is None else args.full_epoch
+    # Quick is sized so that its ratios predict the full run's (issue 20): at 1,024 phrases ours' token
+    # budget had too few spans to group (padding efficiency 0.80 against 0.96) and 8 steps, the first of
+    # them (2.8 s against a 1.1 s median) a large share of the loop; its ratio to B was 1.21x where the
+    # full run's was 1.89x.
+    n = {"phrases": args.phrases or (4096 if args.quick else 8192),
+         "sentences": args.sentences or (1024 if args.quick else 2048)}
+    n_a = {g: args.a_examples or max(256, n[g] // 8) for g in n}
+    full_epoch = bool(args.full_epoch)
     systems = [s.strip() for s in args.systems.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -374,7 +391,7 @@ def main() -> int:
         hf["dev"] = (hf["dev"][0][: args.limit_eval], hf["dev"][1][: args.limit_eval])
     if len(hf["phrases"][0]) != PHRASE_NODES:
         print(f"note: {len(hf['phrases'][0])} labelled nodes (expected {PHRASE_NODES})", flush=True)
-    warm_token_cache(data_dir, weights, batch_size, args.seed)
+    warm_token_cache(data_dir, weights, batch_size, args.seed, n, args.limit_eval)
 
     results: list[Result] = []
     for granularity in ("phrases", "sentences"):
@@ -382,9 +399,11 @@ def main() -> int:
         for system in systems:
             if system == "ours-fixed" and granularity != "phrases":
                 continue
-            print(f"[{time.time() - started:5.0f}s] {granularity}: {system} on {n[granularity]} examples", flush=True)
+            size = n_a[granularity] if system == "A" else n[granularity]
+            print(f"[{time.time() - started:5.0f}s] {granularity}: {system} on {size} examples", flush=True)
             if system in ("A", "B"):
-                result = run_hf(system, granularity, rows, hf["dev"], weights, batch_size, lr, args.seed, out)
+                subset = sample(hf[granularity], size) if system == "A" else rows
+                result = run_hf(system, granularity, subset, hf["dev"], weights, batch_size, lr, args.seed, out)
             else:
                 run_dir = out / f"{system}-{granularity}"
                 command = ours_command(granularity, n[granularity], data_dir, run_dir, batch_size, lr,
@@ -485,6 +504,7 @@ def main() -> int:
         "ours_evaluation_seconds": ({r.granularity: r.extra["evaluation_seconds"] / max(1, r.extra["evaluations"])
                                      for r in results if r.system == "ours"}),
         "dev_accuracy_phrases": {r.system: r.dev_accuracy for r in results if r.granularity == "phrases" and r.examples == n["phrases"]},
+        "examples": {"A": n_a, "others": n},
         "quick": args.quick,
         "seconds": round(time.time() - started, 1),
     }

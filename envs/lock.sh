@@ -70,13 +70,13 @@ compile colab 3.12 pyproject.toml "${skip[@]}" --constraint "$same"
 compile colab-agent 3.12 envs/colab-agent.in
 rm -f "$same"
 
-# make setup's constraints: the cpu resolution without hashes, plus the dev tools, torch without its
+# make setup's constraints: the cpu resolution without hashes, plus the dev tools and the bench extra, torch without its
 # local version label (make setup installs `torch==2.13.0` from wherever pip finds the CPU build).
 # Seeded like the locks: the old constraints (torch with its label again, as the find-links wheel has it).
 pins=build/cpu-txt.pins
 grep -v '^#' envs/cpu.txt | sed 's/^torch==\([^+]*\)$/torch==\1+cpu/' > "$pins"
 # shellcheck disable=SC2086
-"$UV" pip compile "${common[@]}" --python-version 3.11 --extra dev --no-header --no-annotate \
+"$UV" pip compile "${common[@]}" --python-version 3.11 --extra dev --extra bench --no-header --no-annotate \
     pyproject.toml $TORCH_CPU_SOURCE -o "$pins" >/dev/null
 { head -2 envs/cpu.txt; sed 's/^torch==\(.*\)+cpu$/torch==\1/' "$pins"; } > build/cpu.txt && mv build/cpu.txt envs/cpu.txt
 rm -f "$pins"
