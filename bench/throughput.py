@@ -360,7 +360,6 @@ def main() -> int:
     n = {"phrases": args.phrases or (4096 if args.quick else 8192),
          "sentences": args.sentences or (1024 if args.quick else 2048)}
     n_a = {g: args.a_examples or max(256, n[g] // 8) for g in n}
-    full_epoch = bool(args.full_epoch)
     systems = [s.strip() for s in args.systems.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -395,15 +394,13 @@ def main() -> int:
 
     results: list[Result] = []
     for granularity in ("phrases", "sentences"):
-        rows = sample(hf[granularity], n[granularity])
         for system in systems:
             if system == "ours-fixed" and granularity != "phrases":
                 continue
             size = n_a[granularity] if system == "A" else n[granularity]
             print(f"[{time.time() - started:5.0f}s] {granularity}: {system} on {size} examples", flush=True)
             if system in ("A", "B"):
-                subset = sample(hf[granularity], size) if system == "A" else rows
-                result = run_hf(system, granularity, subset, hf["dev"], weights, batch_size, lr, args.seed, out)
+                result = run_hf(system, granularity, sample(hf[granularity], size), hf["dev"], weights, batch_size, lr, args.seed, out)
             else:
                 run_dir = out / f"{system}-{granularity}"
                 command = ours_command(granularity, n[granularity], data_dir, run_dir, batch_size, lr,
@@ -433,7 +430,7 @@ def main() -> int:
         epoch["B_seconds"] = b.seconds / b.examples * epoch["B_examples"]
         epoch["B_how"] = f"projected from its {b.examples}-node random sample"
     if "ours" in systems:
-        if full_epoch:
+        if args.full_epoch:
             print(f"[{time.time() - started:5.0f}s] phrases: ours, one full epoch", flush=True)
             command = ours_command("phrases", None, data_dir, out / "ours-phrases-epoch", batch_size, lr, max_tokens, args.seed,
                                    args.limit_eval)
