@@ -65,12 +65,21 @@ class Colab:
         # Colab's working folder is /content: the kernel starts there.
         return NotebookClient(nb, km=km, timeout=timeout, resources={"metadata": {"path": str(self.content)}})
 
+    def execute(self, client: NotebookClient) -> None:
+        """Run CLIENT's notebook in a new kernel, then shut that kernel down: nbclient only shuts down
+        kernels it started itself, and this one (our kernel spec) it was handed."""
+        try:
+            client.execute(env=self.env)
+        finally:
+            if client.km is not None and client.km.has_kernel:
+                client.km.shutdown_kernel(now=True)
+
     def run(self, keep: Path, timeout: float = 600, **params: str) -> str:
         """Execute the notebook with PARAMS; returns every cell's text output, in order. The executed
         notebook goes to KEEP/executed.ipynb (a test's tmp_path: kept when the test fails)."""
         client = self.client(timeout, **params)
         try:
-            client.execute(env=self.env)
+            self.execute(client)
         finally:
             nbformat.write(client.nb, keep / "executed.ipynb")
         return outputs(client.nb)

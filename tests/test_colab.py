@@ -71,7 +71,7 @@ def test_train_mode_runs_a_short_real_run_and_shows_its_record(colab: Colab, tmp
 def test_the_placeholder_repo_url_fails_in_one_line_naming_the_fix(colab: Colab) -> None:
     client = colab.client(120, REPO_URL="https://github.com/OWNER/reprozoo")
     with pytest.raises(CellExecutionError) as failed:
-        client.execute(env=colab.env)
+        colab.execute(client)
     assert failed.value.ename == "SystemExit"
     assert failed.value.evalue == ("REPO_URL is not set: type the git URL of reprozoo (or your fork) into the Parameters form,"
                                    " e.g. https://github.com/<you>/reprozoo, and run again")

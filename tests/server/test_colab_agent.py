@@ -68,7 +68,7 @@ def test_agent_mode_serves_a_queued_task_to_completion(clearml_server: Any, data
 
     def notebook() -> None:
         try:
-            client.execute(env=colab.env)
+            colab.execute(client)
         except BaseException as err:  # handed to the test, which fails with it
             failures.append(err)
 
