@@ -85,7 +85,7 @@ bench: setup ## throughput vs HF Trainer (A: pad 128, B: group_by_length): 8,192
 bench-quick: setup ## the same on 4,096 phrases + 1,024 sentences (~6 min idle), sized so its ratios predict the full run's
 	$(PY) bench/throughput.py --quick $(ARGS)
 
-bench-startup: setup ## launch -> first optimiser step: a fresh `reprozoo train` vs runs in one process (sweep items, HPO trials), against the import floor (~2 min)
+bench-startup: setup ## launch -> first optimiser step: a fresh `reprozoo train`, the same served by `reprozoo worker`, runs in one process (sweep items, HPO trials), against the import floor (~3 min)
 	$(PY) bench/startup.py $(ARGS)
 
 bench-budget-accuracy: setup ## dev accuracy of token-budget vs fixed batches after the same 6,400 phrases, 3 seeds (~8 min) [ARGS=--lr-scale 2]

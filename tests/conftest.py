@@ -30,7 +30,7 @@ UNIT_SECONDS = {"agents": 2200, "tests/test_resume.py": 1770, "docker": 1490, "s
                 "tests/test_mpnet.py": 470, "tests/test_cli.py": 390, "tests/test_devices.py": 310,
                 "tests/test_run_claims.py": 280, "tests/test_repro.py": 270, "tests/test_records_e2e.py": 260,
                 "tests/test_sweep.py": 240, "tests/test_readme.py": 240, "tests/test_train_e2e.py": 230,
-                "tests/test_concurrency.py": 230, "tests/test_hpo.py": 190, "tests/test_colab.py": 80}
+                "tests/test_concurrency.py": 230, "tests/test_hpo.py": 190, "tests/test_worker.py": 100, "tests/test_colab.py": 80}
 
 
 def lane(nodeid: str) -> str:

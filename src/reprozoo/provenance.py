@@ -299,7 +299,7 @@ def lock_differences(path: Path, limit: int = 20) -> list[str]:
     from packaging.utils import canonicalize_name
     from packaging.version import InvalidVersion, Version
 
-    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
+    installed = {canonicalize_name(name): version for name, version, _ in installed_distributions() if name}
     differences: list[str] = []
     text = path.read_bytes()[:MAX_LOCK_BYTES].decode("utf-8", "replace")
     for raw in text.splitlines():
@@ -325,19 +325,28 @@ def lock_differences(path: Path, limit: int = 20) -> list[str]:
     return differences
 
 
+def installed_distributions() -> list[tuple[str | None, str | None, metadata.Distribution]]:
+    """(name, version, distribution) of each installed distribution, its METADATA parsed once: each
+    `dist.metadata` and `dist.version` parses the whole file again (~1 ms each, 137 distributions)."""
+    found = []
+    for dist in metadata.distributions():
+        fields = dist.metadata
+        found.append((fields["Name"], fields["Version"], dist))
+    return found
+
+
 def pip_freeze() -> str:
     """Every installed distribution as name==version (what `pip freeze` lists), without pip:
     uv-made environments have no pip module. Direct-URL installs keep their URL, credentials masked."""
     lines = []
-    for dist in metadata.distributions():
-        name = dist.metadata["Name"]
+    for name, version, dist in installed_distributions():
         if not name:
             continue
         direct = dist.read_text("direct_url.json")
         if direct and json.loads(direct).get("dir_info", {}).get("editable"):
-            lines.append(f"# editable: {name}=={dist.version}")
+            lines.append(f"# editable: {name}=={version}")
         else:
-            lines.append(f"{name}=={dist.version}")
+            lines.append(f"{name}=={version}")
     return redact("\n".join(sorted(set(lines), key=str.lower)) + "\n")
 
 
