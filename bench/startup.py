@@ -61,7 +61,7 @@ def worker(root: Path) -> Iterator[dict[str, str]]:
             time.sleep(0.2)
         yield {**os.environ, "REPROZOO_WORKER": str(sock)}
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
 
 

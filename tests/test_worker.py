@@ -41,7 +41,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator
                 time.sleep(0.2)
             yield sock, env
         finally:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
         assert "stopped" in log.read_text() and not sock.exists(), log.read_text()
 
@@ -120,3 +120,12 @@ def test_a_command_the_worker_cannot_serve_runs_in_its_own_process(served: tuple
                          text=True, env=via(served))
     assert bad.returncode == 2
     assert "running in worker" in bad.stderr and "error: unknown model 'no-such-model'" in bad.stderr
+
+
+def test_a_served_command_runs_in_the_clients_directory_with_its_umask(served: tuple[Path, dict[str, str]],
+                                                                         tmp_path: Path) -> None:
+    """The worker started with umask 022 in the repository; the client's 077 and folder are the run's."""
+    chart = subprocess.run([sys.executable, "-m", "reprozoo", "data", "stats", "--out", "dist.png"], capture_output=True,
+                           text=True, env=via(served), cwd=tmp_path, preexec_fn=lambda: os.umask(0o077))
+    assert chart.returncode == 0 and "running in worker" in chart.stderr, chart.stderr
+    assert (tmp_path / "dist.png").stat().st_mode & 0o777 == 0o600

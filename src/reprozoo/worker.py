@@ -1,7 +1,7 @@
 """A resident worker: `reprozoo` commands that start in a process which has already imported
 torch, Lightning, transformers and ClearML (~7 s of this start-up on 2 cores).
 
-    reprozoo worker                       # serves until Ctrl-C; prints the socket
+    reprozoo worker                       # serves until Ctrl-C or SIGTERM; prints the socket
     export REPROZOO_WORKER=/run/user/1000/reprozoo/worker.sock
     reprozoo train --model …              # runs in a fork of the worker, this terminal's I/O
 
@@ -38,14 +38,17 @@ from pathlib import Path
 from reprozoo.errors import UserError
 
 ENV_VAR = "REPROZOO_WORKER"
-# Set by a shell per command or per terminal; nothing imported reads them.
-VOLATILE_ENV = frozenset({ENV_VAR, "_", "PWD", "OLDPWD", "SHLVL", "COLUMNS", "LINES", "TERM", "SSH_TTY", "WINDOWID"})
+# Set by a shell or a terminal per window or login; nothing imported reads them.
+VOLATILE_ENV = frozenset({ENV_VAR, "_", "PWD", "OLDPWD", "SHLVL", "COLUMNS", "LINES", "TERM", "WINDOWID", "SSH_TTY",
+                          "SSH_CLIENT", "SSH_CONNECTION", "TMUX_PANE", "STY", "WINDOW", "TERM_SESSION_ID",
+                          "ITERM_SESSION_ID", "XDG_SESSION_ID"})
 # What the runner imports on the way to its first step (train's lazy imports included), imported once
 # by the worker. Module names, not imports: the worker sits above train in the import layers.
 PRELOAD = ("torch", "lightning.pytorch", "transformers", "transformers.modeling_utils", "safetensors.torch",
            "clearml", "matplotlib.backends.backend_agg", "reprozoo.cli", "reprozoo.train", "reprozoo.model",
            "reprozoo.modeling_reprozoo", "reprozoo.data.module", "reprozoo.resume", "reprozoo.tracking",
            "reprozoo.progress", "reprozoo.metrics", "reprozoo.pruning", "reprozoo.containers.identity")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 MAX_REQUEST = 4 << 20  # argv + environment; a bigger request is refused unread
 HEADER = struct.Struct("!I")
 
@@ -59,6 +62,8 @@ class Request:
     argv: list[str]
     cwd: str
     env: dict[str, str]
+    umask: int
+    ignored_signals: list[int]  # what the client's shell ignores (a background job's SIGINT) the run ignores
     fingerprint: str
 
 
@@ -113,7 +118,11 @@ def hand_over(argv: list[str]) -> int | None:
         sock.close()
         _say(f"no worker on {path} ({err.strerror or err}); running here (start one with `reprozoo worker`)")
         return None
-    request = Request(argv=list(argv), cwd=os.getcwd(), env=dict(os.environ), fingerprint=fingerprint())
+    umask = os.umask(0o022)
+    os.umask(umask)
+    ignored = [int(s) for s in STOP_SIGNALS if signal.getsignal(s) == signal.SIG_IGN]
+    request = Request(argv=list(argv), cwd=os.getcwd(), env=dict(os.environ), umask=umask, ignored_signals=ignored,
+                      fingerprint=fingerprint())
     payload = json.dumps(request.__dict__).encode()
     with sock:
         try:
@@ -127,17 +136,18 @@ def hand_over(argv: list[str]) -> int | None:
             why = reply["refused"] if reply else "it closed the connection"
             _say(f"the worker on {path} cannot run this: {why}; running here")
             return None
-        return _follow(sock, int(reply["pid"]))
+        return _follow(sock, int(reply["pid"]), ignored)
 
 
-def _follow(sock: socket.socket, pid: int) -> int:
+def _follow(sock: socket.socket, pid: int, ignored: list[int]) -> int:
     """Wait for the runner's exit, passing on the signals that stop a run."""
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
 
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, forward)
+    for signum in STOP_SIGNALS:
+        if signum not in ignored:
+            signal.signal(signum, forward)
     reply = _read_line(sock)
     if reply is None:
         _say(f"the worker's session for runner {pid} ended without its exit status")
@@ -149,7 +159,7 @@ def _follow(sock: socket.socket, pid: int) -> int:
 
 
 def serve(path: Path) -> Request | None:
-    """Import, then serve commands on PATH until SIGINT/SIGTERM (returns None). In a runner, a fork of
+    """Import, then serve commands on PATH until SIGTERM or SIGINT (returns None). In a runner, a fork of
     this process that has taken over a client's command, it returns that command's Request instead."""
     if not hasattr(os, "pidfd_open"):
         raise WorkerError("`reprozoo worker` needs Linux (it waits on its runs with pidfd_open); run commands without it")
@@ -168,6 +178,8 @@ def serve(path: Path) -> Request | None:
     _say(f"worker {os.getpid()} ready on {path} (imports {time.perf_counter() - began:.1f} s); in a shell with this "
          f"environment: export {ENV_VAR}={path}")
     previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # sessions reap themselves
+    # SIGTERM stops it, as it stops a service; SIGINT (Ctrl-C) too, unless it was started ignoring SIGINT
+    # (a background job of a script), as Python leaves it then.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     server = os.getpid()
     try:
@@ -237,8 +249,9 @@ def _session(conn: socket.socket, served_env: dict[str, str], served_fingerprint
             for fd in fds:
                 os.close(fd)
             conn.close()
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            for signum in STOP_SIGNALS:  # as a new process would start
+                default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+                signal.signal(signum, signal.SIG_IGN if signum in request.ignored_signals else default)
             return request
         for fd in fds:
             os.close(fd)
@@ -271,9 +284,10 @@ def _wait(conn: socket.socket, runner: int) -> int:
 
 
 def _adopt(request: Request, imported_env: dict[str, str]) -> None:
-    """The runner becomes the client's command: its directory, environment (with what the imports set),
-    argv and std streams."""
+    """The runner becomes the client's command: its directory, umask, environment (with what the imports
+    set), argv and std streams."""
     os.chdir(request.cwd)
+    os.umask(request.umask)
     os.environ.clear()
     os.environ.update(request.env)
     os.environ.update(imported_env)
@@ -301,7 +315,8 @@ def _receive(conn: socket.socket) -> tuple[Request, list[int]]:
     conn.settimeout(None)
     data = json.loads(body)
     request = Request(argv=[str(a) for a in data["argv"]], cwd=str(data["cwd"]),
-                      env={str(k): str(v) for k, v in dict(data["env"]).items()}, fingerprint=str(data["fingerprint"]))
+                      env={str(k): str(v) for k, v in dict(data["env"]).items()}, umask=int(data["umask"]) & 0o777,
+                      ignored_signals=[int(n) for n in data["ignored_signals"]][:8], fingerprint=str(data["fingerprint"]))
     return request, fds
 
 

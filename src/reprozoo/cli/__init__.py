@@ -356,7 +356,7 @@ def serve_worker(
 ) -> None:
     """Keep torch, Lightning, transformers and ClearML imported, and run the `reprozoo` commands of
     shells that set REPROZOO_WORKER to its socket in forks of this process (~7 s less start-up each).
-    Serves commands from an environment like its own; others run in their own process. Ctrl-C stops it."""
+    Serves commands from an environment like its own; others run in their own process. Ctrl-C or SIGTERM stops it."""
     request = call(lambda: worker.serve(socket or worker.default_socket()))
     if request is not None:
         raise RunnerAdopted
