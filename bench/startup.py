@@ -15,16 +15,15 @@ step, each in-process run's call -> first step, and the in-process/fresh ratio. 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
+
+from reprozoo import worker
 
 MODEL = "all-minilm-l6-v2"
 IMPORTS = "import torch, lightning.pytorch, transformers, clearml, reprozoo.train"
@@ -45,24 +44,6 @@ def fresh(data_dir: str, out: Path, seed: int, env: dict[str, str] | None = None
     if env and "running in worker" not in done.stderr:
         raise SystemExit(f"the worker did not run it:\n{done.stderr[-2000:]}")
     return json.loads((out / "timing.json").read_text())["throughput"]["first_step_unix"] - launched
-
-
-@contextlib.contextmanager
-def worker(root: Path) -> Iterator[dict[str, str]]:
-    """`reprozoo worker` on a socket under ROOT, started with this environment; yields a client's."""
-    sock, log = root / "w.sock", root / "worker.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "reprozoo", "worker", "--socket", str(sock)], stdout=out,
-                                stderr=subprocess.STDOUT)
-    try:
-        while "ready on" not in log.read_text():
-            if proc.poll() is not None:
-                raise SystemExit(f"the worker did not start:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield {**os.environ, "REPROZOO_WORKER": str(sock)}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
 
 
 def import_floor() -> float:
@@ -111,7 +92,8 @@ def main() -> int:
     floors = [import_floor() for _ in range(args.repeats)]
     launches = [fresh(args.data_dir, root / f"fresh-{i}", 42 + i) for i in range(args.repeats)]
     os.environ.pop("REPROZOO_WORKER", None)
-    with worker(root) as client_env:
+    with worker.started(root / "w.sock", root / "worker.log"):
+        client_env = {**os.environ, "REPROZOO_WORKER": str(root / "w.sock")}
         forked = [fresh(args.data_dir, root / f"worker-{i}", 42 + i, client_env) for i in range(args.repeats)]
     served = in_process(args.data_dir, root, runs=3)
     floor, launch, via_worker = statistics.median(floors), statistics.median(launches), statistics.median(forked)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from helpers import isolate_clearml, scratch
+from reprozoo import worker
 from reprozoo.resume import LAST
 from test_resume import train_args, wait_for_checkpoints
 
@@ -29,20 +30,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator
         mp.setenv("REPROZOO_DATA_DIR", str(data_dir))
         mp.delenv("REPROZOO_WORKER", raising=False)
         env = dict(os.environ)
-        sock = root / "w.sock"
-        log = root / "worker.log"
-        with open(log, "w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "reprozoo", "worker", "--socket", str(sock)], stdout=out,
-                                    stderr=subprocess.STDOUT, env=env)
-        try:
-            deadline = time.time() + 180
-            while "ready on" not in log.read_text():
-                assert proc.poll() is None and time.time() < deadline, log.read_text()
-                time.sleep(0.2)
+        sock, log = root / "w.sock", root / "worker.log"
+        with worker.started(sock, log, env):
             yield sock, env
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
         assert "stopped" in log.read_text() and not sock.exists(), log.read_text()
 
 

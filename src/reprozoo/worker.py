@@ -30,8 +30,10 @@ import select
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,6 +206,25 @@ def serve(path: Path) -> Request | None:
             with contextlib.suppress(OSError):
                 listener.close()
                 path.unlink()
+
+
+@contextlib.contextmanager
+def started(path: Path, log: Path, env: Mapping[str, str] | None = None, timeout: float = 180) -> Iterator[subprocess.Popen]:
+    """`reprozoo worker --socket PATH` in a new process (its output in LOG), once it serves; stopped with
+    SIGTERM afterwards, which it handles also when started ignoring SIGINT. For scripts and tests."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "reprozoo", "worker", "--socket", str(path)], stdout=out,
+                                stderr=subprocess.STDOUT, env=None if env is None else dict(env))
+    try:
+        deadline = time.monotonic() + timeout
+        while "ready on" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise WorkerError(f"the worker on {path} did not start in {timeout:.0f} s: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
 
 
 def _listen(path: Path) -> socket.socket:

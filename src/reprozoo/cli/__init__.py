@@ -372,12 +372,10 @@ def main() -> None:
     if code is not None:
         sys.exit(code)
     log_setup()
-    while True:
-        try:
-            _run()
-            return
-        except RunnerAdopted:
-            continue
+    try:
+        _run()
+    except RunnerAdopted:  # this process is a worker's fork, now the client's command: run it
+        _run()
 
 
 def _run() -> None:
