@@ -25,7 +25,7 @@ STAMP := $(VENV)/.installed
 export REPROZOO_DATA_DIR := $(DATA_DIR)
 
 .PHONY: help setup train repro sweep leaderboard test test-fast lint models data-stats bench bench-quick bench-startup bench-budget-accuracy bench-accuracy bench-gpu lock wheelhouse image push run engine clean \
-	hpo agent clearml-server pin-clearml
+	hpo agent clearml-server clearml-server-down pin-clearml
 
 # Containers (docker/Dockerfile): FLAVOUR cpu|cuda, BASE another base image, REGISTRY for push.
 FLAVOUR ?= cpu
@@ -63,11 +63,11 @@ sweep: setup ## train MODELS (all | family:<f> | a,b,c) here, one after another;
 leaderboard: setup ## every finished run, best test accuracy first → leaderboard/ (md, csv, html, png); ARGS='--server --project P'
 	$(VENV)/bin/reprozoo leaderboard $(ARGS)
 
-test: setup ## run the whole test suite (what CI runs), in TEST_WORKERS processes
-	$(TEST_ENV) $(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)
+test: setup ## run the whole test suite (what CI runs), in TEST_WORKERS processes; the server tests need REPROZOO_TEST_CLEARML_CONF or the images of `make clearml-server`, else they skip and say why
+	$(TEST_ENV) $(PY) -m pytest -q -rs $(XDIST) $(PYTEST_ARGS)
 
 test-fast: setup ## the suite without slow tests
-	$(TEST_ENV) $(PY) -m pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -q -rs -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 lint: setup ## ruff, and lint-imports: the layers and no import cycle (pyproject.toml [tool.importlinter])
 	$(VENV)/bin/ruff check src tests bench
@@ -85,7 +85,7 @@ bench: setup ## throughput vs HF Trainer (A: pad 128, B: group_by_length): 8,192
 bench-quick: setup ## the same on 4,096 phrases + 1,024 sentences (~6 min idle), sized so its ratios predict the full run's
 	$(PY) bench/throughput.py --quick $(ARGS)
 
-bench-startup: setup ## launch -> first optimiser step: a fresh `reprozoo train`, the same served by `reprozoo worker`, runs in one process (sweep items, HPO trials), against the import floor (~3 min)
+bench-startup: setup ## launch -> first optimiser step: a fresh `reprozoo train`, runs in one process (sweep items, HPO trials), against the import floor (~3 min)
 	$(PY) bench/startup.py $(ARGS)
 
 bench-budget-accuracy: setup ## dev accuracy of token-budget vs fixed batches after the same 6,400 phrases, 3 seeds (~8 min) [ARGS=--lr-scale 2]
@@ -125,10 +125,13 @@ IMAGE ?= $(REPROZOO_IMAGE)
 GPUS ?= all
 AGENT ?=
 AGENT_VENV ?= .agent-venv
-# The agent's settings (docker/clearml/agent.conf); another file for another setup (e.g. tests/server: a local server).
+# The agent's settings (docker/clearml/agent.conf); another file for another setup (e.g. a test setup).
 AGENT_CONF ?= $(CLEARML_DIR)/agent.conf
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 CLEARML_DIR := docker/clearml
+# The server's settings (a copy of env.example); the server tests hand in one of their own.
+CLEARML_ENV ?= $(CLEARML_DIR)/.env
+CLEARML_COMPOSE = $(COMPOSE) --env-file $(abspath $(CLEARML_ENV)) -f $(CLEARML_DIR)/docker-compose.yml
 
 hpo: setup ## search MODEL's hyperparameters by dev macro-F1: SPACE='lr=1e-5:1e-4:log,…' TRIALS=10 [QUEUE=gpu: on agents] ARGS='…'
 	$(VENV)/bin/reprozoo hpo --model $(MODEL) --space '$(SPACE)' --trials $(TRIALS) \
@@ -143,12 +146,15 @@ agent: ## serve QUEUE (default gpu) from this GPU host: clearml-agent (envs/cola
 	CLEARML_CONFIG_FILE=$(abspath $(AGENT_CONF)) $(AGENT_VENV)/bin/clearml-agent daemon --queue $(QUEUE) \
 	    --create-queue --docker $(IMAGE) --gpus $(GPUS) --force-current-version --foreground
 
-clearml-server: ## self-hosted ClearML server (docker/clearml/docker-compose.yml, settings in docker/clearml/.env); AGENT=1 adds a GPU agent
-	@test -f $(CLEARML_DIR)/.env || { echo "make clearml-server: copy $(CLEARML_DIR)/env.example to $(CLEARML_DIR)/.env and fill it in" >&2; exit 2; }
-	@set -a; . $(CLEARML_DIR)/.env; set +a; test -z "$(AGENT)" || { test -n "$$REPROZOO_IMAGE" && test -n "$$CLEARML_HOST_IP" && \
+clearml-server: ## self-hosted ClearML server (docker/clearml/docker-compose.yml, settings in CLEARML_ENV=docker/clearml/.env); AGENT=1 adds a GPU agent
+	@test -f $(CLEARML_ENV) || { echo "make clearml-server: copy $(CLEARML_DIR)/env.example to $(CLEARML_ENV) and fill it in" >&2; exit 2; }
+	@set -a; . $(CLEARML_ENV); set +a; test -z "$(AGENT)" || { test -n "$$REPROZOO_IMAGE" && test -n "$$CLEARML_HOST_IP" && \
 	    test -n "$$CLEARML_AGENT_ACCESS_KEY" && test -n "$$CLEARML_AGENT_SECRET_KEY"; } || \
-	    { echo "make clearml-server AGENT=1: set REPROZOO_IMAGE, CLEARML_HOST_IP, CLEARML_AGENT_ACCESS_KEY, CLEARML_AGENT_SECRET_KEY in $(CLEARML_DIR)/.env" >&2; exit 2; }
-	$(if $(AGENT),COMPOSE_PROFILES=agent) $(COMPOSE) -f $(CLEARML_DIR)/docker-compose.yml up -d $(if $(AGENT),--build)
+	    { echo "make clearml-server AGENT=1: set REPROZOO_IMAGE, CLEARML_HOST_IP, CLEARML_AGENT_ACCESS_KEY, CLEARML_AGENT_SECRET_KEY in $(CLEARML_ENV)" >&2; exit 2; }
+	$(if $(AGENT),COMPOSE_PROFILES=agent) $(CLEARML_COMPOSE) up -d $(if $(AGENT),--build)
+
+clearml-server-down: ## stop the server `make clearml-server` started (its data stay in CLEARML_DATA)
+	$(CLEARML_COMPOSE) --profile agent down
 
 pin-clearml: ## pin every image of docker/clearml/ by digest (docker buildx imagetools inspect; needs registry access)
 	$(PYTHON) $(CLEARML_DIR)/pin_images.py

@@ -1,19 +1,21 @@
 """What uploading each resume checkpoint to the task's storage costs (issue 18): per model, two runs
-of the real `reprozoo train` CLI with identical settings against a cold local ClearML server (the kit
-in ../shared/clearml-server, started on a free port base and stopped at the end, also on failure), one
-with the uploads (`--tracking server`, the default) and one with `--set tracking.upload_checkpoints=false`.
+of the real `reprozoo train` CLI with identical settings against the server the server tests take
+(tests/clearml_server.py: REPROZOO_TEST_CLEARML_CONF, else `make clearml-server` where Docker has its
+images; else one line saying none is configured), in a project of its own, one with the uploads (`--tracking server`, the default) and one with `--set tracking.upload_checkpoints=false`.
 The order alternates from model to model (off, on; then on, off; ...). Prints a table and ends with one
 JSON line; `--json FILE` writes the same numbers.
 
-    python bench/checkpoint_upload.py [--models all-minilm-l6-v2,all-mpnet-base-v2] [--repeats 1]
-                                      [--train-samples N --checkpoint-every K] [--json FILE] [--home DIR]
+    REPROZOO_TEST_CLEARML_CONF=/path/clearml.conf python bench/checkpoint_upload.py
+        [--models all-minilm-l6-v2,all-mpnet-base-v2] [--repeats 1] [--train-samples N --checkpoint-every K]
+        [--json FILE] [--home DIR] [--fileserver-pid PID]
 
 Per model: the checkpoint's size, how many were uploaded ("stored") of those written, the mean upload
 seconds per checkpoint (sha256 + upload + registering, task.json's `checkpoint_uploads.attempts`),
 train_seconds (timing.json: `trainer.fit`) with and without uploads, the overhead per checkpoint
 (train_on - train_off) / checkpoints written, and the ratio train_on / train_off. Also the wall seconds
 of each run (the last checkpoint's upload ends after fit, so it shows there and not in train_seconds),
-the CPU seconds the run used, and those the fileserver used while receiving.
+the CPU seconds the run used, and (`--fileserver-pid`, a fileserver on this machine) those the
+fileserver used while receiving.
 
 Each run: `--limit-eval-samples 32 --max-length 32 --batch-size 8 --max-epochs 1 --checkpoint-every K
 --set trainer.val_check_interval=1.0`, so last.ckpt is written every K optimiser steps and once more
@@ -26,6 +28,7 @@ cache, so the two timed runs of a model start alike. Run directories are deleted
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -39,14 +42,13 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-KIT = Path(os.environ.get("REPROZOO_CLEARML_SERVER_KIT") or REPO.parent / "shared" / "clearml-server")
 # train samples, checkpoint every K steps: 5 checkpoints each; MPNet's runs under ~4 min on a 2-core CPU.
 SIZES = {"all-minilm-l6-v2": (1600, 40), "all-mpnet-base-v2": (960, 24)}
 COMMON = ["--limit-eval-samples", "32", "--max-length", "32", "--batch-size", "8", "--max-epochs", "1",
           "--set", "trainer.val_check_interval=1.0"]
 OFF = ["--set", "tracking.upload_checkpoints=false"]
 sys.path.insert(0, str(REPO / "tests"))
-from helpers import free_port_base  # noqa: E402  (the tests' probe for the kit's consecutive ports)
+from clearml_server import server_for_bench  # noqa: E402
 
 
 def reprozoo(env: dict[str, str], args: list[str], log: Path) -> None:
@@ -58,9 +60,11 @@ def reprozoo(env: dict[str, str], args: list[str], log: Path) -> None:
                          f"{log.read_text(errors='replace')[-3000:]}")
 
 
-def process_cpu_seconds(pid_file: Path) -> float:
-    """utime + stime of a running process (the fileserver), from /proc."""
-    fields = Path(f"/proc/{pid_file.read_text().strip()}/stat").read_text().rsplit(")", 1)[1].split()
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """utime + stime of a running process (the fileserver), from /proc; None when none was named."""
+    if pid is None:
+        return None
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -70,13 +74,15 @@ def children_cpu_seconds() -> float:
 
 
 def timed_run(env: dict[str, str], model: str, uploads: bool, samples: int, every: int, out: Path,
-              fileserver_pid: Path, log: Path) -> dict[str, Any]:
+              fileserver_pid: int | None, log: Path, project: str) -> dict[str, Any]:
     argv = ["train", "--model", model, "--tracking", "server", "--limit-train-samples", str(samples),
-            "--checkpoint-every", str(every), *COMMON, *([] if uploads else OFF), "--out", str(out)]
+            "--checkpoint-every", str(every), *COMMON, *([] if uploads else OFF), "--out", str(out),
+            "--set", f"tracking.project={project}"]
     load_before, cpu_before, files_before = os.getloadavg()[0], children_cpu_seconds(), process_cpu_seconds(fileserver_pid)
     started = time.monotonic()
     reprozoo(env, argv, log)
     wall = time.monotonic() - started
+    files_after = process_cpu_seconds(fileserver_pid)
     timing = json.loads((out / "timing.json").read_text())
     task = json.loads((out / "task.json").read_text())
     attempts = (task.get("checkpoint_uploads") or {}).get("attempts", [])
@@ -88,7 +94,7 @@ def timed_run(env: dict[str, str], model: str, uploads: bool, samples: int, ever
     result = {
         "uploads": uploads, "train_seconds": round(timing["train_seconds"], 2), "wall_seconds": round(wall, 1),
         "cpu_seconds": round(children_cpu_seconds() - cpu_before, 1),
-        "fileserver_cpu_seconds": round(process_cpu_seconds(fileserver_pid) - files_before, 1),
+        "fileserver_cpu_seconds": None if files_after is None else round(files_after - files_before, 1),
         "steps": (timing.get("throughput") or {}).get("steps"),
         "median_step_seconds": round((timing.get("throughput") or {}).get("median_step_seconds") or 0.0, 3),
         "checkpoint_writes": timing.get("checkpoint_writes"),
@@ -149,30 +155,29 @@ def main() -> int:
     parser.add_argument("--data-dir", default=os.environ.get("REPROZOO_DATA_DIR") or str(REPO.parent / "shared/data/sst5/trees"))
     parser.add_argument("--home", help="HOME for the runs (weights and caches; default: a temporary one, removed)")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--fileserver-pid", type=int, help="the fileserver's process on this machine: its CPU seconds too")
     args = parser.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
 
     root = Path(tempfile.mkdtemp(prefix="checkpoint-upload-"))
-    state = root / "server"
     home = Path(args.home).resolve() if args.home else root / "home"
     home.mkdir(parents=True, exist_ok=True)
     log = root / "reprozoo.log"
     results: list[dict[str, Any]] = []
+    stack = contextlib.ExitStack()
     try:
-        port_base = free_port_base(6)
-        subprocess.run([str(KIT / "start.sh"), str(state)], check=True, capture_output=True,
-                       env={**os.environ, "CLEARML_LOCAL_PORT_BASE": str(port_base)})
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CLEARML_API_")}
-        env.update(CLEARML_CONFIG_FILE=str(state / "clearml.conf"), HOME=str(home), HF_HUB_OFFLINE="1",
-                   REPROZOO_DATA_DIR=args.data_dir, TOKENIZERS_PARALLELISM="false")
-        print(f"server on 127.0.0.1:{port_base}..{port_base + 5}, HOME={home}, log {log}", file=sys.stderr, flush=True)
+        server = stack.enter_context(server_for_bench("bench/checkpoint_upload.py"))
+        env = server.env()
+        env.update(HOME=str(home), HF_HUB_OFFLINE="1", REPROZOO_DATA_DIR=args.data_dir, TOKENIZERS_PARALLELISM="false")
+        print(f"ClearML server {server.version} at {server.api_url}, project {server.project}, HOME={home}, log {log}",
+              file=sys.stderr, flush=True)
         # Outside the timings: weights, the data version, each model's tokenisation cache.
         for model in models:
             started = time.monotonic()
             subprocess.run([sys.executable, "-c", "import sys; from reprozoo import zoo; zoo.resolve_weights(zoo.get(sys.argv[1]))",
                             model], env=env, check=True, capture_output=True)
             print(f"{model}: weights in place ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
-        reprozoo(env, ["data", "version", "--tracking", "server", "--data-dir", args.data_dir], log)
+        reprozoo(env, ["data", "version", "--tracking", "server", "--data-dir", args.data_dir, "--project", server.project], log)
         for model in models:
             samples = args.train_samples or SIZES.get(model, (1600, 40))[0]
             reprozoo(env, ["train", "--model", model, "--tracking", "off", "--fast-dev-run",
@@ -186,7 +191,7 @@ def main() -> int:
             for i in range(args.repeats):
                 for uploads in ((False, True) if pair % 2 == 0 else (True, False)):
                     run = timed_run(env, model, uploads, samples, every, root / f"{model}-{i}-{uploads}",
-                                    state / "run" / "files.pid", log)
+                                    args.fileserver_pid, log, server.project)
                     runs.append(run)
                     print(f"{model} uploads {'on ' if uploads else 'off'}: train {run['train_seconds']:.1f} s, wall"
                           f" {run['wall_seconds']:.1f} s, {run['stored']} of {run['checkpoints']} checkpoints stored,"
@@ -194,8 +199,8 @@ def main() -> int:
                 pair += 1
             results.append(summarise(model, samples, every, runs))
     finally:
-        subprocess.run([str(KIT / "stop.sh"), str(state)], check=False, capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)  # the server's state, run directories, and HOME unless --home
+        stack.close()
+        shutil.rmtree(root, ignore_errors=True)  # run directories, and HOME unless --home
     print(table(results))
     summary = {"results": results, "repeats": args.repeats, "cpu_count": os.cpu_count(),
                "load_average_1min_end": round(os.getloadavg()[0], 1)}

@@ -15,10 +15,10 @@ from helpers import isolate_clearml
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TREES = REPO.parent / "shared" / "data" / "sst5" / "trees"
 # Longest prefix first: the docker-mode agent tests build the container tests' image (one engine
-# layer cache) and go with them; each unit starts the ClearML server it needs in its own worker.
-# The venv-mode agent tests and the preemption tests (real agents, runs killed and resumed) are units
-# of their own, each with its own server: together with the other server tests they were one
-# worker's 55 minutes.
+# layer cache) and go with them. The venv-mode agent tests and the preemption tests (real agents, runs
+# killed and resumed) are units of their own: together with the other server tests they were one
+# worker's 55 minutes. Every worker uses the one server provided (tests/clearml_server.py), each in a
+# namespace of its own.
 SERVICE_UNITS = {"tests/server/test_agents_docker.py": "docker", "tests/server/test_preemption.py": "preemption",
                  "tests/server/test_agents.py": "agents", "tests/server/": "server", "tests/containers/": "docker"}
 # Seconds each long unit took in a fresh-clone CI run (3 workers on 2 cores, REPROZOO_TEST_TIMELINE),
@@ -30,7 +30,7 @@ UNIT_SECONDS = {"agents": 2200, "tests/test_resume.py": 1770, "docker": 1490, "s
                 "tests/test_mpnet.py": 470, "tests/test_cli.py": 390, "tests/test_devices.py": 310,
                 "tests/test_run_claims.py": 280, "tests/test_repro.py": 270, "tests/test_records_e2e.py": 260,
                 "tests/test_sweep.py": 240, "tests/test_readme.py": 240, "tests/test_train_e2e.py": 230,
-                "tests/test_concurrency.py": 230, "tests/test_hpo.py": 190, "tests/test_worker.py": 100, "tests/test_colab.py": 80}
+                "tests/test_concurrency.py": 230, "tests/test_hpo.py": 190, "tests/test_colab.py": 80}
 
 
 def lane(nodeid: str) -> str:

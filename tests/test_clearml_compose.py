@@ -37,9 +37,10 @@ def test_the_server_services_follow_upstream_and_the_agent_is_optional() -> None
     assert set(services) == {"apiserver", "webserver", "fileserver", "async_delete", "mongo", "elasticsearch", "redis", "agent"}
     assert [s for s, spec in services.items() if spec.get("profiles")] == ["agent"]  # `up` alone starts the server only
     api = services["apiserver"]
-    assert api["command"] == ["apiserver"] and api["ports"] == ["8008:8008"]
+    assert api["command"] == ["apiserver"] and api["ports"] == ["${CLEARML_API_PORT:-8008}:8008"]
     assert api["environment"]["CLEARML_MONGODB_SERVICE_HOST"] == "mongo"  # the YAML merge key was applied
-    assert services["webserver"]["ports"] == ["8080:80"] and services["fileserver"]["ports"] == ["8081:8081"]
+    assert services["webserver"]["ports"] == ["${CLEARML_WEB_PORT:-8080}:80"]
+    assert services["fileserver"]["ports"] == ["${CLEARML_FILES_PORT:-8081}:8081"]
 
 
 def test_every_image_is_pinned_by_digest_but_the_one_said_so() -> None:
@@ -146,7 +147,7 @@ def test_pinning_rewrites_tags_with_the_registry_digest() -> None:
 def test_make_targets() -> None:
     makefile = (REPO / "Makefile").read_text()
     phony = " ".join(line for line in makefile.splitlines() if line.startswith(".PHONY") or line.startswith("\thpo"))
-    for target in ("hpo", "agent", "clearml-server", "pin-clearml"):
+    for target in ("hpo", "agent", "clearml-server", "clearml-server-down", "pin-clearml"):
         assert re.search(rf"^{target}:.*## \S", makefile, re.MULTILINE), target
         assert re.search(rf"\b{target}\b", phony), target
     out = subprocess.run(["make", "-n", "agent", "IMAGE=reg/reprozoo@sha256:" + "1" * 64, "QUEUE=gpu2"], cwd=REPO,
@@ -159,6 +160,12 @@ def test_make_targets() -> None:
     queued = subprocess.run(["make", "-n", "-o", "setup", "hpo", "MODEL=m", "QUEUE=gpu"], cwd=REPO, capture_output=True, text=True,
                             check=True).stdout
     assert "--queue gpu" in queued and "--local" not in queued
+    # The server tests hand in settings of their own (ports, data folder, keys), and stop what they started.
+    env_file = REPO / "docker" / "clearml" / "env.example"
+    for target, verb in (("clearml-server", "up -d"), ("clearml-server-down", "--profile agent down")):
+        out = subprocess.run(["make", "-n", target, f"CLEARML_ENV={env_file}", "COMPOSE=docker compose"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout
+        assert f"docker compose --env-file {env_file} -f docker/clearml/docker-compose.yml {verb}" in out, out
 
 
 @pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose is not installed (apt-get install docker-compose)")

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,9 +71,33 @@ def test_data_stats_prints_counts_and_writes_a_chart(data_dir: Path, tmp_path: P
     assert (tmp_path / "dist.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_help_is_fast_and_torch_free() -> None:
-    code = "import sys; from reprozoo import cli; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+def imported(args: list[str], env: dict[str, str]) -> tuple[set[str], float]:
+    """The modules `python -X importtime ARGS` imported, and its wall seconds."""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True, text=True, env=env, check=False)
+    seconds = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}, seconds
+
+
+@pytest.fixture(scope="module")
+def torch_import_seconds() -> float:
+    """What the commands below avoid: importing torch and Lightning, measured in this run."""
+    modules, seconds = imported(["-c", "import torch, lightning"], dict(os.environ))
+    assert {"torch", "lightning"} <= modules
+    return seconds
+
+
+@pytest.mark.parametrize("command", [["--help"], ["train", "--help"], ["models", "--names"], ["tasks", "list"], ["repro", "--help"]])
+def test_commands_that_do_not_train_are_fast_and_import_no_torch(command: list[str], torch_import_seconds: float, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers import isolate_clearml
+
+    isolate_clearml(monkeypatch, tmp_path)
+    modules, seconds = imported(["-m", "reprozoo", *command], dict(os.environ))
+    heavy = sorted({"torch", "lightning", "transformers"} & modules)
+    assert heavy == [], f"reprozoo {' '.join(command)} imported {heavy}"
+    assert seconds < torch_import_seconds, (seconds, torch_import_seconds)  # a loaded machine slows both alike
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,55 @@ def _repo(path: Path) -> Path:
     return path
 
 
+LOOKS_SECRET = ('MAX_TOKENS_PER_BATCH = 4096\nTOKEN_ENV = "HF_TOKEN"\nTOKENIZERS_PARALLELISM="false"\n'
+                'API_KEY_NAME = "CLEARML_API_SECRET_KEY"\npassword_prompt = "Password: "\n')
+
+
+def test_names_that_look_like_secrets_are_recorded_as_they_are_and_replay(tmp_path: Path) -> None:
+    """Issue 31, case 4: the diff went through `redact`, whose assignment heuristic rewrote code
+    (`MAX_TOKENS_PER_BATCH = ***`, a SyntaxError on replay; `TOKEN_ENV = "***"`, other code that applies)."""
+    repo = _repo(tmp_path / "repo")
+    (repo / "settings.py").write_text("x = 1\n")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "one")
+    replay = tmp_path / "replay"
+    subprocess.run(["git", "clone", "-q", str(repo), str(replay)], check=True)
+    (repo / "settings.py").write_text("x = 1\n" + LOOKS_SECRET)
+    state = provenance.git_state(repo)
+    assert "+MAX_TOKENS_PER_BATCH = 4096\n+TOKEN_ENV = \"HF_TOKEN\"\n" in state.diff and REDACTED not in state.diff
+    applied = subprocess.run(["git", "-C", str(replay), "apply"], input=state.diff, text=True, capture_output=True)
+    assert applied.returncode == 0, applied.stderr
+    assert (replay / "settings.py").read_bytes() == (repo / "settings.py").read_bytes()
+
+
+@pytest.mark.parametrize(("line", "what"), [
+    ('HF = "hf_abcdefghijklmnopqrstuvwxyz0123456789"\n', "the value of $HF_TOKEN"),
+    ("client = Client(token='correct-horse-battery')\n", "the value of $MY_DB_PASSWORD"),
+    ("GH = 'ghp_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789'\n", "a token of the shape ghp_…"),
+])
+def test_a_real_secret_in_the_uncommitted_changes_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: str,
+                                                                  what: str) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijklmnopqrstuvwxyz0123456789")
+    monkeypatch.setenv("MY_DB_PASSWORD", "correct-horse-battery")
+    repo = _repo(tmp_path / "repo")
+    (repo / "src").mkdir()
+    (repo / "src" / "train.py").write_text("a = 1\nb = 2\nc = 3\n")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "one")
+    (repo / "src" / "train.py").write_text("a = 1\nb = 2\n" + line + "c = 3\n")
+    with pytest.raises(provenance.ConfigError) as raised:
+        provenance.git_state(repo)
+    message = str(raised.value)
+    assert message.startswith(f"the uncommitted changes hold a secret at src/train.py:3 ({what})"), message
+    assert "read it from the environment instead" in message and "\n" not in message
+    assert "correct-horse" not in message and "abcdefghijkl" not in message and "ABCDEFGHIJ" not in message
+    # An untracked source file is recorded too, so it is checked too.
+    (repo / "src" / "train.py").write_text("a = 1\nb = 2\nc = 3\n")
+    (repo / "src" / "keys.py").write_text(line)
+    with pytest.raises(provenance.ConfigError, match=r"at src/keys.py:1 "):
+        provenance.git_state(repo)
+
+
 def test_a_binary_change_is_recorded_and_replays(tmp_path: Path) -> None:
     """Issue 17, case 8: `git diff` without --binary records "Binary files differ", which no replay applies."""
     repo = _repo(tmp_path / "repo")

@@ -151,7 +151,7 @@ class CheckpointUploader:
         self.stored.clear()
         # ClearML's artifact manager sends every artifact it registered with each new upload (clearml
         # 2.1.12, Artifacts._task_artifact_list): deleted on the server alone, the pointer came back
-        # with the next artifact (seen on the kit's server).
+        # with the next artifact (seen on a real server).
         listed = getattr(getattr(self.task, "_artifacts_manager", None), "_task_artifact_list", None)
         if isinstance(listed, list):
             listed[:] = [a for a in listed if getattr(a, "key", None) != ARTIFACT]

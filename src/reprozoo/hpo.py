@@ -462,7 +462,7 @@ def search_server(base: RunConfig, space: list[Dimension], n_trials: int, queue:
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Clone the template task N times through ClearML's optimizer; agents on `queue` train them.
 
-    Run against the local server with a real agent in tests/server/test_agents.py; tests/test_hpo.py
+    Run against a real server with a real agent in tests/server/test_agents.py; tests/test_hpo.py
     drives it with recording stand-ins for Task, HyperParameterOptimizer and the record reader."""
     base = base.validate()
     _claim_out(out)

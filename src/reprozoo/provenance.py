@@ -83,6 +83,36 @@ def redact_obj(obj: Any, secrets: list[str] | None = None) -> Any:
     return obj
 
 
+def secret_in_diff(diff: str, environ: dict[str, str] | None = None) -> str | None:
+    """Where a diff holds a real secret (the value of a secret-named environment variable, or a
+    provider token's shape), as 'path:line (what it is)'; None when it holds none. A diff is recorded
+    as it is, never masked (a masked diff is other code), so such a diff must not be recorded at all."""
+    env = os.environ if environ is None else environ
+    named = {value: name for name, value in env.items() if value in secret_values({name: value})}
+    path, line_no, in_binary = "", 0, False
+    for line in diff.splitlines():
+        if line.startswith("diff --git "):
+            path, line_no, in_binary = line.split(" b/", 1)[-1], 0, False
+            continue
+        if line == "GIT binary patch":
+            in_binary = True
+        if in_binary or line.startswith(("--- ", "+++ ", "index ", "new file", "deleted file", "similarity", "rename ")):
+            continue
+        if line.startswith("@@"):
+            match = re.search(r"\+(\d+)", line)
+            line_no = int(match.group(1)) - 1 if match else 0
+            continue
+        if not line.startswith("-"):
+            line_no += 1
+        for value, name in sorted(named.items(), key=lambda item: -len(item[0])):
+            if value in line:
+                return f"{path}:{max(line_no, 1)} (the value of ${name})"
+        token = _TOKEN_SHAPES_RE.search(line)
+        if token:
+            return f"{path}:{max(line_no, 1)} (a token of the shape {token.group(0)[:4]}…)"
+    return None
+
+
 # --- code ---------------------------------------------------------------------------------------
 @dataclass
 class GitState:
@@ -165,13 +195,17 @@ def git_state(start: Path | None = None) -> GitState:
     failed = commit_error or diff_error
     untracked = [line for line in _git(path, "ls-files", "--others", "--exclude-standard").splitlines() if line]
     captured = untracked_source_patch(path, untracked)
+    found = secret_in_diff(diff + captured)
+    if found:
+        raise ConfigError(f"the uncommitted changes hold a secret at {found}; a run records its diff as it is, so it would"
+                          " be in the record: read it from the environment instead (e.g. os.environ[\"HF_TOKEN\"]), then run again")
     return GitState(
         root=root,
         # No remote (a local clone): the path is still the honest answer; an agent needs a remote.
         repository=redact(remote) if remote else f"file://{root}",
         branch="" if branch == "HEAD" else branch,
         commit=commit.strip(),
-        diff=redact(diff + captured),
+        diff=diff + captured,  # as it is: `git apply` of it must give the code that ran
         untracked=_capped([name for name in untracked if not _is_source(name)]),
         error=_git_failure(root, failed) if failed else "",
     )

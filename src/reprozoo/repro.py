@@ -409,7 +409,7 @@ def with_server_data(spec: dict[str, Any], record: Record) -> dict[str, Any]:
         return spec
     from reprozoo.data.versions import server_version
 
-    return {**spec, "config": apply(spec["config"], {"data.dataset_id": server_version(dataset_id, record.data_sha256)})}
+    return {**spec, "config": apply(spec["config"], {"data.dataset_id": server_version(dataset_id, record.data_sha256, spec["config"].tracking.project)})}
 
 
 def enqueue(spec: dict[str, Any], task_api: Any = None) -> str:

@@ -447,7 +447,7 @@ def enqueue(plan: SweepPlan, *, controller_queue: str = "services", log: Callabl
     if first.data.dataset_id:  # --set data.dataset_id=…: exactly that version
         version = versions.resolve(str(first.data.dataset_id))
     else:  # agents have no local trees: register (or find) this data version on the server
-        version = versions.register(resolve_data_dir(first.data.data_dir), "server")
+        version = versions.register(resolve_data_dir(first.data.data_dir), "server", first.tracking.project)
     log(f"data version: {version.dataset_id} (content sha256 {version.content_hash[:12]})")
     pin_data_version(plan, version.dataset_id)
     done = done_index(existing_records("server", first.tracking.project))

@@ -264,10 +264,10 @@ class Tracker:
             self.dataset = plan.dataset  # --dataset-id: already resolved and verified by plan_run
         elif self.task is not None and (self.dataset is None or self.dataset.sha256 != plan.data_sha256):
             # Only on an agent whose edited config names other data (server mode: no Task.init involved).
-            self.dataset = versions.register(plan.data_dir, self.mode)
+            self.dataset = versions.register(plan.data_dir, self.mode, cfg.tracking.project)
         env = provenance.environment(cfg.seed, git.root)
         data = {"dataset_id": self.dataset.dataset_id if self.dataset else None,
-                "dataset_project": versions.PROJECT, "dataset_name": versions.NAME,
+                "dataset_project": versions.dataset_project(cfg.tracking.project), "dataset_name": versions.NAME,
                 "content_hash": versions.content_hash(plan.data_sha256), "sha256": plan.data_sha256,
                 "parent": self.dataset.parent if self.dataset else None, "data_dir": str(plan.data_dir)}
         self.provenance = provenance.redact_obj({
@@ -460,7 +460,7 @@ def open_task(cfg: RunConfig, task_name: str, plan: Any, continue_task: str | No
     Task.set_offline(mode == "offline")
     # Before Task.init: an offline Dataset.create is itself a Task.init, which ClearML refuses while
     # another task is the process's main task (UsageError "Current task already created").
-    dataset = plan.dataset or versions.register(plan.data_dir, mode)
+    dataset = plan.dataset or versions.register(plan.data_dir, mode, cfg.tracking.project)
     env_before = clearml_env()
     reopen = continuable(continue_task, mode)
     if continue_task and not reopen:

@@ -95,3 +95,31 @@ def test_detokenize_leaves_no_ptb_markup(trees) -> None:
     for tree in trees["dev"]:
         text = detokenize(tree.tokens)
         assert "-LRB-" not in text and "``" not in text and " n't" not in text and "\\/" not in text
+
+
+@pytest.mark.parametrize("edit", ["bom", "crlf", "trailing blank lines", "all three"])
+def test_tree_files_as_editors_save_them_read_as_the_same_trees(data_dir: Path, tmp_path: Path, edit: str) -> None:
+    original = (data_dir / "dev.txt").read_bytes()
+    text = original
+    if edit in ("crlf", "all three"):
+        text = text.replace(b"\n", b"\r\n")
+    if edit in ("trailing blank lines", "all three"):
+        text += b"\r\n\n  \n" if edit == "all three" else b"\n\n \n"
+    if edit in ("bom", "all three"):
+        text = b"\xef\xbb\xbf" + text
+    edited = tmp_path / "dev.txt"
+    edited.write_bytes(text)
+    assert read_trees(edited) == read_trees(data_dir / "dev.txt")
+
+
+@pytest.mark.parametrize(("content", "where"), [
+    (b"\xef\xbb\xbf(2 (2 a) (2 film))\r\n\r\n(3 good)\r\n", ":2: empty line"),  # a blank line inside is still an error
+    (b"(2 (2 a) (2 film))\r\n(3 (2 a)\r\n\n", ":2: unbalanced '('"),
+    (b"(2 (2 a) (2 film))\n\xef\xbb\xbf(3 good)\n", ":2: unexpected '\\ufeff'"),  # a mark in the middle is no byte-order mark
+])
+def test_other_defects_still_name_file_and_line(tmp_path: Path, content: bytes, where: str) -> None:
+    path = tmp_path / "train.txt"
+    path.write_bytes(content)
+    with pytest.raises(TreeFormatError) as raised:
+        read_trees(path)
+    assert str(raised.value).startswith(f"{path}{where}"), str(raised.value)

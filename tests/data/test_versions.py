@@ -33,7 +33,7 @@ def test_same_content_same_id_changed_content_child_version(data_dir: Path, tmp_
     assert again.dataset_id == first.dataset_id and not again.created
     # The ClearML offline session exists and is a dataset of reprozoo/datasets/sst5, tagged by content.
     session = json.loads((offline_clearml / first.dataset_id / "task.json").read_text())
-    assert session["name"] == versions.NAME and session["project_name"].startswith(versions.PROJECT)
+    assert session["name"] == versions.NAME and session["project_name"].startswith(versions.dataset_project(versions.DEFAULT_PROJECT))
     assert f"content:{first.content_hash}" in session["tags"] and (offline_clearml / f"{first.dataset_id}.zip").is_file()
     # Changed content: a new version whose parent is the previous one.
     lines = (copy / "train.txt").read_text().splitlines(keepends=True)

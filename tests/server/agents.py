@@ -1,5 +1,5 @@
 """Real `clearml-agent` daemons for the server tests (and bench/agent_latency.py): the pinned agent
-(envs/colab-agent.lock) in a venv of its own, serving a queue of the local server in venv mode (the
+(envs/colab-agent.lock) in a venv of its own, serving one of the test run's queues in venv mode (the
 agent clones the recorded commit and applies the diff; given a venv cache it builds the task's venv
 from its requirements with pip, else it runs the task with this interpreter) or in docker mode (the
 task runs in the image named on it), each stopped by its process group id.
@@ -52,16 +52,16 @@ def _git_mirror(home: Path) -> None:
 
 class Agent:
     """`clearml-agent daemon --queue Q --foreground` (or `command`, e.g. `make agent`), its own HOME
-    (venv builds, caches) and worker id."""
+    (venv builds, caches) and worker id (`Server.worker(name)`: the test run's namespace)."""
 
-    def __init__(self, binary: Path, env: dict[str, str], queue: str, folder: Path, name: str,
+    def __init__(self, binary: Path, env: dict[str, str], queue: str, folder: Path, name: str, worker: str,
                  docker: str | None = None, config_file: Path | None = None, extra_env: dict[str, str] | None = None,
                  command: list[str] | None = None, venv_cache: Path | None = None) -> None:
-        self.folder, self.name, self.queue = folder, name, queue
+        self.folder, self.name, self.queue, self.worker = folder, name, queue, worker
         home = folder / "home"
         home.mkdir(parents=True, exist_ok=True)
         _git_mirror(home)
-        self.env = {**env, "HOME": str(home), "CLEARML_WORKER_ID": f"reprozoo-test:{name}"}
+        self.env = {**env, "HOME": str(home), "CLEARML_WORKER_ID": worker}
         self.env.pop("PYTHONPATH", None)  # the agent finds reprozoo as a user's agent would, or not at all
         if docker is None and command is None and venv_cache is not None:
             # venv mode, set up as clearml-agent documents it: it clones the task's repository at the

@@ -1,4 +1,4 @@
-"""ClearML queues served by real `clearml-agent` daemons (venv mode), against the local server.
+"""ClearML queues served by real `clearml-agent` daemons (venv mode), against the test server.
 
 One tiny MiniLM run recorded on the server is the original; `repro --enqueue Q` clones it, an agent
 on Q trains the clone from the recorded commit + diff, and the clone's metrics.json must equal the
@@ -38,14 +38,18 @@ def env(clearml_server: Any, tmp_path_factory: pytest.TempPathFactory, data_dir:
 
 
 @pytest.fixture(scope="module")
-def original(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def original(env: dict[str, str], clearml_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The run every clone replays: recorded on the server, its metrics.json kept as bytes."""
     with scratch(tmp_path_factory, "original") as work:
-        done = reprozoo("train", *TINY, "--out", str(work / "runs" / "orig"), cwd=work, env=env)
+        done = reprozoo("train", *TINY, *in_project(clearml_server), "--out", str(work / "runs" / "orig"), cwd=work, env=env)
         assert done.returncode == 0, done.stderr[-3000:]
         task_id = re.search(r"clearml task: ([0-9a-f]{32})", done.stdout).group(1)
         yield {"task_id": task_id, "run_dir": work / "runs" / "orig",
                "metrics": (work / "runs" / "orig" / "metrics.json").read_text()}
+
+
+def in_project(server: Any) -> tuple[str, str]:
+    return ("--set", f"tracking.project={server.project}")
 
 
 def enqueue(env: dict[str, str], task_id: str, queue: str) -> tuple[str, float]:
@@ -55,11 +59,12 @@ def enqueue(env: dict[str, str], task_id: str, queue: str) -> tuple[str, float]:
 
 
 class Agents(list):
-    """The agents a test started (stopped at its end), and the venv cache all of this module's share."""
+    """The agents a test started (stopped at its end), the venv cache all of this module's share, and
+    the server whose test-run namespace names their queues and workers."""
 
-    def __init__(self, venv_cache: Path) -> None:
+    def __init__(self, venv_cache: Path, server: Any) -> None:
         super().__init__()
-        self.venv_cache = venv_cache
+        self.venv_cache, self.server = venv_cache, server
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +74,8 @@ def venv_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture
-def agents(agent_binary: Path, env: dict[str, str], tmp_path: Path, venv_cache: Path) -> Iterator[Agents]:
-    started = Agents(venv_cache)
+def agents(agent_binary: Path, env: dict[str, str], tmp_path: Path, venv_cache: Path, clearml_server: Any) -> Iterator[Agents]:
+    started = Agents(venv_cache, clearml_server)
     yield started
     for agent in started:
         agent.stop()
@@ -78,10 +83,12 @@ def agents(agent_binary: Path, env: dict[str, str], tmp_path: Path, venv_cache: 
 
 def serve(agents: Agents, agent_binary: Path, env: dict[str, str], tmp_path: Path, queue: str, name: str,
           build_venv: bool = False) -> Agent:
-    """An agent on `queue`; with `build_venv`, one that builds the task's venv as a user's does."""
+    """An agent on the test run's queue `queue` (its full name: agents.server.queue(queue)); with
+    `build_venv`, one that builds the task's venv as a user's does."""
     # No REPROZOO_DATA_DIR: the clone trains on the data version its task names (it tried to download SST-5).
     agent_env = {k: v for k, v in env.items() if k != "REPROZOO_DATA_DIR"}
-    agent = Agent(agent_binary, agent_env, queue, tmp_path / name, name, venv_cache=agents.venv_cache if build_venv else None).start()
+    agent = Agent(agent_binary, agent_env, agents.server.queue(queue), tmp_path / name, name, agents.server.worker(name),
+                  venv_cache=agents.venv_cache if build_venv else None).start()
     agents.append(agent)
     agent.wait_listening()
     return agent
@@ -91,13 +98,13 @@ def test_repro_enqueue_is_replayed_by_a_venv_agent_bit_for_bit(original: dict[st
                                                                 agent_binary: Path, tmp_path: Path) -> None:
     # Set up as clearml-agent documents it: no PYTHONPATH, no SKIP_* overrides, not this interpreter.
     agent = serve(agents, agent_binary, env, tmp_path, "venv-q", "venv", build_venv=True)
-    clone, enqueued = enqueue(env, original["task_id"], "venv-q")
+    clone, enqueued = enqueue(env, original["task_id"], agent.queue)
     task = server_tasks(env, [clone], wait=900)[clone]
     assert task["status"] == "completed", agent.log()[-4000:]
     assert task["metrics"] == original["metrics"]  # byte for byte
     assert task["parent"] == original["task_id"] and f"repro-of:{original['task_id']}" in task["tags"]
     assert task["name"].startswith("repro of ")
-    assert agent.ran() == [clone] and task["last_worker"] == "reprozoo-test:venv"
+    assert agent.ran() == [clone] and task["last_worker"] == agent.worker
     # It ran in the venv it built from the task's requirements, from the clone's src/.
     command = [line for line in agent.log().splitlines() if line.startswith("[src]$ ")]
     assert command and "venvs-builds" in command[0] and "-m reprozoo train" in command[0], agent.log()[-3000:]
@@ -111,13 +118,13 @@ def test_two_agents_on_one_queue_run_each_of_four_tasks_once(original: dict[str,
                                                               agent_binary: Path, tmp_path: Path) -> None:
     first = serve(agents, agent_binary, env, tmp_path, "pair-q", "pair-1")
     second = serve(agents, agent_binary, env, tmp_path, "pair-q", "pair-2")
-    clones = [enqueue(env, original["task_id"], "pair-q")[0] for _ in range(4)]
+    clones = [enqueue(env, original["task_id"], first.queue)[0] for _ in range(4)]
     tasks = server_tasks(env, clones, wait=900)
     assert {t["status"] for t in tasks.values()} == {"completed"}, first.log()[-2000:] + second.log()[-2000:]
     ran = first.ran() + second.ran()
     assert sorted(ran) == sorted(clones)  # each exactly once, by one of the two
     for clone in clones:
-        worker = "reprozoo-test:pair-1" if clone in first.ran() else "reprozoo-test:pair-2"
+        worker = first.worker if clone in first.ran() else second.worker
         assert tasks[clone]["last_worker"] == worker
         assert tasks[clone]["metrics"] == original["metrics"]
 
@@ -132,11 +139,11 @@ def test_a_two_process_ddp_task_on_an_agent_equals_the_same_run_here(env: dict[s
     # rank trains when 2 ranks share it: the metrics would be the untrained head's, whatever rank 1 ran).
     size = TINY.index("--limit-train-samples") + 1
     args = [*TINY[:size], "128", *TINY[size + 1:], "--batch-size", "16", "--accelerator", "cpu", "--devices", "2"]
-    done = reprozoo("train", *args, "--out", str(here), cwd=tmp_path, env=ddp_env)
+    done = reprozoo("train", *args, *in_project(agents.server), "--out", str(here), cwd=tmp_path, env=ddp_env)
     assert done.returncode == 0, done.stderr[-3000:]
     task_id = re.search(r"clearml task: ([0-9a-f]{32})", done.stdout).group(1)
     agent = serve(agents, agent_binary, ddp_env, tmp_path, "ddp-q", "ddp")
-    clone, _ = enqueue(ddp_env, task_id, "ddp-q")
+    clone, _ = enqueue(ddp_env, task_id, agent.queue)
     task = server_tasks(ddp_env, [clone], wait=600)[clone]
     assert task["status"] == "completed", agent.log()[-4000:]
     assert task["metrics"] == (here / "metrics.json").read_text()  # byte for byte
@@ -149,7 +156,7 @@ def test_an_offline_run_imported_then_enqueued_is_replayed_by_an_agent(env: dict
     agent can resolve) and offline tracking. Now the data version travels to the server (same content)
     and the clone records there."""
     here = tmp_path / "here"
-    done = reprozoo("train", *TINY[:-1], "offline", "--out", str(here), cwd=tmp_path, env=env)
+    done = reprozoo("train", *TINY[:-1], "offline", *in_project(agents.server), "--out", str(here), cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((here / "task.json").read_text())
     assert record["mode"] == "offline" and record["dataset_id"].startswith("offline-")
@@ -158,7 +165,7 @@ def test_an_offline_run_imported_then_enqueued_is_replayed_by_an_agent(env: dict
     task_id = imported.stdout.strip().splitlines()[-1].split("imported as task ")[1].split()[0]
     # The agent is another machine: a cache of its own, no offline index, no trees.
     agent = serve(agents, agent_binary, {**env, "REPROZOO_CACHE_DIR": str(tmp_path / "agent-cache")}, tmp_path, "import-q", "import")
-    enqueued = reprozoo("repro", task_id, "--enqueue", "import-q", env=env)
+    enqueued = reprozoo("repro", task_id, "--enqueue", agent.queue, env=env)
     assert enqueued.returncode == 0, enqueued.stderr[-3000:]
     assert f"data version {record['dataset_id']} is " in enqueued.stdout
     clone = re.search(r"enqueued task ([0-9a-f]{32})", enqueued.stdout).group(1)
@@ -175,18 +182,20 @@ def _one_line_error(done: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def test_an_unknown_queue_is_one_line_naming_the_queues_that_exist(original: dict[str, Any], env: dict[str, str]) -> None:
+def test_an_unknown_queue_is_one_line_naming_the_queues_that_exist(original: dict[str, Any], env: dict[str, str],
+                                                                   clearml_server: Any) -> None:
+    missing = clearml_server.queue("no-such-q")  # in the run's namespace: no other run creates it
     count = "from clearml import Task; print(len(Task.get_tasks(tags=['repro-of:{}'])))".format(original["task_id"])
     before = subprocess.run([sys.executable, "-c", count], env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
-    line = _one_line_error(reprozoo("repro", original["task_id"], "--enqueue", "no-such-q", env=env))
-    assert "no queue 'no-such-q'" in line and "default" in line and "--create-queue" in line
+    line = _one_line_error(reprozoo("repro", original["task_id"], "--enqueue", missing, env=env))
+    assert f"no queue '{missing}'" in line and "(it has: " in line and "--create-queue" in line
     after = subprocess.run([sys.executable, "-c", count], env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
     assert after == before  # nothing was cloned
-    line = _one_line_error(reprozoo("sweep", "--models", "all-minilm-l6-v2", "--queue", "no-such-q", "--controller-queue", "local", env=env))
-    assert "no queue 'no-such-q'" in line and "--create-queue" in line
+    line = _one_line_error(reprozoo("sweep", "--models", "all-minilm-l6-v2", "--queue", missing, "--controller-queue", "local", env=env))
+    assert f"no queue '{missing}'" in line and "--create-queue" in line
     line = _one_line_error(reprozoo("hpo", "--model", "all-minilm-l6-v2", "--space", "lr=1e-5:1e-4:log", "--trials", "1",
-                                    "--queue", "no-such-q", "--out", "/nonexistent/hpo", env=env))
-    assert "no queue 'no-such-q'" in line
+                                    "--queue", missing, "--out", "/nonexistent/hpo", env=env))
+    assert f"no queue '{missing}'" in line
 
 
 
@@ -199,8 +208,9 @@ def test_sweep_on_a_queue_is_served_by_an_agent_rerun_skips_leaderboard_lists(en
                                                                               tiny_model_dirs: dict[str, Path]) -> None:
     agent = serve(agents, agent_binary, env, tmp_path, "sweep-q", "sweep")
     models = ",".join(str(tiny_model_dirs[family]) for family in ("bert", "electra"))
-    args = ["sweep", "--models", models, "--queue", "sweep-q", "--controller-queue", "local", *SMALL,
-            "--set", "tracking.project=agents-sweep"]
+    project = f"{agents.server.project}/sweep"
+    args = ["sweep", "--models", models, "--queue", agent.queue, "--controller-queue", "local", *SMALL,
+            "--set", f"tracking.project={project}"]
     first = reprozoo(*args, timeout=1200, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
     ran = agent.ran()
@@ -214,7 +224,7 @@ def test_sweep_on_a_queue_is_served_by_an_agent_rerun_skips_leaderboard_lists(en
     assert again.stdout.count("skipped, already completed as") == 2 and "every model already has a completed task" in again.stdout
     assert agent.ran() == ran  # nothing enqueued again
 
-    board = reprozoo("leaderboard", "--server", "--project", "agents-sweep", "--out", str(tmp_path / "board"), env=env)
+    board = reprozoo("leaderboard", "--server", "--project", project, "--out", str(tmp_path / "board"), env=env)
     assert board.returncode == 0, board.stderr[-3000:]
     assert all(task_id in board.stdout for task_id in ran) and "2 run(s)" in board.stdout
 
@@ -223,9 +233,10 @@ def test_hpo_on_a_queue_runs_three_trials_on_an_agent_and_best_yaml_replays(env:
                                                                            agent_binary: Path, tmp_path: Path) -> None:
     agent = serve(agents, agent_binary, env, tmp_path, "hpo-q", "hpo")
     out = tmp_path / "hpo"
-    done = reprozoo("hpo", "--model", "all-minilm-l6-v2", "--space", "lr=1e-5:1e-4:log", "--trials", "3", "--queue", "hpo-q",
+    done = reprozoo("hpo", "--model", "all-minilm-l6-v2", "--space", "lr=1e-5:1e-4:log", "--trials", "3", "--queue", agent.queue,
                     "--max-epochs", "1", "--limit-train-samples", "32", "--limit-eval-samples", "16", "--set", "data.max_length=32",
-                    "--set", "tracking.upload_checkpoints=false", "--tracking", "server", "--out", str(out), timeout=1800, env=env)
+                    "--set", "tracking.upload_checkpoints=false", *in_project(agents.server), "--tracking", "server", "--out", str(out),
+                    timeout=1800, env=env)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "3/3 trials finished" in done.stdout
     trials = json.loads((out / "trials.json").read_text())

@@ -1,4 +1,4 @@
-"""ClearML agents in docker mode, against the local server: the CPU image built here, pushed to a
+"""ClearML agents in docker mode, against the test server: the CPU image built here, pushed to a
 local registry, a training inside it recorded on the server with the image by digest, and `make agent`
 (clearml-agent 3.0.3, docker mode, docker/clearml/agent.conf) replaying `repro --enqueue` of that run
 inside the image pulled by digest, bit for bit.
@@ -124,12 +124,12 @@ def agent_conf(agent_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
-def original(pinned: str, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def original(pinned: str, env: dict[str, str], clearml_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """`train --tracking server` inside the image, by digest: the run every docker-mode clone replays."""
     with scratch(tmp_path_factory, "image-runs") as runs:
         runs.chmod(0o777)  # the image's user (10001) writes the run directory
         done = reprozoo("image", "run", "--image", pinned, "--network", "host", "--runs-dir", str(runs), "--", "train", *TINY,
-                        "--out", "/work/runs/orig", env=env, timeout=1800)
+                        "--set", f"tracking.project={clearml_server.project}", "--out", "/work/runs/orig", env=env, timeout=1800)
         assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
         task_id = re.search(r"clearml task: ([0-9a-f]{32})", done.stdout + done.stderr).group(1)
         yield {"task_id": task_id, "metrics": (runs / "orig" / "metrics.json").read_text()}
@@ -143,15 +143,17 @@ def test_train_in_the_image_records_the_image_by_digest(original: dict[str, Any]
 
 
 def test_make_agent_replays_repro_enqueue_in_the_image_bit_for_bit(original: dict[str, Any], pinned: str, env: dict[str, str],
-                                                                    agent_binary: Path, agent_conf: Path, tmp_path: Path) -> None:
-    make = ["make", "-C", str(REPO), "-o", ".venv/.installed", "agent", "QUEUE=docker-q", f"IMAGE={pinned}",
+                                                                    agent_binary: Path, agent_conf: Path, clearml_server: Any,
+                                                                    tmp_path: Path) -> None:
+    queue = clearml_server.queue("docker-q")
+    make = ["make", "-C", str(REPO), "-o", ".venv/.installed", "agent", f"QUEUE={queue}", f"IMAGE={pinned}",
             f"AGENT_VENV={agent_binary.parent.parent}", f"AGENT_CONF={agent_conf}"]
     agent_env = {k: v for k, v in env.items() if k != "CLEARML_CONFIG_FILE"}  # make agent: credentials from the environment
     # A CPU-only host: `make agent` passes --gpus all, which the agent then leaves out of `docker run`.
-    with Agent(agent_binary, agent_env, "docker-q", tmp_path / "make-agent", "make-agent", command=make,
-               extra_env={"CLEARML_DOCKER_SKIP_GPUS_FLAG": "1"}) as agent:
+    with Agent(agent_binary, agent_env, queue, tmp_path / "make-agent", "make-agent", clearml_server.worker("make-agent"),
+               command=make, extra_env={"CLEARML_DOCKER_SKIP_GPUS_FLAG": "1"}) as agent:
         agent.wait_listening()
-        done = reprozoo("repro", original["task_id"], "--enqueue", "docker-q", env=env, timeout=1800)
+        done = reprozoo("repro", original["task_id"], "--enqueue", queue, env=env, timeout=1800)
         assert done.returncode == 0, done.stderr[-3000:]
         assert f"in {pinned}" in done.stdout
         clone = re.search(r"enqueued task ([0-9a-f]{32})", done.stdout).group(1)
@@ -160,7 +162,7 @@ def test_make_agent_replays_repro_enqueue_in_the_image_bit_for_bit(original: dic
         assert task["status"] == "completed", agent.log()[-5000:]
         # The same task with uncommitted changes recorded (a checkout's run, or the diff edited in the
         # UI): the agent would run the image's code under that record. Refused, in one line.
-        edited = subprocess.run([sys.executable, "-c", CLONE_WITH_DIFF, original["task_id"], "docker-q"], env=env,
+        edited = subprocess.run([sys.executable, "-c", CLONE_WITH_DIFF, original["task_id"], queue], env=env,
                                 capture_output=True, text=True, timeout=300, check=True).stdout.split()[-1]
         refused = server_tasks(env, [edited], wait=600)[edited]
         assert refused["status"] == "failed", agent.log()[-5000:]

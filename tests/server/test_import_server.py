@@ -78,13 +78,15 @@ def test_tasks_import_puts_the_offline_record_on_the_server(reprozoo_server: Any
                                                             tmp_path: Path) -> None:
 
     out = tmp_path / "run"
-    trained = reprozoo_server("train", "--tracking", "offline", "--data-dir", str(data_dir), "--out", str(out), *TINY)
+    trained = reprozoo_server("train", "--tracking", "offline", "--data-dir", str(data_dir), "--out", str(out), *TINY,
+                              *reprozoo_server.in_project)
     assert trained.returncode == 0, trained.stderr[-3000:]
     record = json.loads((out / "task.json").read_text())
     assert record["mode"] == "offline" and record["task_id"].startswith("offline-") and record["offline_zip"]
     task_id = imported_task(reprozoo_server, Path(record["offline_zip"]))
     assert not task_id.startswith("offline-")
     server = read_back(reprozoo_server, task_id)
+    assert server["project"] == clearml_server.project
     assert_server_task_equals_record(server, out, clearml_server.files_url)
     # reprozoo's own reader sees the same record on the server as in the zip. In a fresh interpreter, as a
     # user's `reprozoo tasks show` runs: ClearML reads its configuration once per process.
@@ -101,10 +103,10 @@ def test_unreachable_server_at_start_records_offline_then_imports(reprozoo_serve
     # The same keys and fileserver, but the api server named is down: what a user meets when the
     # server is unreachable as the run starts.
     down = tmp_path / "down-clearml.conf"
-    down.write_text(clearml_server.config_file.read_text().replace(clearml_server.api_url, f"http://127.0.0.1:{closed_port()}"))
+    clearml_server.conf_copy(down, api_url=f"http://127.0.0.1:{closed_port()}")
     out = tmp_path / "run"
     trained = reprozoo_server("train", "--tracking", "server", "--data-dir", str(data_dir), "--out", str(out), *TINY,
-                              env={"CLEARML_CONFIG_FILE": str(down)})
+                              *reprozoo_server.in_project, env={"CLEARML_CONFIG_FILE": str(down)})
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "is unreachable; recording this run offline instead" in trained.stderr
     record = json.loads((out / "task.json").read_text())

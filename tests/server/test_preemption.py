@@ -1,11 +1,12 @@
 """A run survives losing its machine (issue 18), against the real server and real agents.
 
-A server run uploads each resume checkpoint to its task's storage (the kit's fileserver). Killed
+A server run uploads each resume checkpoint to its task's storage (the server's fileserver). Killed
 with kill -9 and its run directory deleted, as if the machine had gone, it finishes elsewhere with
 metrics.json byte for byte those of the same run uninterrupted:
 - `train --resume TASK_ID` in an empty directory, with a fresh HOME and no data directory (the data
-  come as the recorded version from the server); before that, the fileserver down is one line naming
-  it, and a stored checkpoint whose sha256 is not its record's is refused in one line;
+  come as the recorded version from the server); before that, the fileserver gone (the run reached it
+  through a proxy, tests/server/proxy.py) is one line naming it, and a stored checkpoint whose bytes
+  someone replaced on the fileserver (sha256 not its record's) is refused in one line;
 - two venv-mode agents on one queue: the one running the task is killed with its process tree, the
   task is re-enqueued (`train --resume TASK_ID --enqueue Q --force`), the other agent finishes it.
 Every step is in the task's scalars once (the one at the checkpoint boundary may be missing).
@@ -62,8 +63,32 @@ def assert_every_step_once(scalars: dict[str, Any], resumed_from: int) -> None:
     assert missing <= {resumed_from - 1}, (sorted(missing), resumed_from)
 
 
-def stored_files(server: Any, task_id: str, pattern: str = "last-step*.ckpt") -> list[Path]:
-    return sorted(p for p in (server.state / "files").rglob(pattern) if task_id in str(p))
+# What the fileserver holds, asked through the SDK (a server with fileserver auth needs its keys).
+EXISTING = """
+import json, sys
+from clearml import StorageManager
+print(json.dumps([url for url in sys.argv[1:] if StorageManager.exists_file(url)]))
+"""
+REPLACE = """
+import sys
+from clearml import StorageManager
+StorageManager.upload_file(sys.argv[1], sys.argv[2], wait_for_upload=True, retries=3)
+"""
+
+
+def uploaded(record: Path) -> tuple[list[str], list[str]]:
+    """The resume checkpoints and best checkpoints a run's checkpoint-uploads.json says it stored."""
+    attempts = json.loads(record.read_text())["attempts"]
+    stored = [a for a in attempts if a["status"] == "stored"]
+    return [a["url"] for a in stored], sorted({a["best_url"] for a in stored if "best_url" in a})
+
+
+def existing(cli: Any, urls: list[str]) -> list[str]:
+    if not urls:
+        return []
+    found = cli.python(EXISTING, *urls)
+    assert found.returncode == 0, found.stderr[-3000:]
+    return json.loads(found.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +96,8 @@ def uninterrupted(server_cli: Any, tmp_path_factory: pytest.TempPathFactory, dat
     """The run uninterrupted, recorded on the server: its task and metrics.json bytes."""
     with scratch(tmp_path_factory, "uninterrupted") as root:
         cli = server_cli(root)
-        done = cli(*RUN, "--data-dir", str(data_dir), "--out", str(root / "run"), "--set", "tracking.task_name=preempt-original")
+        done = cli(*RUN, *cli.in_project, "--data-dir", str(data_dir), "--out", str(root / "run"),
+                   "--set", "tracking.task_name=preempt-original")
         assert done.returncode == 0, done.stderr[-3000:]
         task_id = re.search(r"clearml task: ([0-9a-f]{32})", done.stdout).group(1)
         record = json.loads((root / "run" / "task.json").read_text())["checkpoint_uploads"]
@@ -91,14 +117,17 @@ def test_checkpoints_reach_storage_and_go_when_the_task_completes(uninterrupted:
     assert uploads["stored"] == []
     task = read_task(uninterrupted["cli"], uninterrupted["task_id"])
     assert task["status"] == "completed" and "resume-checkpoint" not in task["artifacts"]
-    assert not stored_files(clearml_server, uninterrupted["task_id"], "*.ckpt")  # the best ones too
+    urls = [a["url"] for a in stored] + [a["best_url"] for a in stored if "best_url" in a]
+    assert existing(uninterrupted["cli"], urls) == []  # gone from the fileserver, the best ones too
 
 
-def test_resume_by_task_id_on_a_fresh_machine_is_bit_identical(uninterrupted: dict[str, Any], server_cli: Any,
-                                                                clearml_server: Any, data_dir: Path, tmp_path: Path) -> None:
+def test_resume_by_task_id_on_a_fresh_machine_is_bit_identical(uninterrupted: dict[str, Any], server_cli: Any, proxied: Any,
+                                                                data_dir: Path, tmp_path: Path) -> None:
     first = server_cli(tmp_path / "lost")
+    first.env["CLEARML_CONFIG_FILE"] = str(proxied.config_file)  # its checkpoints go up through the files proxy
     out = tmp_path / "lost" / "run"
-    proc = first.popen(*RUN, "--data-dir", str(data_dir), "--out", str(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = first.popen(*RUN, *first.in_project, "--data-dir", str(data_dir), "--out", str(out), stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE)
     record, deadline = out / "checkpoint-uploads.json", time.monotonic() + 600
     # Killed once a checkpoint after the first evaluation is in storage (its best checkpoint with it:
     # the resumed run must score that one), and the machine gone with its run directory.
@@ -109,30 +138,39 @@ def test_resume_by_task_id_on_a_fresh_machine_is_bit_identical(uninterrupted: di
     proc.kill()
     proc.communicate()
     task_id = json.loads((out / "provenance.json").read_text())["task_id"]
+    checkpoints, bests = uploaded(record)
     shutil.rmtree(tmp_path / "lost")
     # Bounded: the two latest (a third while the kill fell between an upload and the removal it allows).
-    assert 1 <= len(stored_files(clearml_server, task_id)) <= KEEP_STORED + 1
-    assert stored_files(clearml_server, task_id, "best-*.ckpt")
+    assert 1 <= len(existing(first, checkpoints)) <= KEEP_STORED + 1
+    assert existing(first, bests)
 
     fresh = server_cli(tmp_path / "elsewhere")  # its own HOME, caches, and working directory
     env = {k: v for k, v in fresh.env.items() if k != "REPROZOO_DATA_DIR"}
-    clearml_server.stop_files()
+    proxied.files.down()
     try:
         down = fresh("train", "--resume", task_id, env=env)
     finally:
-        clearml_server.start_files()
+        proxied.files.up()
     assert down.returncode != 0
     last = down.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: cannot download the checkpoint") and clearml_server.files_url in last, down.stderr[-2000:]
+    assert last.startswith("error: cannot download the checkpoint") and proxied.files.url in last, down.stderr[-2000:]
     assert "start the server's fileserver" in last
 
-    checkpoint = stored_files(clearml_server, task_id)[-1]
-    original = checkpoint.read_bytes()
-    checkpoint.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one bit changed in storage
+    # Someone with access to the fileserver replaces the newest checkpoint (one bit changed).
+    newest = existing(fresh, checkpoints)[-1]
+    original = tmp_path / "original.ckpt"
+    fetched = fresh.python("import sys; from clearml import StorageManager; print(StorageManager.get_local_copy("
+                           "sys.argv[1], extract_archive=False, force_download=True))", newest)
+    assert fetched.returncode == 0, fetched.stderr[-3000:]
+    shutil.copyfile(fetched.stdout.strip().splitlines()[-1], original)
+    changed = tmp_path / "changed.ckpt"
+    data = original.read_bytes()
+    changed.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert fresh.python(REPLACE, str(changed), newest).returncode == 0
     try:
         tampered = fresh("train", "--resume", task_id, env=env)
     finally:
-        checkpoint.write_bytes(original)
+        assert fresh.python(REPLACE, str(original), newest).returncode == 0
     assert tampered.returncode != 0
     last = tampered.stderr.strip().splitlines()[-1]
     assert "not the" in last and "its task recorded: refused" in last, tampered.stderr[-2000:]
@@ -174,10 +212,11 @@ def test_a_task_whose_agent_is_killed_is_finished_by_another_agent_bit_for_bit(
     env = {k: v for k, v in cli.env.items() if k != "REPROZOO_DATA_DIR"}  # agents train on the recorded data version
     agents: list[Agent] = []
     try:
-        for name in ("spot-1", "spot-2"):  # one after the other: started together, each created a queue "preempt-q"
-            agents.append(Agent(agent_binary, env, "preempt-q", tmp_path / name, name).start())
+        queue = clearml_server.queue("preempt-q")
+        for name in ("spot-1", "spot-2"):  # one after the other: started together, each created a queue of that name
+            agents.append(Agent(agent_binary, env, queue, tmp_path / name, name, clearml_server.worker(name)).start())
             agents[-1].wait_listening()
-        enqueued = cli("repro", uninterrupted["task_id"], "--enqueue", "preempt-q")
+        enqueued = cli("repro", uninterrupted["task_id"], "--enqueue", queue)
         assert enqueued.returncode == 0, enqueued.stderr[-3000:]
         task_id = re.search(r"enqueued task ([0-9a-f]{32})", enqueued.stdout).group(1)
         deadline = time.monotonic() + 600
@@ -198,12 +237,12 @@ def test_a_task_whose_agent_is_killed_is_finished_by_another_agent_bit_for_bit(
             shutil.rmtree(run_dir)
 
         # The server still says in_progress: refused without --force, in one line naming the worker.
-        refused = cli("train", "--resume", task_id, "--enqueue", "preempt-q")
+        refused = cli("train", "--resume", task_id, "--enqueue", queue)
         assert refused.returncode != 0
         line = refused.stderr.strip().splitlines()[-1]
-        assert f"is in progress on reprozoo-test:{lost.name}" in line and "add --force" in line, refused.stderr[-2000:]
+        assert f"is in progress on {lost.worker}" in line and "add --force" in line, refused.stderr[-2000:]
         requeued_at = time.monotonic()
-        requeued = cli("train", "--resume", task_id, "--enqueue", "preempt-q", "--force")
+        requeued = cli("train", "--resume", task_id, "--enqueue", queue, "--force")
         assert requeued.returncode == 0, requeued.stderr[-3000:]
         assert "in_progress before" in requeued.stdout and "resumes from its checkpoint at step" in requeued.stdout
         pattern = re.compile(r"resuming task \w+ from its checkpoint at step (\d+)")
@@ -214,7 +253,7 @@ def test_a_task_whose_agent_is_killed_is_finished_by_another_agent_bit_for_bit(
         task = server_tasks(cli.env, [task_id], wait=900)[task_id]
         assert task["status"] == "completed", other.log()[-4000:]
         assert task["metrics"] == uninterrupted["metrics"]  # byte for byte
-        assert other.ran() == [task_id] and task["last_worker"] == f"reprozoo-test:{other.name}"
+        assert other.ran() == [task_id] and task["last_worker"] == other.worker
         after = read_task(cli, task_id)
         assert_every_step_once(after["scalars"], int(resumed.group(1)))
         # What the agent made is in the server's storage, not left on its machine: the export, the record.

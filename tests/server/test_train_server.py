@@ -61,7 +61,7 @@ def trained(server_cli: Any, dirty_checkout: Path, data_dir: Path, tmp_path_fact
         cli = server_cli(root, src=dirty_checkout / "src", cwd=dirty_checkout)
         out, tmp = root / "run", root / "tmp"
         tmp.mkdir()  # the run's TMPDIR: what it leaves there is a leak
-        result = cli("train", "--tracking", "server", "--data-dir", str(data_dir), "--out", str(out), *TINY,
+        result = cli("train", "--tracking", "server", "--data-dir", str(data_dir), "--out", str(out), *TINY, *cli.in_project,
                      env={"TMPDIR": str(tmp)})
         assert result.returncode == 0, result.stderr[-3000:]
         task_id = json.loads((out / "provenance.json").read_text())["task_id"]
@@ -104,11 +104,13 @@ def test_the_task_holds_the_commit_and_the_uncommitted_diff(trained: dict, dirty
 
 
 def test_the_data_version_is_on_the_server_with_the_recorded_files(trained: dict, data_dir: Path) -> None:
-    from reprozoo.data.versions import NAME, PROJECT, content_hash
+    from reprozoo.data.versions import NAME, content_hash, dataset_project
 
     prov = json.loads((trained["out"] / "provenance.json").read_text())
     dataset = trained["server"]["dataset"]
-    assert dataset["id"] == prov["data"]["dataset_id"] and (dataset["project"], dataset["name"]) == (PROJECT, NAME)
+    project = dataset_project(trained["cli"].server.project)  # the run's project's data versions
+    assert prov["data"]["dataset_project"] == project
+    assert dataset["id"] == prov["data"]["dataset_id"] and (dataset["project"], dataset["name"]) == (project, NAME)
     assert dataset["files"] == {f"{split}.txt": digest for split, digest in prov["data"]["sha256"].items()}
     assert dataset["files"]["train.txt"] == hashlib.sha256((data_dir / "train.txt").read_bytes()).hexdigest()
     assert f"content:{content_hash(prov['data']['sha256'])}" in dataset["tags"]
@@ -129,14 +131,15 @@ def test_the_trained_model_is_an_output_model_on_the_fileserver(trained: dict, c
 def test_same_data_again_reuses_the_version_and_new_data_is_its_child(trained: dict, data_dir: Path) -> None:
     """Both went through `Dataset.get_parents`, which clearml 2.1.12 does not have (an AttributeError before)."""
     cli, first = trained["cli"], trained["server"]["dataset"]["id"]
-    again = cli("data", "version", "--tracking", "server", "--data-dir", str(data_dir), timeout=300)
+    project = ["--project", cli.server.project]
+    again = cli("data", "version", "--tracking", "server", "--data-dir", str(data_dir), *project, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"dataset id: {first}" in again.stdout and "same content as the existing version" in again.stdout
     changed = trained["root"] / "changed-trees"
     shutil.copytree(data_dir, changed)
     with (changed / "dev.txt").open("a") as dev:
         dev.write("(2 (2 an) (2 extra))\n")
-    new = cli("data", "version", "--tracking", "server", "--data-dir", str(changed), timeout=300)
+    new = cli("data", "version", "--tracking", "server", "--data-dir", str(changed), *project, timeout=300)
     assert new.returncode == 0, new.stderr[-2000:]
     assert "new version (server)" in new.stdout and f"parent {first}" in new.stdout
     new_id = new.stdout.split("dataset id: ")[1].split()[0]

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from reprozoo import session, worker, zoo
+from reprozoo import session, zoo
 from reprozoo.agent import require_queue
 from reprozoo.cli.common import (
     TRAIN_FLAGS,
@@ -335,7 +335,7 @@ def hpo(
         session.configure_clearml()
         call(lambda: require_queue(queue))
         if not base.data.dataset_id:  # agents have no local trees: every trial trains on this version, on the server
-            version = call(lambda: register_trees(base.data.data_dir, "server"))
+            version = call(lambda: register_trees(base.data.data_dir, "server", base.tracking.project))
             base.data.dataset_id, base.data.data_dir = version.dataset_id, None
             say(f"data version: {version.dataset_id} (content sha256 {version.content_hash[:12]})")
         search_fn = lambda: search.search_server(base, dims, trials, queue, target, base_task, concurrency,  # noqa: E731
@@ -350,32 +350,9 @@ def hpo(
         say(line)
 
 
-@app.command(name="worker")
-def serve_worker(
-    socket: Annotated[Path | None, typer.Option(help="the Unix socket to serve (default: $XDG_RUNTIME_DIR/reprozoo/worker.sock)")] = None,
-) -> None:
-    """Keep torch, Lightning, transformers and ClearML imported, and run the `reprozoo` commands of
-    shells that set REPROZOO_WORKER to its socket in forks of this process (~7 s less start-up each).
-    Serves commands from an environment like its own; others run in their own process. Ctrl-C or SIGTERM stops it."""
-    request = call(lambda: worker.serve(socket or worker.default_socket()))
-    if request is not None:
-        raise RunnerAdopted
-
-
-class RunnerAdopted(Exception):
-    """Raised in a worker's runner (a fork) that has taken over a client's argv, directory, environment
-    and streams: main() runs that command."""
-
-
 def main() -> None:
-    code = worker.hand_over(sys.argv)
-    if code is not None:
-        sys.exit(code)
     log_setup()
-    try:
-        _run()
-    except RunnerAdopted:  # this process is a worker's fork, now the client's command: run it
-        _run()
+    _run()
 
 
 def _run() -> None:

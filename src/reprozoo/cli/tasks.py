@@ -34,11 +34,12 @@ def data_stats(
 def data_version(
     data_dir: DataDirOpt = None,
     tracking: Annotated[str, typer.Option(help="auto | offline | server")] = "auto",
+    project: Annotated[str, typer.Option(help="the runs' ClearML project (tracking.project); versions go to PROJECT/datasets")] = "reprozoo",
 ) -> None:
-    """Register the trees as a ClearML Dataset version (reprozoo/datasets, sst5), keyed by content."""
+    """Register the trees as a ClearML Dataset version (PROJECT/datasets, sst5), keyed by content."""
     from reprozoo.data import versions
 
-    version = call(lambda: versions.register_trees(data_dir, tracking))
+    version = call(lambda: versions.register_trees(data_dir, tracking, project))
     say(f"dataset id: {version.dataset_id}")
     say(f"{'new version' if version.created else 'same content as the existing version'} ({version.mode});"
          f" content sha256 {version.content_hash}; parent {version.parent or 'none'}")

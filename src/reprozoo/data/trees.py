@@ -113,14 +113,15 @@ def read_trees(path: str | Path) -> list[Tree]:
         raise MissingSplitError(f"{path}: no such split file; point --data-dir at the folder holding train.txt, dev.txt, test.txt")
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        # As editors save them too: a byte-order mark, CRLF line ends, blank lines at the end.
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line_no = raw[: err.start].count(b"\n") + 1
         raise TreeFormatError(
             f"{path}:{line_no}: bytes that are not UTF-8 (at byte {err.start}); re-save the file as UTF-8"
         ) from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
         raise TreeFormatError(f"{path}: the file is empty; expected one tree per line")

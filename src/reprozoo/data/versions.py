@@ -1,4 +1,4 @@
-"""SST-5 versions as ClearML Datasets (project `reprozoo/datasets`, name `sst5`), keyed by content.
+"""SST-5 versions as ClearML Datasets (project `<the run's project>/datasets`, name `sst5`), keyed by content.
 
 A version's identity is the sha256 of its three files: registering the same content twice gives
 the same dataset id; different content gives a new version whose parent is the latest one.
@@ -33,8 +33,13 @@ from reprozoo.cache import cache_root
 from reprozoo.config import ConfigError
 from reprozoo.data.sst5 import SPLITS, DataSourceError, data_fingerprint, resolve_data_dir
 
-PROJECT = "reprozoo/datasets"
+DEFAULT_PROJECT = "reprozoo"  # RunConfig's tracking.project
 NAME = "sst5"
+
+
+def dataset_project(project: str) -> str:
+    """Where a project's data versions live: each project finds, reuses and derives its own."""
+    return f"{project}/datasets"
 
 
 @dataclass
@@ -97,12 +102,12 @@ def _store_copy(data_dir: Path, digest: str) -> Path:
     return target
 
 
-def register(data_dir: Path, mode: str) -> DataVersion:
-    """Look up or create the dataset version holding exactly the files in data_dir."""
+def register(data_dir: Path, mode: str, project: str = DEFAULT_PROJECT) -> DataVersion:
+    """Look up or create the dataset version of `project` holding exactly the files in data_dir."""
     sha256 = data_fingerprint(data_dir)
     digest = content_hash(sha256)
     if mode == "server":
-        return _register_server(data_dir, sha256, digest)
+        return _register_server(data_dir, sha256, digest, dataset_project(project))
     if mode != "offline":
         raise ValueError(f"data versions are recorded offline or on a server, not in mode {mode!r}")
     with _locked_index() as index:
@@ -112,7 +117,7 @@ def register(data_dir: Path, mode: str) -> DataVersion:
                 return DataVersion(entry["dataset_id"], digest, sha256, entry["parent"], str(path), "offline")
         parent = index["versions"][-1]["dataset_id"] if index["versions"] else None
         path = _store_copy(data_dir, digest)
-        dataset_id, session = _create_offline_dataset(path, digest, parent)
+        dataset_id, session = _create_offline_dataset(path, digest, parent, dataset_project(project))
         index["versions"].append({"dataset_id": dataset_id, "content_hash": digest, "sha256": sha256, "parent": parent,
                                   "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                   "source_dir": str(data_dir), "offline_session": session})
@@ -123,7 +128,7 @@ def _tags(digest: str, parent: str | None) -> list[str]:
     return [f"content:{digest}"] + ([f"parent:{parent}"] if parent else [])
 
 
-def _create_offline_dataset(path: Path, digest: str, parent: str | None) -> tuple[str, str]:
+def _create_offline_dataset(path: Path, digest: str, parent: str | None, project: str) -> tuple[str, str]:
     from clearml import Dataset, Task
 
     env_before = session.clearml_env()
@@ -132,7 +137,7 @@ def _create_offline_dataset(path: Path, digest: str, parent: str | None) -> tupl
     Task.set_offline(True)
     # parent_datasets is not passed: ClearML resolves parents with Dataset.get, which cannot run
     # offline. The lineage lives in our index and in a `parent:<id>` tag instead.
-    dataset = Dataset.create(dataset_project=PROJECT, dataset_name=NAME, dataset_tags=_tags(digest, parent),
+    dataset = Dataset.create(dataset_project=project, dataset_name=NAME, dataset_tags=_tags(digest, parent),
                              description=f"SST-5 PTB trees, content sha256 {digest}")
     task = dataset._task  # no public way to reach or close a dataset's task; closing writes its session zip
     # ClearML offline bug (2.1.12): Dataset.create fills task.data.script only online, and add_files
@@ -160,22 +165,22 @@ def _parent(dataset: Any) -> str | None:
     return (dataset.get_dependency_graph().get(dataset.id) or [None])[0]
 
 
-def _register_server(data_dir: Path, sha256: dict[str, str], digest: str) -> DataVersion:
-    # Exercised against the local ClearML server in tests/server.
+def _register_server(data_dir: Path, sha256: dict[str, str], digest: str, project: str) -> DataVersion:
+    # Exercised against a real ClearML server in tests/server.
     from clearml import Dataset
 
     try:
-        found = Dataset.get(dataset_project=PROJECT, dataset_name=NAME, dataset_tags=[f"content:{digest}"], only_completed=True)
+        found = Dataset.get(dataset_project=project, dataset_name=NAME, dataset_tags=[f"content:{digest}"], only_completed=True)
         return DataVersion(found.id, digest, sha256, _parent(found), str(data_dir), "server")
     except ValueError:
         pass
     try:
-        latest = Dataset.get(dataset_project=PROJECT, dataset_name=NAME, only_completed=True)
+        latest = Dataset.get(dataset_project=project, dataset_name=NAME, only_completed=True)
     except ValueError:
         latest = None
     parent = latest.id if latest else None
     path = _store_copy(data_dir, digest)  # exactly the three files: sync_folder mirrors the folder
-    dataset = Dataset.create(dataset_project=PROJECT, dataset_name=NAME, parent_datasets=[parent] if parent else None,
+    dataset = Dataset.create(dataset_project=project, dataset_name=NAME, parent_datasets=[parent] if parent else None,
                              dataset_tags=_tags(digest, parent), description=f"SST-5 PTB trees, content sha256 {digest}")
     dataset.sync_folder(str(path), verbose=False)
     dataset.upload(show_progress=False)
@@ -202,7 +207,7 @@ def resolve(dataset_id: str) -> DataVersion:
         dataset = Dataset.get(dataset_id=dataset_id)
     except ValueError as err:
         raise DataSourceError(f"dataset {dataset_id} not found on the ClearML server ({err}); check the id with"
-                              " `clearml-data list --project reprozoo/datasets`") from None
+                              " `clearml-data search --ids ID`") from None
     path = Path(dataset.get_local_copy())
     sha256 = data_fingerprint(path)
     tags = [t for t in dataset.tags if t.startswith("content:")]
@@ -211,18 +216,19 @@ def resolve(dataset_id: str) -> DataVersion:
     return DataVersion(dataset_id, content_hash(sha256), sha256, _parent(dataset), str(path), "server")
 
 
-def server_version(dataset_id: str, sha256: dict[str, str]) -> str:
+def server_version(dataset_id: str, sha256: dict[str, str], project: str = DEFAULT_PROJECT) -> str:
     """The configured server's dataset id for the content that version `dataset_id` holds (`sha256`,
     the record's): an `offline-…` id means nothing off the machine that recorded it. Found by its
     content tag, else uploaded from this machine's verified copy of that content."""
     digest = content_hash(sha256)
     local = next((e for e in _read_index()["versions"] if e["content_hash"] == digest), None)
     if local is not None:
-        return register(Path(resolve(local["dataset_id"]).path), "server").dataset_id  # found or uploaded
+        return register(Path(resolve(local["dataset_id"]).path), "server", project).dataset_id  # found or uploaded
     from clearml import Dataset
 
     try:
-        return Dataset.get(dataset_project=PROJECT, dataset_name=NAME, dataset_tags=[f"content:{digest}"], only_completed=True).id
+        return Dataset.get(dataset_project=dataset_project(project), dataset_name=NAME, dataset_tags=[f"content:{digest}"],
+                           only_completed=True).id
     except ValueError:
         raise DataSourceError(f"data version {dataset_id} (content {digest[:12]}) is neither on the ClearML server nor on this"
                               " machine; register the same trees on the server with `reprozoo data version --tracking server"
@@ -237,7 +243,7 @@ def _verify(path: Path, expected: dict[str, str], dataset_id: str) -> None:
                               " delete that folder and run `reprozoo data version` on the original trees")
 
 
-def register_trees(data_dir: str | None, tracking: str = "auto") -> DataVersion:
+def register_trees(data_dir: str | None, tracking: str = "auto", project: str = DEFAULT_PROJECT) -> DataVersion:
     """`reprozoo data version`: register the trees in data_dir (default $REPROZOO_DATA_DIR) in the
     mode `tracking` resolves to (auto: the server when one is configured, else offline)."""
     from reprozoo.session import configure_clearml, resolve_mode
@@ -247,4 +253,4 @@ def register_trees(data_dir: str | None, tracking: str = "auto") -> DataVersion:
     path = resolve_data_dir(data_dir)
     mode = resolve_mode(tracking)
     configure_clearml()
-    return register(path, mode)
+    return register(path, mode, project)
