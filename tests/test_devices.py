@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,3 +118,89 @@ def test_a_sweep_on_two_cpu_processes_trains_each_model_once(isolated_clearml: P
     swept_metrics = json.loads((out / "tiny-electra" / "metrics.json").read_text())
     assert sum(map(sum, swept_metrics["dev"]["confusion_matrix"])) == 32  # the whole split, scored once
     assert swept_metrics["train"]["steps"] == 1  # 64 examples, 2 batches of 32: one on each rank
+
+
+def ddp_args(model: Path, data_dir: Path, out: Path) -> list[str]:
+    # 64 steps a rank, a checkpoint after each: the stop lands mid-epoch; dropout on (the tiny model's and the head's).
+    return [sys.executable, "-m", "reprozoo", "train", "--model", str(model), "--accelerator", "cpu", "--devices", "2",
+            "--data-dir", str(data_dir), "--limit-train-samples", "2048", "--limit-eval-samples", "64", "--max-length", "32",
+            "--batch-size", "16", "--max-epochs", "1", "--lr", "1e-3", "--tracking", "off", "--checkpoint-every", "1",
+            "--set", "trainer.val_check_interval=1.0", "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def ddp_uninterrupted(tiny_model_dirs: dict[str, Path], data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    out = tmp_path_factory.mktemp("ddp-straight") / "run"
+    done = subprocess.run(ddp_args(tiny_model_dirs["bert"], data_dir, out), capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return (out / "metrics.json").read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGTERM to the process group", "kill -9 of rank 0"])
+def test_a_two_process_run_stopped_mid_epoch_resumes_bit_identical(how: str, ddp_uninterrupted: bytes, tiny_model_dirs: dict[str, Path],
+                                                                 data_dir: Path, tmp_path: Path) -> None:
+    """Issue 32, item 3: every rank restored rank 0's random state (rank 1 then drew other dropout masks), and
+    a SIGTERM to the whole group reached ranks > 0 twice (rank 0 forwarded it): a KeyboardInterrupt there
+    while rank 0 waited in the checkpoint. Now each rank's state is saved, and the ranks agree on one stop step."""
+    import psutil
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(ddp_args(tiny_model_dirs["bert"], data_dir, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    last, seen, stamp = out / "checkpoints" / "last.ckpt", 0, None
+    deadline = time.monotonic() + 600
+    while seen < 3:  # the third checkpoint of 64: mid-epoch
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint in 10 minutes"
+        if last.exists() and last.stat().st_mtime_ns != stamp:
+            stamp, seen = last.stat().st_mtime_ns, seen + 1
+        time.sleep(0.02)
+    ranks = [proc.pid] + [child.pid for child in psutil.Process(proc.pid).children(recursive=True)]
+    assert len(ranks) == 2, ranks
+    if how == "kill -9 of rank 0":
+        proc.kill()
+        proc.communicate(timeout=60)
+        _, alive = psutil.wait_procs([psutil.Process(pid) for pid in ranks[1:] if psutil.pid_exists(pid)], timeout=120)
+        for orphan in alive:  # rank 1 loses its peer (gloo) and fails; never left training on its own
+            orphan.kill()
+        assert not alive, "rank 1 went on after rank 0 was killed"
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+        assert "resume with: reprozoo train --resume" in err and "KeyboardInterrupt" not in err, err[-3000:]
+        assert psutil.wait_procs([psutil.Process(pid) for pid in ranks[1:] if psutil.pid_exists(pid)], timeout=60)[1] == []
+    assert not (out / "metrics.json").exists()
+    import torch
+
+    state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert 0 < state["global_step"] < 64 and len(state["callbacks"]["ResumeState"]["ranks"]) == 2
+
+    resumed = subprocess.run([sys.executable, "-m", "reprozoo", "train", "--resume", str(out)], capture_output=True, text=True,
+                             timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (out / "metrics.json").read_bytes() == ddp_uninterrupted  # byte for byte
+
+
+def test_the_ranks_train_disjoint_batches_that_cover_the_epoch() -> None:
+    """Issue 32, item 7: the 2-process test counted steps only; nothing checked what each rank trains."""
+    import torch
+
+    from reprozoo.data.module import LengthGroupedSampler
+
+    lengths = torch.randint(3, 60, (333,), generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 5, (333,), generator=torch.Generator().manual_seed(1))
+    one = LengthGroupedSampler(lengths, labels, batch_size=16, seed=7)
+    ranks = [LengthGroupedSampler(lengths, labels, batch_size=16, seed=7, num_replicas=2, rank=r) for r in (0, 1)]
+    for epoch in (0, 1):
+        for sampler in (one, *ranks):
+            sampler.set_epoch(epoch)
+        everything = one.rank_batches()
+        shares = [sampler.rank_batches() for sampler in ranks]
+        assert len(shares[0]) == len(shares[1]) == len(everything) // 2  # equal steps: no rank waits on the other
+        seen = [i for share in shares for batch in share for i in batch]
+        assert len(seen) == len(set(seen))  # disjoint
+        assert sorted(map(tuple, shares[0] + shares[1])) == sorted(map(tuple, everything[: 2 * len(shares[0])]))
+        assert len(everything) - 2 * len(shares[0]) <= 1  # at most the odd batch is left out

@@ -53,27 +53,46 @@ def test_gradient_clipping_works_with_the_optimizer_of_every_precision(precision
     assert optimizer.defaults["fused"] is (precision == "32-true")
 
 
+class RecordingTracker(NoTracker):
+    """Records what `start_run` hands the tracker: the determinism of the run's fingerprint at that moment."""
+
+    recorded: dict | None = None
+
+    def record(self, cfg: RunConfig, plan: object, weights: object, code: object = None) -> None:
+        self.recorded = provenance.environment(cfg.seed, None)["determinism"]
+
+    def start_uploads(self, run_dir: Path) -> None:
+        return None
+
+
 @pytest.mark.parametrize(("accelerator", "warn_only"), [("cpu", False), ("gpu", True)])
-def test_the_deterministic_flags_that_reach_torch_are_the_recorded_ones(accelerator: str, warn_only: bool, data_dir: Path,
-                                                                       tmp_path: Path) -> None:
+def test_the_deterministic_flags_the_trainer_runs_with_are_the_recorded_ones(accelerator: str, warn_only: bool, data_dir: Path,
+                                                                            tmp_path: Path) -> None:
     """A CPU run is strictly deterministic; a GPU run keeps the deterministic kernels and warns on ops that
     have none. On eee4b67 Trainer(deterministic=True) made the GPU strict again after train.start_run had
-    asked for warn_only, and the record said the opposite of what ran."""
+    asked for warn_only, and the record said the opposite of what ran. Here: what start_run records,
+    against the flags torch holds once the run's Trainer is built."""
     import lightning as L
+
+    from reprozoo.train import Inputs, start_run
 
     cfg = RunConfig().override([f"data.data_dir={data_dir}", f"out_dir={tmp_path / 'run'}"])
     plan = replace(plan_run(cfg), accelerator=accelerator)  # no GPU here: the plan says what a GPU host decides
+    plan.run_dir.mkdir(parents=True)
     before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    tracker = RecordingTracker()
     try:
+        torch.use_deterministic_algorithms(False)  # nothing left over from another test decides it
+        start_run(plan, tracker, Inputs(None, None, None), resume=False, worker=False)
+        assert tracker.recorded is not None
         # Building the Trainer sets torch's flags (Lightning's _set_torch_flags), as in a real run.
         L.Trainer(accelerator="cpu", deterministic=_trainer_kwargs(cfg, plan, NoTracker())["deterministic"], logger=False,
                   enable_checkpointing=False, enable_progress_bar=False)
-        assert torch.are_deterministic_algorithms_enabled()
-        assert torch.is_deterministic_algorithms_warn_only_enabled() is warn_only
-        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
-        recorded = provenance.environment(cfg.seed, None)["determinism"]
-        assert recorded["torch_deterministic_warn_only"] is warn_only
-        assert recorded["lightning_deterministic"] == ("warn" if warn_only else True)
-        assert recorded["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        ran = {"torch_deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+               "torch_deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+               "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
+        assert {key: tracker.recorded[key] for key in ran} == ran
+        assert ran["torch_deterministic_warn_only"] is warn_only and ran["torch_deterministic_algorithms"] is True
+        assert tracker.recorded["lightning_deterministic"] == ("warn" if warn_only else True)
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])

@@ -252,12 +252,20 @@ def test_git_state_without_git_uses_the_image_revision(tmp_path, monkeypatch) ->
     """Inside the image there is neither a checkout nor a git binary: the baked-in revision is recorded."""
     from reprozoo import provenance
 
-    monkeypatch.setenv("PATH", str(tmp_path))  # no git on PATH
+    # A real checkout, dirty, so that with git on PATH the answer would be its commit and diff.
+    repo = _repo(tmp_path / "checkout")
+    (repo / "a.py").write_text("x = 1\n")
+    _git(repo, "add", "a.py")
+    _git(repo, "commit", "-qm", "one")
+    (repo / "a.py").write_text("x = 2\n")
+    assert provenance.git_state(repo).dirty
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no git on PATH
     monkeypatch.setenv("REPROZOO_REVISION", "0123456789abcdef0123456789abcdef01234567")
     monkeypatch.setenv("REPROZOO_SOURCE", "https://example.org/reprozoo.git")
-    state = provenance.git_state(tmp_path)
+    state = provenance.git_state(repo)
     assert state.commit == "0123456789abcdef0123456789abcdef01234567"
-    assert state.repository == "https://example.org/reprozoo.git" and not state.dirty
+    assert state.repository == "https://example.org/reprozoo.git" and not state.dirty and state.error == ""
 
 
 def test_setting_names_with_tokens_are_not_secrets() -> None:

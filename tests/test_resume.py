@@ -56,7 +56,7 @@ def wait_for_checkpoints(proc: subprocess.Popen, last: Path, writes: int) -> Non
 
 
 def batches_done(checkpoint: Path) -> tuple[int, int]:
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     loader = state["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
     return state["global_step"], loader["batches_done"]
 
@@ -271,7 +271,7 @@ def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path: Path, capsys: 
     io = AtomicCheckpointIO()
     io.save_checkpoint({"global_step": 1}, checkpoints / LAST)
     io.save_checkpoint({"global_step": 2}, checkpoints / LAST)
-    assert torch.load(checkpoints / PREVIOUS, weights_only=False)["global_step"] == 1
+    assert torch.load(checkpoints / PREVIOUS, weights_only=True)["global_step"] == 1
     data = (checkpoints / LAST).read_bytes()
     (checkpoints / LAST).write_bytes(data[: len(data) // 2])  # truncated, as by a crash of another tool
     assert find_resume_checkpoint(tmp_path) == checkpoints / PREVIOUS
@@ -279,6 +279,44 @@ def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path: Path, capsys: 
     (checkpoints / PREVIOUS).write_bytes(b"garbage")
     with pytest.raises(ResumeError, match="no usable checkpoint"):
         find_resume_checkpoint(tmp_path)
+
+
+class PicklePayload:
+    """Unpickled, it creates the file `marker`: what a checkpoint from elsewhere could carry."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_checkpoint_carrying_a_pickle_payload_is_refused_and_runs_nothing(tiny_model_dirs: dict[str, Path], data_dir: Path,
+                                                                           tmp_path: Path, extra_callbacks: list[Any]) -> None:
+    """Issue 32, item 2: the resume probe loaded checkpoints with weights_only=False; a `last.ckpt` from a copied
+    run directory, another machine or the task's storage could run any code as it was opened."""
+    from reprozoo.resume import Preempted
+
+    out = tmp_path / "run"
+    cfg = RunConfig().override([f"data.data_dir={data_dir}", f"model.name={tiny_model_dirs['bert']}", "data.limit_train_samples=64",
+                                "data.limit_eval_samples=16", "data.batch_size=16", "trainer.max_epochs=1",
+                                "tracking.mode=off", f"out_dir={out}"])
+    extra_callbacks.append(SigtermAt(batch=2))
+    with pytest.raises(Preempted):
+        train_in_process(cfg)
+    extra_callbacks.clear()
+    marker = tmp_path / "created-by-the-checkpoint"
+    last = out / "checkpoints" / LAST
+    state = torch.load(last, map_location="cpu", weights_only=True)  # what reprozoo wrote loads as plain data
+    state["callbacks"]["payload"] = PicklePayload(marker)
+    torch.save(state, last)
+    resumed = subprocess.run([sys.executable, "-m", "reprozoo", "train", "--resume", str(out)], capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 2, resumed.stderr[-3000:]
+    line = resumed.stderr.strip().splitlines()[-1]
+    assert line == (f"error: {last} holds more than tensors and plain values (loading it would run code it names): refused;"
+                    " resume only from checkpoints reprozoo wrote, or start a new run"), resumed.stderr[-3000:]
+    assert not marker.exists() and not (out / "metrics.json").exists()
 
 
 @contextlib.contextmanager

@@ -54,15 +54,16 @@ def test_close_cannot_hang(isolated_clearml: Path, tmp_path: Path) -> None:
             log.report_scalar("train", "loss", value=1.0 / (i + 1), iteration=i)
         log.report_confusion_matrix("confusion", "test", matrix=[[1, 2], [3, 4]], iteration=0)
         task.upload_artifact("note", artifact_object={{"a": 1}}, wait_on_upload=True)
+        opened = time.monotonic() - began
         started = time.monotonic()
         task.close()
-        print("close_seconds", time.monotonic() - started)
-    """)
-    started = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90, check=True)
-    seconds = float(result.stdout.split("close_seconds")[-1])
-    assert seconds < 5, f"task.close() took {seconds:.1f}s"
-    assert time.monotonic() - started < 60
+        print("seconds", opened, time.monotonic() - started)
+    """).replace("import sys, time", "import sys, time\nbegan = time.monotonic()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    opened, closed = map(float, result.stdout.split("seconds")[-1].split())
+    # The hang was minutes (ClearML's subprocess reporter). Bound against this very process's own start and
+    # reports, which a loaded machine slows alike, not against a wall-clock figure.
+    assert closed < max(opened, 1.0), f"task.close() took {closed:.1f} s; importing, opening and reporting took {opened:.1f} s"
     assert len(list((isolated_clearml / "clearml" / "offline").glob("offline-*.zip"))) == 1
 
 

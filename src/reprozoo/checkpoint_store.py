@@ -7,7 +7,9 @@ resumed elsewhere scores the same best checkpoint as the run uninterrupted. Only
 have completed does the task's `resume-checkpoint` artifact point at them, with step, sha256 and
 size: a half-uploaded checkpoint is never the one resumed, and a resume refuses a file whose sha256
 is not the recorded one. The latest `KEEP_STORED` uploads stay in storage; when
-the task completes they are removed unless `trainer.keep_last_checkpoint` keeps them.
+the task completes they are removed unless `trainer.keep_last_checkpoint` keeps them. The artifact
+also lists what is in storage, so that a resumed process (here or on another machine) takes over
+their removal.
 
 Uploads never hold training: a newer checkpoint replaces one still waiting, and a failed upload
 (the fileserver down) is retried until it succeeds or a newer checkpoint supersedes it. Every
@@ -79,7 +81,8 @@ class CheckpointUploader:
         self.root = storage_root(task)
         self.staging = run_dir / "checkpoints" / STAGING
         self.attempts: list[dict[str, Any]] = []  # every checkpoint offered: stored, superseded or failed
-        self.stored: list[StoredCheckpoint] = []  # in storage now, oldest first
+        # In storage now, oldest first: a resumed run's include what the interrupted process stored.
+        self.stored: list[StoredCheckpoint] = stored_by_task(task, self.root)
         self._pending: tuple[Path, int, Path | None] | None = None
         self._busy = False
         self._closing = False
@@ -201,8 +204,9 @@ class CheckpointUploader:
                 self._delete(best.url)  # sent for this checkpoint alone: nothing names it now
             return
         stored = StoredCheckpoint(step=step, url=url, sha256=sha256, bytes=size, best=best)
-        # The pointer moves only now, to complete uploads.
-        metadata = {"step": str(step), "sha256": sha256, "bytes": str(size)}
+        # The pointer moves only now, to complete uploads; it lists what storage holds once the older ones go.
+        metadata = {"step": str(step), "sha256": sha256, "bytes": str(size),
+                    "stored": json.dumps([asdict(s) for s in [*self.stored, stored][-self.keep:]])}
         if best is not None:
             metadata.update(best_name=best.name, best_url=best.url, best_sha256=best.sha256, best_bytes=str(best.bytes))
         self.task.upload_artifact(ARTIFACT, artifact_object=url, wait_on_upload=True, metadata=metadata)
@@ -260,6 +264,37 @@ class CheckpointUploader:
 
 
 # --- the resuming side ----------------------------------------------------------------------------
+MAX_STORED_LIST = 64 * 1024  # characters of the artifact's `stored` list: it is read from the server
+
+
+def stored_by_task(task: Any, root: str) -> list[StoredCheckpoint]:
+    """What the task's `resume-checkpoint` artifact says is in its storage (an interrupted process's
+    uploads), oldest first; only files under `root`, this task's own checkpoint folder: the list is
+    server metadata, and whatever it names is deleted at completion."""
+    artifacts = getattr(task, "artifacts", None) or {}
+    artifact = artifacts.get(ARTIFACT)
+    if artifact is None:
+        return []
+    listed = (artifact.metadata or {}).get("stored")
+    if not isinstance(listed, str) or len(listed) > MAX_STORED_LIST:
+        latest = latest_stored(task)  # written before the list existed: the one it points at
+        return [latest] if latest is not None and latest.url.startswith(f"{root}/") else []
+    found = []
+    try:
+        for entry in json.loads(listed):
+            best = entry.get("best")
+            checkpoint = StoredCheckpoint(step=int(entry["step"]), url=str(entry["url"]), sha256=str(entry["sha256"]),
+                                          bytes=int(entry["bytes"]),
+                                          best=StoredFile(name=Path(str(best["name"])).name, url=str(best["url"]),
+                                                          sha256=str(best["sha256"]), bytes=int(best["bytes"])) if best else None)
+            urls = [checkpoint.url] + ([checkpoint.best.url] if checkpoint.best else [])
+            if all(url.startswith(f"{root}/") and ".." not in url for url in urls):
+                found.append(checkpoint)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        log.warning(f"task {task.id}: its {ARTIFACT} artifact lists its stored checkpoints unreadably; those stay in storage")
+        return []
+    return found
+
 def latest_stored(task: Any) -> StoredCheckpoint | None:
     """The checkpoint a task's `resume-checkpoint` artifact names (its last complete upload), or None."""
     artifact = task.artifacts.get(ARTIFACT) if task.artifacts else None

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import random
 import signal
 import tempfile
@@ -227,9 +228,16 @@ class ResumableDataLoader(DataLoader):
         self.position.resume_at(state["epoch"], state["batches_done"])
 
 
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 class ResumeState(Callback):
-    """Saves every RNG state with each checkpoint; on resume, puts back the RNG states and the
-    train loader's position at the last moment before the first resumed step.
+    """Saves every RNG state with each checkpoint, each DDP rank's own (the ranks draw dropout on
+    batches of other lengths, so their streams differ); on resume, puts back this rank's RNG states
+    and the train loader's position at the last moment before the first resumed step.
 
     Lightning 2.6 builds the train loader before it restores the loop state (for
     `estimated_stepping_batches`), so its own stateful-loader hand-off never reaches our loader;
@@ -247,10 +255,24 @@ class ResumeState(Callback):
                                  "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
+        _, world = _rank_and_world()
+        if world == 1:
+            return state
+        # Every rank builds the checkpoint (Lightning's dump_checkpoint), rank 0 writes it: gather the ranks' states.
+        ranks: list[Any] = [None] * world
+        torch.distributed.all_gather_object(ranks, state)
+        return {"ranks": ranks}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._rng = state_dict
+        rank, world = _rank_and_world()
+        ranks = state_dict.get("ranks")
+        if ranks is None:
+            self._rng = state_dict  # one process wrote it
+        elif len(ranks) == world:
+            self._rng = ranks[rank]
+        else:
+            raise ResumeError(f"the checkpoint holds the random states of {len(ranks)} process(es), this run has {world}:"
+                              f" resume it with --devices {len(ranks)}")
 
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         fit_state = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
@@ -293,7 +315,6 @@ class ResumeCheckpoint(Checkpoint):
     def __init__(self, checkpoint_dir: Path, every_n_steps: int = 0) -> None:
         self.checkpoint_dir, self.every_n_steps = checkpoint_dir, every_n_steps
         self.received: int | None = None
-        self.trainer: Any = None
         self._previous: dict[int, Any] = {}
 
     @property
@@ -301,7 +322,6 @@ class ResumeCheckpoint(Checkpoint):
         return self.checkpoint_dir / LAST
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        self.trainer = trainer
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -315,35 +335,43 @@ class ResumeCheckpoint(Checkpoint):
             signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
+        # Nothing is forwarded to other DDP ranks: they learn of it at the next step's end (_stop_agreed),
+        # and a signal to the whole process group would otherwise reach them twice.
         if self.received is not None:  # a second signal: stop now
             raise KeyboardInterrupt
         self.received = signum
-        launcher = self.trainer.strategy.launcher if self.trainer is not None else None
-        if launcher is not None:
-            launcher.kill(signum)  # DDP: the other ranks get the signal too (what Lightning's handler did)
         log.warning(f"received {signal.Signals(signum).name}; checkpointing after this optimiser step")
+
+    def _stop_agreed(self, trainer: Any) -> bool:
+        """Whether any rank received a stop signal: every rank stops after the same step (the checkpoint
+        is a collective write; a rank training on alone would wait for the others forever)."""
+        if trainer.world_size > 1:
+            return bool(trainer.strategy.reduce_boolean_decision(self.received is not None, all=False))
+        return self.received is not None
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         epoch_loop = trainer.fit_loop.epoch_loop
         if trainer.fast_dev_run or epoch_loop._should_accumulate():
             return
-        due = self.received is not None or (self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0)
+        stop = self._stop_agreed(trainer)
+        due = stop or (self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0)
         if due and not epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
-            self._write(trainer)
+            self._write(trainer, stop)
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if (trainer.state.fn == "fit" and not trainer.sanity_checking and not trainer.fast_dev_run
                 and not trainer.fit_loop.epoch_loop._should_accumulate()):
-            self._write(trainer)
+            self._write(trainer, self._stop_agreed(trainer))
 
-    def _write(self, trainer: Any) -> None:
+    def _write(self, trainer: Any, stop: bool) -> None:
         trainer.save_checkpoint(self.path)
-        if self.received is not None:
+        if stop:
             checkpoint_io = trainer.strategy.checkpoint_io
             if isinstance(checkpoint_io, BackgroundCheckpointIO):
                 checkpoint_io.flush()  # on disk before the process may be killed for good
+            trainer.strategy.barrier("reprozoo-preempted")  # rank 0's file is complete before any rank exits
             log.warning(f"saved {self.path}; resume with `reprozoo train --resume {self.checkpoint_dir.parent}`")
-            raise Preempted(self.received)
+            raise Preempted(self.received or signal.SIGTERM)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         for sig, handler in self._previous.items():
@@ -377,7 +405,9 @@ def resumed_config(ref: str) -> RunConfig:
 
 
 def find_resume_checkpoint(run_dir: Path) -> Path:
-    """`last.ckpt` if it loads, else `last.prev.ckpt`; a clear error when neither does."""
+    """`last.ckpt` if it loads, else `last.prev.ckpt`; a clear error when neither does. Loaded as
+    tensors and plain types only (weights_only=True, as Lightning loads it): a checkpoint may come from
+    another machine or the task's storage, and a full unpickle runs whatever code it names."""
     directory = run_dir / "checkpoints"
     problems = []
     for name in (LAST, PREVIOUS):
@@ -386,7 +416,14 @@ def find_resume_checkpoint(run_dir: Path) -> Path:
             problems.append(f"{name} missing")
             continue
         try:
-            torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError as err:
+            if "weights_only" not in str(err) and "Weights only load failed" not in str(err):
+                problems.append(f"{name} unreadable ({type(err).__name__})")
+                log.warning(f"{path} is corrupt or truncated ({type(err).__name__}); trying the previous checkpoint")
+                continue
+            raise ResumeError(f"{path} holds more than tensors and plain values (loading it would run code it names):"
+                              " refused; resume only from checkpoints reprozoo wrote, or start a new run") from None
         except Exception as err:
             problems.append(f"{name} unreadable ({type(err).__name__})")
             log.warning(f"{path} is corrupt or truncated ({type(err).__name__}); trying the previous checkpoint")

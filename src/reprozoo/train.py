@@ -30,7 +30,7 @@ from reprozoo import provenance, safeyaml, zoo
 from reprozoo.config import ConfigError, RunConfig
 from reprozoo.data.sst5 import data_fingerprint, resolve_data_dir
 from reprozoo.data.trees import LABEL_NAMES
-from reprozoo.errors import UserError
+from reprozoo.errors import Preempted, UserError
 from reprozoo.log import log
 
 
@@ -231,7 +231,12 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False, accept_
             resume_from = start_run(plan, tracker, inputs, resume=resume, worker=worker, code=code)
             several = not worker and _device_count(plan.cfg.trainer.devices, plan.accelerator) > 1
             with ddp_workers_run(plan, inputs, resume_from) if several else contextlib.nullcontext():
-                fitted = fit(plan, inputs, tracker, resume_from, worker)
+                try:
+                    fitted = fit(plan, inputs, tracker, resume_from, worker)
+                except Preempted:
+                    if worker:  # stopped with rank 0, which reports it: a rank > 0 exiting non-zero gets rank 0 SIGKILLed
+                        return RunResult(plan.run_dir, {}, ddp_worker=True)
+                    raise
                 metrics = score(plan, inputs, fitted)
             if worker:
                 return RunResult(plan.run_dir, metrics, ddp_worker=True)
@@ -370,8 +375,6 @@ def task_stopped_on_failure(tracker: Any, run_dir: Callable[[], Path]) -> Iterat
     """Any failure once the task is open (preemption, a bad batch, a full disk) closes it: what it
     holds is kept, marked stopped (interrupted) or failed, and the next training in this process can open its own.
     `run_dir` is asked at the failure: the directory is claimed (and may be renamed) inside."""
-    from reprozoo.errors import Preempted
-
     try:
         yield
     except BaseException as err:
@@ -445,7 +448,7 @@ def fit(plan: Plan, inputs: Inputs, tracker: Any, resume_from: str | None, worke
     module = SentimentClassifier(net, cfg.optim, plan.lr, class_weights)
     trainer = L.Trainer(**_trainer_kwargs(cfg, plan, tracker))
     fit_started = time.time()
-    trainer.fit(module, datamodule=inputs.datamodule, ckpt_path=resume_from)
+    trainer.fit(module, datamodule=inputs.datamodule, ckpt_path=resume_from, weights_only=True)
     # Copied before scoring: loading the best checkpoint restores its own list.
     return Fitted(trainer, module, list(module.step_losses), time.time() - fit_started)
 
@@ -454,8 +457,8 @@ def score(plan: Plan, inputs: Inputs, fitted: Fitted) -> dict[str, Any]:
     """Dev and test scores of the best checkpoint, and a summary of the training."""
     trainer, module, datamodule, steps = fitted.trainer, fitted.module, inputs.datamodule, fitted.step_losses
     best = _best_checkpoint(trainer)
-    dev = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False) and module.last_eval["val"]
-    test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False) and module.last_eval["test"]
+    dev = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True) and module.last_eval["val"]
+    test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True) and module.last_eval["test"]
     tenth = max(1, len(steps) // 10)
     return {
         "dev": dev,
