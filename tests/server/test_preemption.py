@@ -139,10 +139,10 @@ def test_resume_by_task_id_on_a_fresh_machine_is_bit_identical(uninterrupted: di
     proc.communicate()
     task_id = json.loads((out / "provenance.json").read_text())["task_id"]
     checkpoints, bests = uploaded(record)
-    shutil.rmtree(tmp_path / "lost")
     # Bounded: the two latest (a third while the kill fell between an upload and the removal it allows).
     assert 1 <= len(existing(first, checkpoints)) <= KEEP_STORED + 1
     assert existing(first, bests)
+    shutil.rmtree(tmp_path / "lost")
 
     fresh = server_cli(tmp_path / "elsewhere")  # its own HOME, caches, and working directory
     env = {k: v for k, v in fresh.env.items() if k != "REPROZOO_DATA_DIR"}
