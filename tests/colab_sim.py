@@ -8,9 +8,10 @@ venv, never into the test runner's; reprozoo is then imported from the /content 
 in as papermill does it: a cell injected after the cell tagged `parameters` (which Colab shows as a form).
 
 The Python is this machine's, not Colab's 3.12: envs/colab.lock (compiled for CPython 3.12) carries
-cp311 wheels too and installs on 3.11 with --require-hashes --no-deps (checked by hand in an empty venv:
-every pin, ~2 min; too long for the suite). Here every pin is already satisfied by the runner's packages (the same versions:
-the lock takes envs/cpu.lock's), so pip installs nothing, as it skips Colab's preinstalled matching ones.
+cp311 wheels too and installs on 3.11 with --require-hashes --no-deps (an install into an empty venv
+is too slow for the suite). Here every pin is already satisfied by the runner's packages (the same
+versions: the lock takes envs/cpu.lock's), so pip installs nothing, as it skips Colab's preinstalled
+matching ones.
 The test prints which Python ran and which lock (with its sha256) was installed.
 """
 

@@ -14,18 +14,13 @@ from helpers import isolate_clearml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TREES = REPO.parent / "shared" / "data" / "sst5" / "trees"
-# Longest prefix first: the docker-mode agent tests build the container tests' image (one engine
-# layer cache) and go with them. The venv-mode agent tests and the preemption tests (real agents, runs
-# killed and resumed) are units of their own: together with the other server tests they were one
-# worker's 55 minutes. Every worker uses the one server provided (tests/clearml_server.py), each in a
-# namespace of its own.
+# Longest prefix first: the docker-mode agent tests share the container tests' image build (one layer cache).
+# The long agent and preemption tests are units of their own, so no single worker gets all the server tests;
+# every worker uses the one server provided (tests/clearml_server.py), each in a namespace of its own.
 SERVICE_UNITS = {"tests/server/test_agents_docker.py": "docker", "tests/server/test_preemption.py": "preemption",
                  "tests/server/test_agents.py": "agents", "tests/server/": "server", "tests/containers/": "docker"}
-# Seconds each long unit took in a fresh-clone CI run (3 workers on 2 cores, REPROZOO_TEST_TIMELINE),
-# to hand the longest out first: the last unit handed out was test_resume.py's 30 minutes, and it
-# ended the suite 4 minutes after the others. Units not listed are short; they fill in at the end.
-# "server" includes tests/server/test_colab_agent.py's ~120 s and tests/test_colab.py is ~80 s (measured
-# alone on this 2-core machine, not yet in a CI timeline).
+# Rough seconds per long unit (REPROZOO_TEST_TIMELINE), so the longest are handed out first and no long unit
+# starts last; units not listed are short and fill in at the end.
 UNIT_SECONDS = {"agents": 2200, "tests/test_resume.py": 1770, "docker": 1490, "server": 1210, "preemption": 1010,
                 "tests/test_mpnet.py": 470, "tests/test_cli.py": 390, "tests/test_devices.py": 310,
                 "tests/test_run_claims.py": 280, "tests/test_repro.py": 270, "tests/test_records_e2e.py": 260,

@@ -46,7 +46,7 @@ def scratch(factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
     """A folder for a module- or session-scoped fixture, removed when that fixture ends. pytest removes
     only a passing test's own tmp_path (pyproject: tmp_path_retention_policy = "failed") and keeps
     every `mktemp` folder until the session ends; with real runs (a MiniLM run directory plus its
-    offline session is ~0.8 GB, an MPNet run ~4 GB) the folders of finished modules filled CI's disk."""
+    offline session is ~0.8 GB, an MPNet run ~4 GB) the folders of finished modules would fill the disk."""
     root = factory.mktemp(name)
     try:
         yield root

@@ -141,9 +141,8 @@ def ddp_uninterrupted(tiny_model_dirs: dict[str, Path], data_dir: Path, tmp_path
 @pytest.mark.parametrize("how", ["SIGTERM to the process group", "kill -9 of rank 0"])
 def test_a_two_process_run_stopped_mid_epoch_resumes_bit_identical(how: str, ddp_uninterrupted: bytes, tiny_model_dirs: dict[str, Path],
                                                                  data_dir: Path, tmp_path: Path) -> None:
-    """Issue 32, item 3: every rank restored rank 0's random state (rank 1 then drew other dropout masks), and
-    a SIGTERM to the whole group reached ranks > 0 twice (rank 0 forwarded it): a KeyboardInterrupt there
-    while rank 0 waited in the checkpoint. Now each rank's state is saved, and the ranks agree on one stop step."""
+    """Issue 32, item 3: each rank resumes its own random state (its own dropout masks), and a SIGTERM to the
+    whole group reaches each rank once: the ranks agree on one stop step."""
     import psutil
 
     out = tmp_path / "run"
@@ -185,7 +184,7 @@ def test_a_two_process_run_stopped_mid_epoch_resumes_bit_identical(how: str, ddp
 
 
 def test_the_ranks_train_disjoint_batches_that_cover_the_epoch() -> None:
-    """Issue 32, item 7: the 2-process test counted steps only; nothing checked what each rank trains."""
+    """Issue 32, item 7: what each rank trains, not only how many steps."""
     import torch
 
     from reprozoo.data.module import LengthGroupedSampler

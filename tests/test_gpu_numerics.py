@@ -38,7 +38,7 @@ def test_auto_precision_is_bf16_only_on_gpus_with_bf16_units(gpu: str, monkeypat
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed", "32-true"])
 def test_gradient_clipping_works_with_the_optimizer_of_every_precision(precision: str) -> None:
     """Lightning's precision plugin clips the gradients of the optimizer `configure_optimizers` builds
-    (grad_clip defaults to 1.0). Under AMP (fp16 and bf16 alike) a fused AdamW was refused at the first step."""
+    (grad_clip defaults to 1.0). Under AMP (fp16 and bf16 alike) it refuses a fused AdamW at the first step."""
     from lightning.pytorch.plugins.precision import MixedPrecision, Precision
     from lightning.pytorch.utilities import GradClipAlgorithmType
 
@@ -69,9 +69,8 @@ class RecordingTracker(NoTracker):
 def test_the_deterministic_flags_the_trainer_runs_with_are_the_recorded_ones(accelerator: str, warn_only: bool, data_dir: Path,
                                                                             tmp_path: Path) -> None:
     """A CPU run is strictly deterministic; a GPU run keeps the deterministic kernels and warns on ops that
-    have none. On eee4b67 Trainer(deterministic=True) made the GPU strict again after train.start_run had
-    asked for warn_only, and the record said the opposite of what ran. Here: what start_run records,
-    against the flags torch holds once the run's Trainer is built."""
+    have none. What start_run records must match the flags torch holds once the run's Trainer is built
+    (Trainer(deterministic=True) would make a GPU strict again behind the record's back)."""
     import lightning as L
 
     from reprozoo.train import Inputs, start_run

@@ -2,7 +2,7 @@
 
 The property is the same everywhere: the outcome is a parsed, validated RunConfig (or a Record) or a
 `UserError` with a one-line message; never another exception, never slow, never a memory blow-up.
-Derandomized, so CI sees the same examples every time; about 30 s on a loaded 2-core machine.
+Derandomized, so CI sees the same examples every time.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def test_family_forward_backward(family: str) -> None:
 @pytest.mark.parametrize("saved_as", [torch.float16, torch.bfloat16])
 def test_a_backbone_saved_in_half_precision_trains_in_fp32(tmp_path, saved_as: torch.dtype) -> None:
     """Transformers 5 loads a checkpoint in its saved dtype by default: an fp16/bf16 backbone under
-    our fp32 head failed at the first step ("mat1 and mat2 must have the same dtype")."""
+    our fp32 head would fail at the first step ("mat1 and mat2 must have the same dtype")."""
     from transformers import AutoModel
 
     spec = zoo.families()["bert"]

@@ -71,8 +71,8 @@ LOOKS_SECRET = ('MAX_TOKENS_PER_BATCH = 4096\nTOKEN_ENV = "HF_TOKEN"\nTOKENIZERS
 
 
 def test_names_that_look_like_secrets_are_recorded_as_they_are_and_replay(tmp_path: Path) -> None:
-    """Issue 31, case 4: the diff went through `redact`, whose assignment heuristic rewrote code
-    (`MAX_TOKENS_PER_BATCH = ***`, a SyntaxError on replay; `TOKEN_ENV = "***"`, other code that applies)."""
+    """Issue 31, case 4: the diff is recorded unmasked; `redact`'s assignment heuristic would rewrite code
+    (`MAX_TOKENS_PER_BATCH = ***`, `TOKEN_ENV = "***"`) and the replay would fail or run other code."""
     repo = _repo(tmp_path / "repo")
     (repo / "settings.py").write_text("x = 1\n")
     _git(repo, "add", "-A")
@@ -135,8 +135,8 @@ def test_a_binary_change_is_recorded_and_replays(tmp_path: Path) -> None:
 
 
 def test_untracked_source_files_are_captured_and_replay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 17, case 8: an untracked module the run imports was listed, not captured: the replay failed
-    (ImportError) or ran other code. Now it travels in the diff; other untracked files stay a list."""
+    """Issue 17, case 8: an untracked module the run imports travels in the diff (listed alone, the replay
+    would fail or run other code); other untracked files stay a list."""
     repo = _repo(tmp_path / "repo")
     (repo / "src" / "pkg").mkdir(parents=True)
     (repo / "src" / "pkg" / "__init__.py").write_text("from pkg.helper import VALUE\n")
@@ -161,7 +161,7 @@ def test_untracked_source_files_are_captured_and_replay(tmp_path: Path, monkeypa
 
 def test_a_git_failure_is_a_warning_the_record_carries(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Issue 17, case 8: a checkout owned by another user ("dubious ownership", e.g. mounted into a
-    container) used to give a record with no commit and no diff, silently."""
+    container) is a warning the record carries, never a silently empty code state."""
     if os.geteuid() != 0:
         pytest.skip("needs root to hand the checkout to another user")
     repo = _repo(tmp_path / "mounted")
@@ -206,8 +206,8 @@ def test_lock_file_default_and_override(tmp_path: Path, monkeypatch: pytest.Monk
 @pytest.mark.parametrize("flavour", ["cpu", "cuda", "colab"])
 def test_the_lock_of_an_image_or_colab_is_recorded(flavour: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 17, case 7: the image (docker/Dockerfile) and the Colab notebook set REPROZOO_LOCK to the
-    flavour and REPROZOO_LOCK_SHA256 to its lock's sha256; the flavour was read as a path and the
-    record said "none" for both."""
+    flavour and REPROZOO_LOCK_SHA256 to its lock's sha256: the flavour is not a path, and the record
+    names that lock and sha256, not "none"."""
     baked = "ab" * 32
     monkeypatch.setenv(provenance.LOCK_ENV, flavour)
     monkeypatch.setenv(provenance.LOCK_SHA256_ENV, baked)
@@ -219,7 +219,7 @@ def test_the_lock_of_an_image_or_colab_is_recorded(flavour: str, monkeypatch: py
 
 def test_a_venv_that_drifted_from_envs_cpu_txt_claims_no_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture) -> None:
-    """Issue 17, case 7: outside images envs/cpu.txt was recorded whatever was installed."""
+    """Issue 17, case 7: outside images envs/cpu.txt is recorded only when what is installed matches it."""
     from importlib import metadata
 
     monkeypatch.delenv(provenance.LOCK_ENV, raising=False)

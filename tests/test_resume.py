@@ -134,15 +134,9 @@ def test_sigterm_during_an_evaluation_still_checkpoints(data_dir: Path, tmp_path
     assert batches_done(out / "checkpoints" / LAST) == (3, 3)
 
 
-# Every moment a run can be stopped at, for three schedules of evaluations and checkpoints. 160 training
-# sentences in batches of 16: 10 batches an epoch. Each was a failure on eee4b67:
-# - mid-epoch evaluations: a checkpoint written after a batch that an evaluation follows (SIGTERM there, or
-#   --checkpoint-every landing on it) resumed past that evaluation without running it, so the best
-#   checkpoint came from other evaluations; every evaluation also moved the global RNG (its loader's seed).
-# - one evaluation per epoch, no step checkpoints: the best checkpoint and early stopping acted at the
-#   epoch's end, after last.ckpt; the training loader drew from the global RNG at each epoch's start.
-# - gradient accumulation: a SIGTERM checkpoint between the batches of one accumulation dropped the
-#   gradients accumulated so far.
+# Every moment a run can be stopped at, for schedules of evaluations and checkpoints that each need their own
+# care on resume (an evaluation right after a checkpoint, per-epoch evaluations, gradient accumulation).
+# 160 training sentences in batches of 16: 10 batches an epoch.
 RESUME_SCHEDULES = {
     "mid-epoch-evaluations": ["trainer.max_epochs=2", "trainer.val_check_interval=0.5", "trainer.checkpoint_every=3"],
     "one-evaluation-per-epoch": ["trainer.max_epochs=3", "trainer.val_check_interval=1.0", "trainer.checkpoint_every=0"],
@@ -224,8 +218,8 @@ def test_every_stop_moment_resumes_bit_identical(schedule: str, tiny_model_dirs:
 
 def test_sigterm_on_the_step_an_evaluation_follows_resumes_bit_identical(uninterrupted: bytes, data_dir: Path, tmp_path: Path,
                                                                         extra_callbacks: list[Any]) -> None:
-    """The moment that failed CI on eee4b67, on purpose, with real MiniLM and the settings above: SIGTERM
-    during step 10 of 20, after which dev is evaluated (the resumed run skipped that evaluation)."""
+    """Real MiniLM and the settings above: SIGTERM during step 10 of 20, after which dev is evaluated; the
+    resumed run must not skip that evaluation."""
     from reprozoo.cli.common import configure
     from reprozoo.resume import Preempted, resumed_config
 
@@ -243,7 +237,7 @@ def test_sigterm_on_the_step_an_evaluation_follows_resumes_bit_identical(uninter
 
 def test_best_checkpoint_state_follows_a_moved_run_directory(tmp_path: Path) -> None:
     """Resumed in another directory (fetched onto another machine), the best score and path are kept:
-    Lightning's own ModelCheckpoint dropped the score, and the next evaluation became "best"."""
+    Lightning's own ModelCheckpoint drops the score, and the next evaluation becomes "best"."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from reprozoo.resume import RelocatableModelCheckpoint
@@ -263,7 +257,7 @@ def test_best_checkpoint_state_follows_a_moved_run_directory(tmp_path: Path) -> 
     plain = ModelCheckpoint(dirpath=tmp_path / "elsewhere" / "checkpoints", **settings)
     with pytest.warns(UserWarning, match="dirpath has changed"):
         plain.load_state_dict(before.state_dict())
-    assert plain.best_model_score is None  # what a resume on another machine lost on eee4b67
+    assert plain.best_model_score is None  # what Lightning's own loses on another machine
 
 
 def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -293,8 +287,8 @@ class PicklePayload:
 
 def test_a_checkpoint_carrying_a_pickle_payload_is_refused_and_runs_nothing(tiny_model_dirs: dict[str, Path], data_dir: Path,
                                                                            tmp_path: Path, extra_callbacks: list[Any]) -> None:
-    """Issue 32, item 2: the resume probe loaded checkpoints with weights_only=False; a `last.ckpt` from a copied
-    run directory, another machine or the task's storage could run any code as it was opened."""
+    """Issue 32, item 2: a `last.ckpt` from a copied run directory, another machine or the task's storage
+    must not run code as it is opened (weights_only=True)."""
     from reprozoo.resume import Preempted
 
     out = tmp_path / "run"
@@ -397,8 +391,8 @@ def test_resumed_run_continues_its_clearml_task_and_replays(uninterrupted: bytes
 def test_resume_refuses_other_data_weights_or_software_unless_accepted(tiny_model_dirs: dict[str, Path], data_dir: Path,
                                                                         tmp_path: Path, extra_callbacks: list[Any],
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 17, case 5: `train --resume` re-recorded the state of that moment instead of checking it: a run
-    trained half on one state and half on another was recorded as the second, its data hash never compared."""
+    """Issue 17, case 5: `train --resume` checks the state against the run's start instead of re-recording it:
+    a run trained half on one state and half on another must not be recorded as the second."""
     from reprozoo.resume import RESUME_CHANGES, Preempted, resumed_config
 
     model, data = tmp_path / "model", tmp_path / "trees"

@@ -1,6 +1,5 @@
-"""A run directory the user cannot create is one line naming the fix, before anything runs. It was a
-PermissionError traceback inside `reprozoo image run`, whose --runs-dir the image's user 10001 could
-not write (and the failed run had already opened a server task)."""
+"""A run directory the user cannot create is one line naming the fix, before anything runs (no traceback,
+no server task opened): e.g. a `reprozoo image run` --runs-dir the image's user 10001 cannot write."""
 
 from __future__ import annotations
 

@@ -1,12 +1,10 @@
 """Training does not stall between steps: the largest wait from one step's end to the next step's
 start (evaluations left out) stays within a few median steps, on real MiniLM + SST-5 sentences.
 
-On eee4b67 the wait after each evaluation held the synchronous checkpoint writes (the best
-checkpoint and last.ckpt, 272 MB each, fsynced): 16x the median step on an idle 2-core EPYC (6.12 s
-against 0.38 s), 12x beside other test runs (issue 20's "data wait"). With the background writer the
-largest wait is the first evaluation's host copies: 2.9x idle (1.14 s against 0.40 s), below 1x
-beside other runs; the later ones are 0.07-0.10 s. A ratio, never an absolute time: both sides slow
-down together on a loaded machine."""
+Synchronous checkpoint writes after each evaluation (the best checkpoint and last.ckpt, 272 MB each,
+fsynced) would make that wait 12-16 median steps (issue 20's "data wait"); with the background writer
+the largest is the first evaluation's host copies, about 3. A ratio, never an absolute time: both
+sides slow down together on a loaded machine."""
 
 from __future__ import annotations
 
@@ -22,7 +20,7 @@ from reprozoo.config import RunConfig
 
 pytestmark = pytest.mark.slow  # ~40 s
 
-MAX_WAIT_IN_STEPS = 6  # eee4b67: 12-16; now 2.9 at most (measured, see above)
+MAX_WAIT_IN_STEPS = 6  # synchronous writes: 12-16; the background writer: about 3 (see above)
 
 
 class StepGaps(Callback):

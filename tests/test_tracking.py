@@ -61,8 +61,8 @@ def test_close_cannot_hang(isolated_clearml: Path, tmp_path: Path) -> None:
     """).replace("import sys, time", "import sys, time\nbegan = time.monotonic()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     opened, closed = map(float, result.stdout.split("seconds")[-1].split())
-    # The hang was minutes (ClearML's subprocess reporter). Bound against this very process's own start and
-    # reports, which a loaded machine slows alike, not against a wall-clock figure.
+    # ClearML's subprocess reporter can hang close() for minutes. Bound against this very process's own start
+    # and reports, which a loaded machine slows alike, not against a wall-clock figure.
     assert closed < max(opened, 1.0), f"task.close() took {closed:.1f} s; importing, opening and reporting took {opened:.1f} s"
     assert len(list((isolated_clearml / "clearml" / "offline").glob("offline-*.zip"))) == 1
 
@@ -93,8 +93,8 @@ def test_merge_edits_takes_each_edit_against_the_baseline() -> None:
     ("data", "batch_size", "[32", "data/batch_size = '[32' does not parse"),
 ])
 def test_a_ui_edit_that_is_no_setting_or_does_not_parse_fails_naming_it(section: str, key: str, value: str, says: str) -> None:
-    """Issue 17, case 9: such edits were skipped on the agent, which then ran (and recorded) the
-    unedited value while the UI showed the edit."""
+    """Issue 17, case 9: such an edit fails naming it; skipped, the agent would run (and record) the
+    unedited value while the UI shows the edit."""
     base = RunConfig()
     sections = tracking.config_sections(base)
     sections[section][key] = value

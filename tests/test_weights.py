@@ -227,9 +227,8 @@ def test_network_timeout_must_be_positive_seconds(monkeypatch: pytest.MonkeyPatc
 
 def test_a_replay_loads_the_recorded_weights_or_refuses_changed_files(tiny_model_dirs: dict[str, Path], data_dir: Path,
                                                                       tmp_path: Path) -> None:
-    """Issue 17, case 1: the record holds the weights' revision (hub commit, or the files' sha256),
-    but replays never passed it back: a hub model replayed on the hub's `main` of that day, and a
-    `--model DIR` whose files had changed was trained on silently."""
+    """Issue 17, case 1: a replay passes back the recorded weights' revision (hub commit, or the files'
+    sha256): not the hub's `main` of the replay's day, and never a `--model DIR` whose files changed."""
     import shutil
 
     from reprozoo import zoo

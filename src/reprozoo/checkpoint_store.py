@@ -152,9 +152,8 @@ class CheckpointUploader:
         for url in {s.best.url for s in self.stored if s.best is not None}:
             self._delete(url)
         self.stored.clear()
-        # ClearML's artifact manager sends every artifact it registered with each new upload (clearml
-        # 2.1.12, Artifacts._task_artifact_list): deleted on the server alone, the pointer came back
-        # with the next artifact (seen on a real server).
+        # ClearML's artifact manager re-sends every artifact it registered with each new upload
+        # (Artifacts._task_artifact_list): deleted on the server alone, the pointer would come back.
         listed = getattr(getattr(self.task, "_artifacts_manager", None), "_task_artifact_list", None)
         if isinstance(listed, list):
             listed[:] = [a for a in listed if getattr(a, "key", None) != ARTIFACT]

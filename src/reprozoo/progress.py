@@ -47,9 +47,9 @@ class ThroughputMonitor(Callback):
     Step time is on_train_batch_start → on_train_batch_end (forward, backward, clipping, optimiser
     step); data wait is the gap from one step's end to the next step's start (fetching and
     collating the batch, loop bookkeeping, the checkpoints' host copies), with validation left
-    out. The largest single wait against the median step shows a stall (it was the synchronous
-    checkpoint writes after each evaluation, 1-10 s against a ~1 s MiniLM step). Tokens
-    come from the attention masks: real = mask sum, processed = mask size (padding included).
+    out. The largest single wait against the median step shows a stall (e.g. checkpoint writes
+    holding the loop). Tokens come from the attention masks: real = mask sum, processed = mask size
+    (padding included).
     """
 
     def __init__(self) -> None:

@@ -5,7 +5,7 @@ Lightning's `ModelPruning`, configured for fine-tuning. Its defaults do two thin
 - `use_lottery_ticket_hypothesis=True` resets the surviving weights to their values before the
   first pruning (for fine-tuning: the pretrained ones) at every pruning epoch.
 And it prunes at an epoch's end, after that epoch's last evaluation: the best checkpoint, which test
-and export load, was never a pruned model. Here the masks are set once, as training starts, and
+and export load, would never be a pruned model. Here the masks are set once, as training starts, and
 fine-tuning continues under them, so every evaluation and every checkpoint is of the pruned model.
 Checkpoints hold the pruned weights themselves (`make_pruning_permanent`); a resumed run sets the
 same masks again from their zeros.

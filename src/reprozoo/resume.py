@@ -86,16 +86,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class BackgroundCheckpointIO(AsyncCheckpointIO):
     """Checkpoints written by a background thread, so training goes on while they reach the disk.
 
-    A synchronous write of MiniLM's 272 MB (weights and AdamW state) with its fsync held the loop
-    for 1-10 s after each evaluation, far longer than a training step. Here the caller's thread only
+    A synchronous write of MiniLM's 272 MB (weights and AdamW state) with its fsync holds the loop
+    for seconds after each evaluation, far longer than a training step. Here the caller's thread only
     copies the tensors to host memory (a point-in-time snapshot the next optimiser step cannot
     change; GPU memory is never doubled); one worker thread then serialises and writes them through
     `AtomicCheckpointIO`, in order, removals included. At most `max_pending` snapshots wait in host
     memory: beyond that a save waits for the oldest. `flush()` waits for every write and raises the
     first failure; Lightning calls `teardown()` (which waits too) when fit ends, however it ends.
-    Measured on a 2-core CPU (MiniLM, 4 evaluations in 32 steps): the largest wait between steps fell
-    from 6.1 s to 1.1 s, but the loop as a whole did not get faster (26.8 s vs 25.5 s): the writer
-    competes with torch's two threads there. Where a GPU computes, the host cores are free for it.
+    On a CPU-only host the writer competes with torch's threads; where a GPU computes, the host cores
+    are free for it.
     `after_write(path, step, best)`: called by the worker once a `last.ckpt` is complete on disk, with
     the best checkpoint its state names (written before it, by this same worker), or None (a server run
     uploads both from there, checkpoint_store); its failures are logged, never the run's."""
@@ -181,11 +180,10 @@ def _best_named_in(checkpoint: dict[str, Any]) -> Path | None:
 class RelocatableModelCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint, whose state survives its run directory being somewhere else on
     resume: fetched onto another machine from the task's storage (checkpoint_store), or moved. Lightning
-    restores only `best_model_path`, the old path, when the directory differs; the best score was lost,
-    and the next evaluation became "best" whatever its score (a run resumed on an agent scored another
-    checkpoint than the same run uninterrupted). The recorded paths are moved to this directory
-    instead, where the files have the same names. Its state key is ModelCheckpoint's, so a checkpoint
-    of either resumes with either."""
+    restores only `best_model_path`, the old path, when the directory differs: the best score would be
+    lost, and the next evaluation become "best" whatever its score. The recorded paths are moved to
+    this directory instead, where the files have the same names. Its state key is ModelCheckpoint's,
+    so a checkpoint of either resumes with either."""
 
     @property
     def state_key(self) -> str:

@@ -112,8 +112,8 @@ def configure_clearml() -> None:
     """Settings every mode needs, applied before Task.init."""
     from clearml import Task
 
-    # ClearML's default subprocess reporter made offline task.close() hang for minutes on
-    # these machines; in-process reporting is equivalent to sdk.development.report_use_subprocess: false.
+    # In-process reporting (sdk.development.report_use_subprocess: false): ClearML's subprocess
+    # reporter can hang offline close() for minutes.
     Task._report_subprocess_enabled = False
     # Task.init re-seeds every RNG with ClearML's own seed (1337) unless told not to; the run's
     # seed is ours (RunConfig.seed), so the same config gives the same metrics tracked or not.

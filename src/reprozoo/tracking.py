@@ -173,7 +173,7 @@ def flush_on_checkpoint(task: Any) -> Any:
 
     A run killed after a checkpoint resumes from it without reporting its earlier steps again, and
     ClearML sends reports in the background every few seconds: without this, the steps reported in
-    the seconds before a kill -9 were lost (a gap in the resumed task's scalars, seen on a real server).
+    the seconds before a kill -9 would be lost (a gap in the resumed task's scalars).
     Lightning logs a step just after writing that step's checkpoint, so that step is flushed at the
     start of the next batch; a kill in the milliseconds between can still lose that one step."""
     from lightning.pytorch.callbacks import Callback
@@ -352,19 +352,16 @@ class Tracker:
 
                     model = OutputModel(task=self.task, name=f"{self.task.name}-export", framework="PyTorch")
                     # Without an output_uri ClearML registers the model as a file:// path to a temporary
-                    # zip on this machine (seen on a real server); upload it where the artifacts go.
+                    # zip on this machine; upload it where the artifacts go.
                     destination = self.task.output_uri or self.task.get_logger().get_default_upload_destination()
-                    # The package is zipped here, not by update_weights_package: that one deletes its
-                    # /tmp zip (model_package.*.zip, the size of the export) only from the callback of a
-                    # completed async upload (42 were left here by the server tests' runs, 88 MB each;
-                    # a plain successful run removes it), and its auto_delete_file would delete the export.
+                    # Zipped here, not by update_weights_package: its export-sized /tmp zip is removed only by
+                    # an async upload's callback (else left behind), and its auto_delete_file would delete the export.
                     package = _zip_folder(export_dir, Path(packaging) / "model_package.zip")
                     model.update_weights(weights_filename=str(package), upload_uri=destination, target_filename=package.name,
                                          auto_delete_file=False, is_package=True)
                 else:
-                    # ClearML 2.1.12 cannot register an OutputModel offline: update_weights fails with
-                    # "'DummyModel' object has no attribute 'locked'" (verified). The export travels
-                    # as an artifact (a zip of the folder) inside the offline session instead.
+                    # ClearML 2.1.12 cannot register an OutputModel offline ('DummyModel' has no 'locked'):
+                    # the export travels as an artifact (a zip of the folder) inside the offline session.
                     with _zips_stored():
                         self.task.upload_artifact("model-export", artifact_object=str(export_dir), wait_on_upload=True)
                 self.task.flush(wait_for_uploads=True)
@@ -488,8 +485,8 @@ def open_task(cfg: RunConfig, task_name: str, plan: Any, continue_task: str | No
 @contextlib.contextmanager
 def _zips_stored() -> Any:
     """ClearML's zips (a folder artifact, the offline session) stored, not deflated, meanwhile.
-    Weights do not compress: deflating a MiniLM export (88 MB) twice took ~9 s of a ~35 s tiny run
-    and saved ~7 %. ClearML reads ZIP_DEFLATED from its modules when it zips, and unzips either kind."""
+    Weights do not compress: deflating an export twice costs seconds of a short run and saves a few
+    percent. ClearML reads ZIP_DEFLATED from its modules when it zips, and unzips either kind."""
     from clearml import task as clearml_task
     from clearml.binding import artifacts as clearml_artifacts
 

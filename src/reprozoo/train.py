@@ -262,8 +262,8 @@ def on_clearml_agent() -> bool:
 
 def agent_config(cfg: RunConfig) -> tuple[RunConfig, bool]:
     """The RunConfig held by the agent's task (a clone, maybe edited), and whether the run resumes.
-    Read before planning: planned from the command line's config, a container with no trees tried to
-    download SST-5 instead. A task with a checkpoint in its storage (it was re-enqueued after an
+    Read before planning: planned from the command line's config, a container with no trees would try
+    to download SST-5 instead. A task with a checkpoint in its storage (it was re-enqueued after an
     interruption) resumes from it, in a run directory fetched from the task (checkpoint_store.fetch_run)."""
     from clearml import Task
     from clearml.config import get_remote_task_id

@@ -1,8 +1,8 @@
 """The cuda image, built and checked on a machine without a GPU (opt-in: REPROZOO_TEST_CUDA_IMAGE=1).
 
 The cuda flavour is built offline from its wheelhouse on the same local Debian base as the cpu tests
-(2.9 GB of wheels, a 6.1 GB image: 6.5 min to build here, 5.5 min to push; the engine's layer cache
-makes a rebuild quick).
+(gigabytes of wheels and image: minutes to build and to push; the engine's layer cache makes a
+rebuild quick).
 Checked: torch's CUDA version is the one the lock's nvidia-cuda-runtime pins; cuDNN, cuBLAS, NCCL and
 the CUDA runtime load from the nvidia-* wheels at the versions the lock pins (no driver needed for
 that); `train --gpus` inside falls back to CPU with one line and trains; the run's image.json and

@@ -85,7 +85,7 @@ def serve(agents: Agents, agent_binary: Path, env: dict[str, str], tmp_path: Pat
           build_venv: bool = False) -> Agent:
     """An agent on the test run's queue `queue` (its full name: agents.server.queue(queue)); with
     `build_venv`, one that builds the task's venv as a user's does."""
-    # No REPROZOO_DATA_DIR: the clone trains on the data version its task names (it tried to download SST-5).
+    # No REPROZOO_DATA_DIR: the clone must train on the data version its task names, not download SST-5.
     agent_env = {k: v for k, v in env.items() if k != "REPROZOO_DATA_DIR"}
     agent = Agent(agent_binary, agent_env, agents.server.queue(queue), tmp_path / name, name, agents.server.worker(name),
                   venv_cache=agents.venv_cache if build_venv else None).start()
@@ -131,8 +131,8 @@ def test_two_agents_on_one_queue_run_each_of_four_tasks_once(original: dict[str,
 
 def test_a_two_process_ddp_task_on_an_agent_equals_the_same_run_here(env: dict[str, str], agents: Agents,
                                                                     agent_binary: Path, tmp_path: Path) -> None:
-    """Lightning starts rank 1 by running a command line again: on the agent that was `-m reprozoo
-    train`, the default RunConfig beside rank 0's task config. Rank 1 now trains rank 0's resolved run."""
+    """Lightning starts rank 1 by running a command line again (on the agent `-m reprozoo train`, the
+    default RunConfig): rank 1 trains rank 0's resolved run, the task's config."""
     ddp_env = {**env, "OMP_NUM_THREADS": "1"}  # two processes on two cores, here and on the agent
     here = tmp_path / "here"
     # 128 examples in batches of 16: 4 steps on each rank (TINY's 32 examples make one batch, and no
@@ -152,9 +152,8 @@ def test_a_two_process_ddp_task_on_an_agent_equals_the_same_run_here(env: dict[s
 
 def test_an_offline_run_imported_then_enqueued_is_replayed_by_an_agent(env: dict[str, str], agents: Agents,
                                                                         agent_binary: Path, tmp_path: Path) -> None:
-    """offline → `tasks import` → `repro --enqueue`: the clone named the offline data version (which no
-    agent can resolve) and offline tracking. Now the data version travels to the server (same content)
-    and the clone records there."""
+    """offline → `tasks import` → `repro --enqueue`: the data version travels to the server (same
+    content; no agent can resolve an offline one) and the clone records there, not offline."""
     here = tmp_path / "here"
     done = reprozoo("train", *TINY[:-1], "offline", *in_project(agents.server), "--out", str(here), cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

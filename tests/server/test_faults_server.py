@@ -57,7 +57,7 @@ def assert_complete(server: dict, out: Path, files_url: str) -> None:
 
 @pytest.mark.slow  # ~2 min: 15 s down, then ClearML's retry back-off
 def test_apiserver_gone_mid_training_and_back(reprozoo_server: Any, proxied: Any, data_dir: Path, tmp_path: Path) -> None:
-    """Found: the run carries on (ClearML retries every call), finishes, and its record ends up
+    """The run carries on (ClearML retries every call), finishes, and its record ends up
     complete on the server, in the same task: no offline session, nothing to import."""
     out = tmp_path / "run"
     conf = {"CLEARML_CONFIG_FILE": str(proxied.config_file)}
@@ -81,7 +81,7 @@ def test_apiserver_gone_mid_training_and_back(reprozoo_server: Any, proxied: Any
 def test_fileserver_down_during_the_artifact_uploads(reprozoo_server: Any, proxied: Any, data_dir: Path, tmp_path: Path) -> None:
     """Down from mid-training (after the data version and pip-freeze went up) until 15 s after the
     run has written metrics.json, so the metrics, config, provenance and model uploads meet it down,
-    and so do the uploads of the resume checkpoints (issue 18). Found: ClearML retries each upload; the
+    and so do the uploads of the resume checkpoints (issue 18). ClearML retries each upload; the
     run finishes and every artifact is on the fileserver. The checkpoint uploads that met it down are
     retried until a newer checkpoint replaces them, the last one until it is stored, and the record
     says which reached the storage."""

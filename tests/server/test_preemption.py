@@ -10,8 +10,7 @@ metrics.json byte for byte those of the same run uninterrupted:
 - two venv-mode agents on one queue: the one running the task is killed with its process tree, the
   task is re-enqueued (`train --resume TASK_ID --enqueue Q --force`), the other agent finishes it.
 Every step is in the task's scalars once (the one at the checkpoint boundary may be missing).
-(This replaced tests/server/test_resume_server.py, the same run resumed where it ran, killed at a
-random moment: the moments that matter are tested on purpose in tests/test_resume.py.)"""
+(The moments of a kill that matter are tested on purpose in tests/test_resume.py.)"""
 
 from __future__ import annotations
 

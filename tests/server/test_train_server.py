@@ -123,13 +123,13 @@ def test_the_trained_model_is_an_output_model_on_the_fileserver(trained: dict, c
     exported = sorted(p.name for p in (trained["out"] / "export").rglob("*") if p.is_file())
     assert trained["server"]["model_files"] == exported and "README.md" in exported
     # The zipped package it was uploaded as is gone from the temp dir (ClearML's update_weights_package
-    # left export-sized model_package.*.zip files there when its upload callback did not run).
+    # leaves export-sized model_package.*.zip files there when its upload callback does not run).
     # torch keeps its compile cache there by design (torchinductor_<user>); nothing else may stay.
     assert [name for name in trained["left_in_tmp"] if not name.startswith("torchinductor_")] == []
 
 
 def test_same_data_again_reuses_the_version_and_new_data_is_its_child(trained: dict, data_dir: Path) -> None:
-    """Both went through `Dataset.get_parents`, which clearml 2.1.12 does not have (an AttributeError before)."""
+    """Neither goes through `Dataset.get_parents`, which clearml 2.1.12 does not have."""
     cli, first = trained["cli"], trained["server"]["dataset"]["id"]
     project = ["--project", cli.server.project]
     again = cli("data", "version", "--tracking", "server", "--data-dir", str(data_dir), *project, timeout=300)

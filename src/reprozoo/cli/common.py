@@ -48,7 +48,7 @@ def fail(message: str) -> None:
 
 def say(message: str) -> None:
     # After a ClearML task closes, sys.stdout is still ClearML's PrintPatchLogger and click.echo's
-    # own text wrapper around it loses what it writes (verified with clearml 2.1.12); print does not.
+    # own text wrapper around it loses what it writes (clearml 2.1.12); print does not.
     print(message, flush=True)
 
 

@@ -29,7 +29,7 @@ IMAGE_REPO = "reprozoo"
 # Both flavours start from the same Debian bookworm + CPython 3.11 base (also the Dockerfile's default):
 # PyPI's CUDA torch brings the CUDA runtime, cuDNN, cuBLAS and NCCL in its nvidia-* wheels and the host
 # brings the driver, so a CUDA base image would only hold a second copy (docs/containers.md). The digest
-# as pinned in public Dockerfiles on GitHub (code search, Nov 2026); tests here use a local base instead.
+# is the one public Dockerfiles pin; tests use a local base instead.
 PYTHON_BASE = "python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b"
 DEFAULT_BASES: dict[str, str | None] = {"cuda": PYTHON_BASE, "cpu": PYTHON_BASE}
 

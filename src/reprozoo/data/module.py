@@ -293,8 +293,8 @@ class SST5DataModule(L.LightningDataModule):
         self.cache_hit = False
         trees = self.trees if self.trees is not None else load_trees(self.data_dir)
         examples = split_examples(trees, self.cfg.granularity, self.cfg.phrase_weighting)
-        # A limited run tokenizes only the examples it keeps (159k train phrases took ~10 s for a
-        # 32-example run); its cache entry is its own (token_cache_path keys the limits).
+        # A limited run tokenizes only the examples it keeps (all 159k train phrases take seconds);
+        # its cache entry is its own (token_cache_path keys the limits).
         kept = {name: _kept(ex, subset_indices(len(ex), self.limits[name])) for name, ex in examples.items()}
         tokenized = {name: tokenize(ex, self.tokenizer, self.max_length).to_dict() for name, ex in kept.items()}
         atomic_torch_save(tokenized, path)
@@ -331,8 +331,8 @@ class SST5DataModule(L.LightningDataModule):
 
     def _loader_generator(self) -> torch.Generator:
         """Each loader's own: a DataLoader without one draws its workers' base seed from the global
-        RNG every time an iteration starts (each epoch, each evaluation), so the dropout stream
-        depended on how many loaders had started, which a resumed run cannot replay."""
+        RNG every time an iteration starts (each epoch, each evaluation), so the dropout stream would
+        depend on how many loaders had started, which a resumed run cannot replay."""
         return torch.Generator().manual_seed(self.seed)
 
     def _batches_done(self) -> int:

@@ -140,9 +140,8 @@ def _create_offline_dataset(path: Path, digest: str, parent: str | None, project
     dataset = Dataset.create(dataset_project=project, dataset_name=NAME, dataset_tags=_tags(digest, parent),
                              description=f"SST-5 PTB trees, content sha256 {digest}")
     task = dataset._task  # no public way to reach or close a dataset's task; closing writes its session zip
-    # ClearML offline bug (2.1.12): Dataset.create fills task.data.script only online, and add_files
-    # appends to script.diff, so add_files raises AttributeError ('NoneType' ... 'diff') whenever
-    # the background repo detection has not set a script yet (flaky: seen on a second dataset).
+    # ClearML (2.1.12) fills task.data.script only online and add_files appends to script.diff: offline it
+    # raises AttributeError unless repo detection has set a script, so wait for it, else set an empty one.
     task._wait_for_repo_detection(timeout=30)
     if task.data.script is None:
         from clearml.backend_api.services import tasks as tasks_api
