@@ -144,6 +144,7 @@ def test_resume_by_task_id_on_a_fresh_machine_is_bit_identical(uninterrupted: di
     shutil.rmtree(tmp_path / "lost")
 
     fresh = server_cli(tmp_path / "elsewhere")  # its own HOME, caches, and working directory
+    fresh.env["CLEARML_CONFIG_FILE"] = str(proxied.config_file)  # the same server, through the same proxies
     env = {k: v for k, v in fresh.env.items() if k != "REPROZOO_DATA_DIR"}
     proxied.files.down()
     try:
