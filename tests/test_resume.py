@@ -275,6 +275,20 @@ def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path: Path, capsys: 
         find_resume_checkpoint(tmp_path)
 
 
+def stopped_tiny_run(model: Path, data: Path, out: Path, extra_callbacks: list[Any]) -> Path:
+    """A tiny untracked run (64 sentences, batches of 16) stopped by SIGTERM at its second batch: its run directory."""
+    from reprozoo.resume import Preempted
+
+    cfg = RunConfig().override([f"data.data_dir={data}", f"model.name={model}", "data.limit_train_samples=64",
+                                "data.limit_eval_samples=16", "data.batch_size=16", "trainer.max_epochs=1",
+                                "tracking.mode=off", f"out_dir={out}"])
+    extra_callbacks.append(SigtermAt(batch=2))
+    with pytest.raises(Preempted):
+        train_in_process(cfg)
+    extra_callbacks.clear()
+    return out
+
+
 class PicklePayload:
     """Unpickled, it creates the file `marker`: what a checkpoint from elsewhere could carry."""
 
@@ -289,16 +303,8 @@ def test_a_checkpoint_carrying_a_pickle_payload_is_refused_and_runs_nothing(tiny
                                                                            tmp_path: Path, extra_callbacks: list[Any]) -> None:
     """Issue 32, item 2: a `last.ckpt` from a copied run directory, another machine or the task's storage
     must not run code as it is opened (weights_only=True)."""
-    from reprozoo.resume import Preempted
 
-    out = tmp_path / "run"
-    cfg = RunConfig().override([f"data.data_dir={data_dir}", f"model.name={tiny_model_dirs['bert']}", "data.limit_train_samples=64",
-                                "data.limit_eval_samples=16", "data.batch_size=16", "trainer.max_epochs=1",
-                                "tracking.mode=off", f"out_dir={out}"])
-    extra_callbacks.append(SigtermAt(batch=2))
-    with pytest.raises(Preempted):
-        train_in_process(cfg)
-    extra_callbacks.clear()
+    out = stopped_tiny_run(tiny_model_dirs["bert"], data_dir, tmp_path / "run", extra_callbacks)
     marker = tmp_path / "created-by-the-checkpoint"
     last = out / "checkpoints" / LAST
     state = torch.load(last, map_location="cpu", weights_only=True)  # what reprozoo wrote loads as plain data
@@ -393,21 +399,14 @@ def test_resume_refuses_other_data_weights_or_software_unless_accepted(tiny_mode
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 17, case 5: `train --resume` checks the state against the run's start instead of re-recording it:
     a run trained half on one state and half on another must not be recorded as the second."""
-    from reprozoo.resume import RESUME_CHANGES, Preempted, resumed_config
+    from reprozoo.resume import RESUME_CHANGES, resumed_config
 
     model, data = tmp_path / "model", tmp_path / "trees"
     shutil.copytree(tiny_model_dirs["bert"], model)
     shutil.copytree(data_dir, data)
     for file in data.iterdir():
         file.chmod(0o644)
-    out = tmp_path / "run"
-    cfg = RunConfig().override([f"data.data_dir={data}", f"model.name={model}", "data.limit_train_samples=64",
-                                "data.limit_eval_samples=16", "data.batch_size=16", "trainer.max_epochs=1",
-                                "tracking.mode=off", f"out_dir={out}"])
-    extra_callbacks.append(SigtermAt(batch=2))
-    with pytest.raises(Preempted):
-        train_in_process(cfg)
-    extra_callbacks.clear()
+    out = stopped_tiny_run(model, data, tmp_path / "run", extra_callbacks)
     started = (out / "provenance.json").read_text()
 
     # Unchanged: resumes without a word (the other resume tests finish such runs).

@@ -362,7 +362,7 @@ class ResumeCheckpoint(Checkpoint):
             self._write(trainer, self._stop_agreed(trainer))
 
     def _write(self, trainer: Any, stop: bool) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the whole state: optimiser, loops, callbacks
         if stop:
             checkpoint_io = trainer.strategy.checkpoint_io
             if isinstance(checkpoint_io, BackgroundCheckpointIO):
