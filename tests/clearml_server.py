@@ -242,6 +242,10 @@ def compose_start(folder: Path) -> Path:
     """`make clearml-server` with a data folder, keys and ports of its own (settings in FOLDER/clearml.env),
     waited for until it answers; its clearml.conf. A start that fails is stopped again."""
     folder.mkdir(parents=True, exist_ok=True)
+    # The services write their volumes as their own users (Elasticsearch as uid 1000), not as the caller.
+    for volume in ("data/elastic_7", "data/mongo_4/db", "data/mongo_4/configdb", "data/redis", "data/fileserver", "logs", "config"):
+        (folder / "data" / volume).mkdir(parents=True, exist_ok=True)
+        (folder / "data" / volume).chmod(0o777)
     api, web, files = _free_ports(3)
     key, secret = secrets.token_hex(15).upper(), secrets.token_urlsafe(40)
     env_file = folder / "clearml.env"

@@ -22,7 +22,7 @@ SERVICE_UNITS = {"tests/server/test_agents_docker.py": "docker", "tests/server/t
 # Rough seconds per long unit (REPROZOO_TEST_TIMELINE), so the longest are handed out first and no long unit
 # starts last; units not listed are short and fill in at the end.
 UNIT_SECONDS = {"agents": 2200, "tests/test_resume.py": 1770, "docker": 1490, "server": 1210, "preemption": 1010,
-                "tests/test_mpnet.py": 470, "tests/test_cli.py": 390, "tests/test_devices.py": 310,
+                "tests/test_mpnet.py": 470, "tests/test_cli.py": 390, "tests/test_devices.py": 620,
                 "tests/test_run_claims.py": 280, "tests/test_repro.py": 270, "tests/test_records_e2e.py": 260,
                 "tests/test_sweep.py": 240, "tests/test_readme.py": 240, "tests/test_train_e2e.py": 230,
                 "tests/test_concurrency.py": 230, "tests/test_hpo.py": 190, "tests/test_colab.py": 80}

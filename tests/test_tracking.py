@@ -63,7 +63,7 @@ def test_close_cannot_hang(isolated_clearml: Path, tmp_path: Path) -> None:
     opened, closed = map(float, result.stdout.split("seconds")[-1].split())
     # ClearML's subprocess reporter can hang close() for minutes. Bound against this very process's own start
     # and reports, which a loaded machine slows alike, not against a wall-clock figure.
-    assert closed < max(opened, 1.0), f"task.close() took {closed:.1f} s; importing, opening and reporting took {opened:.1f} s"
+    assert closed < 5 * opened, f"task.close() took {closed:.1f} s; importing, opening and reporting took {opened:.1f} s"
     assert len(list((isolated_clearml / "clearml" / "offline").glob("offline-*.zip"))) == 1
 
 

@@ -276,7 +276,10 @@ def stored_by_task(task: Any, root: str) -> list[StoredCheckpoint]:
         return []
     listed = (artifact.metadata or {}).get("stored")
     if not isinstance(listed, str) or len(listed) > MAX_STORED_LIST:
-        latest = latest_stored(task)  # written before the list existed: the one it points at
+        try:
+            latest = latest_stored(task)  # written before the list existed: the one it points at
+        except StorageError:
+            return []
         return [latest] if latest is not None and latest.url.startswith(f"{root}/") else []
     found = []
     try:

@@ -104,6 +104,8 @@ def secret_in_diff(diff: str, environ: dict[str, str] | None = None) -> str | No
             continue
         if not line.startswith("-"):
             line_no += 1
+        if not line.startswith("+"):
+            continue  # context and removed lines are the commit's own: recording them adds nothing
         for value, name in sorted(named.items(), key=lambda item: -len(item[0])):
             if value in line:
                 return f"{path}:{max(line_no, 1)} (the value of ${name})"
