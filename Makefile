@@ -64,10 +64,10 @@ leaderboard: setup ## every finished run, best test accuracy first → leaderboa
 	$(VENV)/bin/reprozoo leaderboard $(ARGS)
 
 test: setup ## run the whole test suite (what CI runs), in TEST_WORKERS processes; the server tests need REPROZOO_TEST_CLEARML_CONF or the images of `make clearml-server`, else they skip and say why
-	$(TEST_ENV) $(PY) -m pytest -q -rs $(XDIST) $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -q -rfEs $(XDIST) $(PYTEST_ARGS)
 
 test-fast: setup ## the suite without slow tests
-	$(TEST_ENV) $(PY) -m pytest -q -rs -m "not slow" $(XDIST) $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -q -rfEs -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 lint: setup ## ruff, and lint-imports: the layers and no import cycle (pyproject.toml [tool.importlinter])
 	$(VENV)/bin/ruff check src tests bench

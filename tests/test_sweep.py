@@ -318,7 +318,7 @@ def test_queue_cli_pins_the_data_version_skips_done_models_and_launches_the_rest
     monkeypatch.setattr(session, "configure_clearml", lambda: None)
     registered: list[Path] = []
 
-    def register(path: Path, mode: str) -> versions.DataVersion:
+    def register(path: Path, mode: str, project: str = versions.DEFAULT_PROJECT) -> versions.DataVersion:
         registered.append(path)
         return versions.DataVersion("dataset-7", versions.content_hash(SHA), SHA, None, str(path), mode)
 

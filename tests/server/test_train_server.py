@@ -46,7 +46,8 @@ print(json.dumps({
     "model_files": sorted(p.name for p in model_dir.rglob("*") if p.is_file()) if model_dir else [],
     "dataset": {"id": dataset.id, "project": dataset.project, "name": dataset.name, "tags": dataset.tags,
                 "files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in data_dir.iterdir()},
-                "parents": dataset.get_dependency_graph().get(dataset.id)},
+                "parents": dataset.get_dependency_graph().get(dataset.id),
+                "entry_point": Task.get_task(task_id=dataset.id).data.script.entry_point},
 }))
 """
 
@@ -104,7 +105,7 @@ def test_the_task_holds_the_commit_and_the_uncommitted_diff(trained: dict, dirty
 
 
 def test_the_data_version_is_on_the_server_with_the_recorded_files(trained: dict, data_dir: Path) -> None:
-    from reprozoo.data.versions import NAME, content_hash, dataset_project
+    from reprozoo.data.versions import DATASET_ENTRY_POINT, NAME, content_hash, dataset_project
 
     prov = json.loads((trained["out"] / "provenance.json").read_text())
     dataset = trained["server"]["dataset"]
@@ -114,6 +115,7 @@ def test_the_data_version_is_on_the_server_with_the_recorded_files(trained: dict
     assert dataset["files"] == {f"{split}.txt": digest for split, digest in prov["data"]["sha256"].items()}
     assert dataset["files"]["train.txt"] == hashlib.sha256((data_dir / "train.txt").read_bytes()).hexdigest()
     assert f"content:{content_hash(prov['data']['sha256'])}" in dataset["tags"]
+    assert dataset["entry_point"] == DATASET_ENTRY_POINT  # not the command line, which may hold a secret
 
 
 def test_the_trained_model_is_an_output_model_on_the_fileserver(trained: dict, clearml_server: Any) -> None:

@@ -35,6 +35,8 @@ from reprozoo.data.sst5 import SPLITS, DataSourceError, data_fingerprint, resolv
 
 DEFAULT_PROJECT = "reprozoo"  # RunConfig's tracking.project
 NAME = "sst5"
+# The dataset task's entry point, instead of the command line ClearML would record there (it may hold a secret).
+DATASET_ENTRY_POINT = "reprozoo data version"
 
 
 def dataset_project(project: str) -> str:
@@ -146,9 +148,10 @@ def _create_offline_dataset(path: Path, digest: str, parent: str | None, project
     if task.data.script is None:
         from clearml.backend_api.services import tasks as tasks_api
 
-        task.data.script = tasks_api.Script(diff="", working_dir=".", entry_point="register_dataset.py")
+        task.data.script = tasks_api.Script(diff="", working_dir=".", entry_point=DATASET_ENTRY_POINT)
     if task.data.script.diff is None:
         task.data.script.diff = ""
+    task.data.script.entry_point = DATASET_ENTRY_POINT
     with contextlib.redirect_stderr(io.StringIO()):  # ClearML's hashing progress bar
         dataset.add_files(str(path), verbose=False)
     dataset.upload(show_progress=False)
@@ -181,6 +184,9 @@ def _register_server(data_dir: Path, sha256: dict[str, str], digest: str, projec
     path = _store_copy(data_dir, digest)  # exactly the three files: sync_folder mirrors the folder
     dataset = Dataset.create(dataset_project=project, dataset_name=NAME, parent_datasets=[parent] if parent else None,
                              dataset_tags=_tags(digest, parent), description=f"SST-5 PTB trees, content sha256 {digest}")
+    task = dataset._task  # no public way to reach a dataset's task
+    task._wait_for_repo_detection(timeout=30)
+    task.set_script(entry_point=DATASET_ENTRY_POINT)
     dataset.sync_folder(str(path), verbose=False)
     dataset.upload(show_progress=False)
     dataset.finalize()
