@@ -42,7 +42,7 @@ def test_close_cannot_hang(isolated_clearml: Path, tmp_path: Path) -> None:
     A fresh interpreter (as in a real run) so a hang is caught by the timeout, not by pytest."""
     code = textwrap.dedent(f"""
         import sys, time
-        sys.path.insert(0, {str(Path(__file__).resolve().parents[1] / "src")!r})
+        sys.path.insert(0, {str(Path(session.__file__).resolve().parents[1])!r})
         from reprozoo.session import configure_clearml
         configure_clearml()
         from clearml import Task
