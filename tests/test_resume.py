@@ -275,6 +275,29 @@ def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path: Path, capsys: 
         find_resume_checkpoint(tmp_path)
 
 
+def test_a_kill_between_the_two_renames_resumes_from_the_previous_checkpoint(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """atomic_torch_save moves last.ckpt to last.prev.ckpt, then the new file to last.ckpt: a process killed in
+    between (the writer thread waiting for the GIL) leaves no last.ckpt, and resume takes the previous."""
+    checkpoints = tmp_path / "checkpoints"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 1}, checkpoints / LAST)
+    rename = os.replace
+
+    def killed_after_the_first_rename(src: str | Path, dst: str | Path) -> None:
+        rename(src, dst)
+        if Path(dst).name == PREVIOUS:
+            raise KeyboardInterrupt  # stands for the SIGKILL: nothing after this line runs
+
+    monkeypatch.setattr(os, "replace", killed_after_the_first_rename)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 2}, checkpoints / LAST)
+    monkeypatch.undo()
+    assert not (checkpoints / LAST).exists()
+    found = find_resume_checkpoint(tmp_path)
+    assert found == checkpoints / PREVIOUS and torch.load(found, weights_only=True)["global_step"] == 1
+
+
 def stopped_tiny_run(model: Path, data: Path, out: Path, extra_callbacks: list[Any]) -> Path:
     """A tiny untracked run (64 sentences, batches of 16) stopped by SIGTERM at its second batch: its run directory."""
     from reprozoo.resume import Preempted
