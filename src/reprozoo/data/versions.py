@@ -148,7 +148,7 @@ def _create_offline_dataset(path: Path, digest: str, parent: str | None, project
     if task.data.script is None:
         from clearml.backend_api.services import tasks as tasks_api
 
-        task.data.script = tasks_api.Script(diff="", working_dir=".", entry_point=DATASET_ENTRY_POINT)
+        task.data.script = tasks_api.Script(diff="", working_dir=".")
     if task.data.script.diff is None:
         task.data.script.diff = ""
     task.data.script.entry_point = DATASET_ENTRY_POINT
