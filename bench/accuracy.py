@@ -47,9 +47,9 @@ def dev_curve(run: Path) -> list[dict[str, float]]:
     curve = []
     with (run / "logs" / "metrics.csv").open() as rows:
         for row in csv.DictReader(rows):
-            if row.get("val/accuracy"):
-                curve.append({"step": int(float(row["step"])), "accuracy": round(float(row["val/accuracy"]), 4),
-                              "macro_f1": round(float(row["val/macro_f1"]), 4)})
+            if row.get("dev/accuracy"):
+                curve.append({"step": int(float(row["step"])), "accuracy": round(float(row["dev/accuracy"]), 4),
+                              "macro_f1": round(float(row["dev/macro_f1"]), 4)})
     return curve[:-1]
 
 

@@ -295,7 +295,7 @@ def test_server_plan_as_data() -> None:
     sampler, pruner = plan.pop("optuna_sampler"), plan.pop("optuna_pruner")
     assert isinstance(sampler, optuna.samplers.TPESampler) and isinstance(pruner, optuna.pruners.NopPruner)
     assert plan == {
-        "base_task_id": "tmpl", "objective_metric_title": "val", "objective_metric_series": "macro_f1",
+        "base_task_id": "tmpl", "objective_metric_title": "dev", "objective_metric_series": "macro_f1",
         "objective_metric_sign": "max_global", "optimizer_class": OptimizerOptuna, "execution_queue": "gpu",
         "max_number_of_concurrent_tasks": 3, "spawn_project": "sst/hpo", "total_max_jobs": 12, "max_iteration_per_job": None,
         "min_iteration_per_job": None, "time_limit_per_job": 90, "pool_period_min": 0.5,
@@ -303,9 +303,9 @@ def test_server_plan_as_data() -> None:
 
 
 def test_objective_is_the_scalar_our_tasks_report_for_dev() -> None:
-    """Lightning logs `val/macro_f1` (model.py); the ClearML logger splits it into title/series."""
+    """Lightning logs `dev/macro_f1` (model.py); the ClearML logger splits it into title/series."""
     model_py = (Path(hpo.__file__).parent / "model.py").read_text()
-    assert 'self.log(f"{stage}/macro_f1"' in model_py and '_eval_end("val")' in model_py
+    assert 'self.log(f"{stage}/macro_f1"' in model_py and '_eval_end("dev")' in model_py
 
     class Reporter:
         def __init__(self) -> None:
@@ -316,7 +316,7 @@ def test_objective_is_the_scalar_our_tasks_report_for_dev() -> None:
 
     reporter = Reporter()
     task = type("T", (), {"id": "t", "get_logger": lambda self: reporter})()
-    tracking.clearml_logger(task).log_metrics({"val/macro_f1": 0.41, "test/macro_f1": 0.9}, step=3)
+    tracking.clearml_logger(task).log_metrics({"dev/macro_f1": 0.41, "test/macro_f1": 0.9}, step=3)
     assert (hpo.OBJECTIVE_TITLE, hpo.OBJECTIVE_SERIES, 0.41) in reporter.scalars
 
 
@@ -343,7 +343,7 @@ def test_real_clearml_optimizer_accepts_the_plan(monkeypatch: pytest.MonkeyPatch
     optimizer = optimization.HyperParameterOptimizer(**hpo.server_plan(space, base, "gpu", 3, "tmpl"))
     strategy = optimizer.optimizer
     assert type(strategy).__name__ == "OptimizerOptuna" and strategy.total_max_jobs == 3 and optimizer.execution_queue == "gpu"
-    assert projects == ["reprozoo/hpo"] and optimizer.objective_metric.get_objective_metric() == ("val", "macro_f1")
+    assert projects == ["reprozoo/hpo"] and optimizer.objective_metric.get_objective_metric() == ("dev", "macro_f1")
     assert optimizer.objective_metric.sign > 0 and optimizer.objective_metric.extremum  # max over every report
     converted = strategy._convert_hyper_parameters_to_optuna()
     kind, lr = converted["optim/lr"]
@@ -393,9 +393,9 @@ class RecordingTask:
         def scalar(value: float, max_value: float) -> dict[str, float]:
             return {"last": value, "min": value, "max": max_value}
 
-        scalars = {"t-2": {"val": {"macro_f1": scalar(0.45, 0.47)}, "test": {"macro_f1": scalar(0.99, 0.99)},
+        scalars = {"t-2": {"dev": {"macro_f1": scalar(0.45, 0.47)}, "test": {"macro_f1": scalar(0.99, 0.99)},
                            "Summary": {"dev_macro_f1": scalar(0.47, 0.47), "dev_accuracy": scalar(0.51, 0.51)}},
-                   "t-1": {"val": {"macro_f1": scalar(0.30, 0.31), "accuracy": scalar(0.4, 0.42)}},
+                   "t-1": {"dev": {"macro_f1": scalar(0.30, 0.31), "accuracy": scalar(0.4, 0.42)}},
                    "t-3": {}}[task_id]
         return type("TrialTask", (), {"get_last_scalar_metrics": lambda self: scalars})()
 
@@ -436,9 +436,9 @@ class RecordingOptimizer:
         assert not all_metrics
         return [  # ClearML's order: best first
             {"task_id": "t-2", "hyper_parameters": {"optim/lr": "3e-05", "data/batch_size": "16", "General/x": "1"},
-             "metrics": metric("val", "macro_f1", 0.45, 0.47)},
+             "metrics": metric("dev", "macro_f1", 0.45, 0.47)},
             {"task_id": "t-1", "hyper_parameters": {"optim/lr": "1e-05", "data/batch_size": "32"},
-             "metrics": metric("val", "macro_f1", 0.30, 0.31)},
+             "metrics": metric("dev", "macro_f1", 0.30, 0.31)},
             {"task_id": "t-3", "hyper_parameters": {"optim/lr": "9e-05", "data/batch_size": "32"}, "metrics": {}},
         ]
 

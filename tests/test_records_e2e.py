@@ -102,9 +102,15 @@ def test_offline_run_records_everything(runs: dict, data_dir: Path) -> None:
     assert {"metrics", "config", "provenance", "pip-freeze", "model-export"} <= {a["key"] for a in task["execution"]["artifacts"]}
     events = [e for line in (session / "metrics.jsonl").read_text().splitlines() for e in json.loads(line)]
     scalars = {(e["metric"], e["variant"]) for e in events if e["type"] == "training_stats_scalar"}
-    assert {("train", "loss"), ("val", "accuracy"), ("val", "macro_f1")} <= scalars
+    assert {("train", "loss"), ("dev", "accuracy"), ("dev", "macro_f1"), ("dev", "best_checkpoint_macro_f1"), ("test", "accuracy")} <= scalars
+    assert "val" not in {m for m, _ in scalars} and {v for m, v in scalars if m == "Summary"} == {"train_seconds"}
     plots = " ".join(e.get("plot_str", "") for e in events if e["type"] == "plot")
-    assert "confusion" in plots and "class distribution" in plots and "test_accuracy" in json.dumps(events)
+    assert "confusion matrix dev" in plots and "confusion matrix test" in plots and "class distribution" in plots
+    assert '"title": {"text": "true"' in plots and "per-class scores dev" in plots
+    assert any(e["type"] == "training_debug_image" and e["metric"] == "misclassified dev" for e in events)
+    props = {k: v["value"] for k, v in task["hyperparams"]["properties"].items()}
+    assert props["reproduce"] == f"reprozoo repro {record.task_id} --verify" and props["commit"] == head
+    assert "resolved" not in task["hyperparams"] and f"re-run: reprozoo repro {record.task_id} --verify" in task["comment"]
     # the model card points back to the run
     card = (run_dir / "export" / "README.md").read_text()
     assert record.task_id in card and record.commit in card and record.dataset_id in card and "image digest" in card

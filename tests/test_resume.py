@@ -242,7 +242,7 @@ def test_best_checkpoint_state_follows_a_moved_run_directory(tmp_path: Path) -> 
 
     from reprozoo.resume import RelocatableModelCheckpoint
 
-    settings = {"filename": "best-{epoch}-{step}", "monitor": "val/macro_f1", "mode": "max", "save_top_k": 1}
+    settings = {"filename": "best-{epoch}-{step}", "monitor": "dev/macro_f1", "mode": "max", "save_top_k": 1}
     before = ModelCheckpoint(dirpath=tmp_path / "lost" / "checkpoints", **settings)
     before.best_model_path = str(tmp_path / "lost" / "checkpoints" / "best-0-10.ckpt")
     before.best_model_score, before.kth_value = torch.tensor(0.4), torch.tensor(0.4)

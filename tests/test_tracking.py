@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -136,6 +137,19 @@ def test_agent_run_of_an_edited_clone_gets_the_edited_config(
     assert edited.seed == 5 and edited.optim.lr == 2e-5 and edited.data.data_dir == str(data_dir)
     monkeypatch.setattr(Task, "init", classmethod(lambda cls, **kwargs: task))
     assert tracking.open_task(RunConfig(), "ignored", plan).config == edited
+    # Issue 33: an edit nothing reads is refused in one line, not silently ignored: the read-only
+    # baseline, the read-only Provenance, a hyperparameter section that is not RunConfig's.
+    for name in (session.BASELINE_OBJECT, session.PROVENANCE_OBJECT):
+        recorded = task.get_configuration_object(name)
+        task.set_configuration_object(name, config_text=recorded.replace("lr: 0.0001", "lr: 0.001"), config_type="yaml")
+        with pytest.raises(ConfigError, match=f"the read-only configuration object '{re.escape(name)}' was edited") as raised:
+            tracking.remote_config(task, RunConfig())
+        assert "\n" not in str(raised.value)
+        task.set_configuration_object(name, config_text=recorded, config_type="yaml")
+    assert tracking.remote_config(task, RunConfig()) == edited
+    task.set_parameter("resolved/batch_size", "16")
+    with pytest.raises(ConfigError, match="section 'resolved' is not RunConfig's"):
+        tracking.remote_config(task, RunConfig())
     monkeypatch.undo()
     task.close()
     session.restore_clearml_env(env_before)  # later tests start `reprozoo` subprocesses
@@ -154,3 +168,26 @@ def test_an_image_refuses_a_task_recorded_from_other_code(monkeypatch: pytest.Mo
         refuse_other_code("t1", "b" * 40, "")
     with pytest.raises(ConfigError, match="with uncommitted changes.*venv-mode agent"):
         refuse_other_code("t1", "a" * 40, "--- a/x\n+++ b/x\n")
+
+
+def test_the_evaluations_are_plotted_with_axis_titles_and_per_class_tables() -> None:
+    """Issue 33: what PLOTS shows of a run's scores, as ClearML's Logger receives it."""
+    from reprozoo import task_view
+    from reprozoo.metrics import summarize
+
+    calls: list[tuple[str, tuple, dict]] = []
+
+    class Reporter:
+        def __getattr__(self, name: str):  # records every report_* call
+            return lambda *args, **kwargs: calls.append((name, args, kwargs))
+
+    scores = summarize([[3, 1, 0, 0, 0], [1, 5, 1, 0, 0], [0, 2, 9, 1, 0], [0, 0, 1, 6, 2], [0, 0, 0, 1, 4]])
+    task_view.report_evaluations(Reporter(), {"dev": scores, "test": scores}, step=12)
+    matrices = [kw for name, _, kw in calls if name == "report_confusion_matrix"]
+    assert [kw["xaxis"] for kw in matrices] == ["predicted", "predicted"] and {kw["yaxis"] for kw in matrices} == {"true"}
+    assert all(kw["xlabels"][4] == "very positive" and kw["extra_layout"]["yaxis"]["automargin"] for kw in matrices)
+    tables = [kw["table_plot"] for name, _, kw in calls if name == "report_table"]
+    assert len(tables) == 2 and tables[0][0] == ["class", "precision", "recall", "F1", "support"]
+    assert tables[0][2] == ["negative", "0.6250", "0.7143", "0.6667", "7"]
+    assert {name for name, _, _ in calls} == {"report_confusion_matrix", "report_table"}  # no second dev curve
+    assert all(kw["iteration"] == 12 for _, _, kw in calls)

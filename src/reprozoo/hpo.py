@@ -10,7 +10,7 @@ scored by `objective()`: the dev split's macro-F1. Server (`--queue Q`): ClearML
 hyperparameter sections (`optim/lr`, …) and enqueues the clones on Q for agents to run.
 
 The test split is never read for selection: `objective()` looks at `metrics["dev"]` only, the
-trials table records dev figures only, and on a server the objective is the `val/macro_f1` scalar.
+trials table records dev figures only, and on a server the objective is the `dev/macro_f1` scalar.
 Both modes write into the output folder:
 
     best.yaml     the best trial's whole RunConfig (out_dir cleared): `reprozoo train --config best.yaml`
@@ -50,12 +50,12 @@ SHORT_NAMES = {
 }
 NOT_SEARCHABLE = {"out_dir"}  # every trial gets its own run directory
 
-# How our training tasks report dev macro-F1 to ClearML: Lightning logs `val/macro_f1` (model.py) and
-# tracking.clearml_logger splits the key into title "val", series "macro_f1". `max_global` ranks a task
+# How our training tasks report dev macro-F1 to ClearML: Lightning logs `dev/macro_f1` (model.py) and
+# tracking.clearml_logger splits the key into title "dev", series "macro_f1". `max_global` ranks a task
 # by the largest value it reported, i.e. the dev macro-F1 of the best checkpoint, which is what
 # metrics["dev"]["macro_f1"] holds (train.py re-validates that checkpoint). Not the "Summary" single
 # values: they are reported at iteration -2**31 and Optuna's trial.report refuses negative steps.
-OBJECTIVE_TITLE = "val"
+OBJECTIVE_TITLE = "dev"
 OBJECTIVE_SERIES = "macro_f1"
 OBJECTIVE_SIGN = "max_global"
 

@@ -36,8 +36,9 @@ class SentimentClassifier(L.LightningModule):
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else torch.ones(net.config.num_labels)
         self.register_buffer("class_weights", weights)
         self.step_losses: list[float] = []  # every optimiser step's loss, for the record
-        self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
+        self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"dev": [], "test": []}
         self.last_eval: dict[str, dict[str, Any]] = {}
+        self.last_predictions: dict[str, list[int]] = {}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.net(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -73,7 +74,7 @@ class SentimentClassifier(L.LightningModule):
         self._outputs[stage].append((logits.argmax(-1).cpu(), batch["labels"].cpu()))
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step("val", batch)
+        self._eval_step("dev", batch)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step("test", batch)
@@ -88,11 +89,14 @@ class SentimentClassifier(L.LightningModule):
         # Under DDP every rank scored the whole split (unsharded eval loaders): no gather needed.
         summary = summarize(confusion_matrix(labels.tolist(), preds.tolist()))
         self.last_eval[stage] = summary
+        self.last_predictions[stage] = preds.tolist()  # in the eval loader's order (data.module.eval_order)
+        if self._trainer is not None and self.trainer.state.fn == "validate":
+            return  # the best checkpoint scored again after fit: reported as a series of its own (tracking)
         self.log(f"{stage}/accuracy", summary["accuracy"], prog_bar=True, sync_dist=False)
         self.log(f"{stage}/macro_f1", summary["macro_f1"], prog_bar=True, sync_dist=False)
 
     def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
+        self._eval_end("dev")
 
     def on_test_epoch_end(self) -> None:
         self._eval_end("test")

@@ -36,9 +36,18 @@ class LineProgress(Callback):
         if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
             return
         m = trainer.callback_metrics
-        if "val/accuracy" in m:
-            log.info(f"dev  epoch {trainer.current_epoch} step {trainer.global_step}: accuracy {float(m['val/accuracy']):.4f}"
-                     f"  macro-F1 {float(m['val/macro_f1']):.4f}")
+        if "dev/accuracy" in m:
+            log.info(f"dev  epoch {trainer.current_epoch} step {trainer.global_step}: accuracy {float(m['dev/accuracy']):.4f}"
+                     f"  macro-F1 {float(m['dev/macro_f1']):.4f}")
+
+
+class LogEveryRun(Callback):
+    """Train loss and learning rate logged at least 4 times an epoch, however short the run: a
+    `log_every_n_steps` larger than the epoch would log neither (Lightning only warns)."""
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        steps = max(1, int(trainer.num_training_batches) // max(1, trainer.accumulate_grad_batches))
+        trainer.log_every_n_steps = max(1, min(trainer.log_every_n_steps, steps // 4))
 
 
 class ThroughputMonitor(Callback):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -25,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from reprozoo import agent, provenance, safeyaml
+from reprozoo import agent, provenance, safeyaml, task_view
 from reprozoo.config import _SECTIONS, ConfigError, RunConfig, _annotation, _parse_value, apply, flatten
 from reprozoo.data import versions
 from reprozoo.data.trees import LABEL_NAMES
@@ -35,7 +36,6 @@ from reprozoo.session import (
     CONFIG_OBJECT,
     ENTRY_POINT,
     PROVENANCE_OBJECT,
-    RESOLVED_SECTION,
     RUN_SECTION,
     WORKING_DIR,
     clearml_env,
@@ -43,6 +43,8 @@ from reprozoo.session import (
     resolve_mode,
     restore_clearml_env,
 )
+
+USER_PROPERTIES_SECTION = "properties"  # where ClearML keeps User Properties among the hyperparameters
 
 # How long a run's end waits for its checkpoint upload in flight (a spot instance's notice is 30 s
 # to 2 min; the fileserver down makes the upload retry until then).
@@ -74,6 +76,11 @@ def config_from_sections(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
             out[name] = _parsed(name, values, fields, [name])
         elif name == RUN_SECTION:
             out.update(_parsed(name, values, set(RunConfig.__dataclass_fields__) - set(_SECTIONS), []))
+        elif name != USER_PROPERTIES_SECTION and values:
+            # Nothing reads it: an edit there would be silently ignored by the run.
+            raise ConfigError(f"task hyperparameter section {name!r} is not RunConfig's (sections: "
+                              f"{', '.join([*_SECTIONS, RUN_SECTION])}) and no run reads it; move the edit into"
+                              " one of those sections or the 'RunConfig' object, delete the section, then enqueue it again")
     return out
 
 
@@ -115,6 +122,7 @@ def remote_config(task: Any, local: RunConfig) -> RunConfig:
     text = task.get_configuration_object(CONFIG_OBJECT)
     if not text:
         return local  # not a task reprozoo recorded; run what the command line says
+    task_view.check_read_only(task)
     edited = RunConfig.from_dict(safeyaml.load_yaml_mapping(text, f"task {task.id} {CONFIG_OBJECT}"))
     base_text = task.get_configuration_object(BASELINE_OBJECT)
     baseline = RunConfig.from_dict(safeyaml.load_yaml_mapping(base_text, f"task {task.id} {BASELINE_OBJECT}")) if base_text else None
@@ -130,12 +138,17 @@ def write_config(task: Any, cfg: RunConfig, description: str) -> None:
     task.set_configuration_object(BASELINE_OBJECT, config_text=recorded, config_type="yaml",
                                   description="read-only: UI edits of RunConfig and of the sections are merged against this")
     task.set_parameters_as_dict(provenance.redact_obj(config_sections(cfg)))
+    task_view.set_properties(task, {"recorded_config_sha256": task_view.text_sha256(recorded)})
 
 
 def clearml_logger(task: Any) -> Any:
     """A Lightning logger that mirrors every logged scalar into the ClearML task.
 
+    Its iterations are the optimiser steps done, as the console counts them (`trainer.global_step`,
+    once the logger is attached to a trainer: `StepClock`); Lightning's own step counter lags by one
+    during fit (a step's loss and the dev scores after N steps are logged at N - 1).
     Built on demand so that importing this module (`reprozoo tasks …`) does not import Lightning (~7 s)."""
+    from lightning.pytorch.callbacks import Callback
     from lightning.pytorch.loggers import Logger
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -143,6 +156,16 @@ def clearml_logger(task: Any) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.task = task
+            self.trainer: Any = None
+
+        def clock(self) -> Callback:
+            logger = self
+
+            class StepClock(Callback):
+                def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+                    logger.trainer = trainer
+
+            return StepClock()
 
         @property
         def name(self) -> str:
@@ -159,11 +182,12 @@ def clearml_logger(task: Any) -> Any:
         @rank_zero_only
         def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
             reporter = task.get_logger()
+            iteration = self.trainer.global_step if self.trainer is not None else step or 0
             for key, value in metrics.items():
                 if key == "epoch":
                     continue
                 title, _, series = key.partition("/")
-                reporter.report_scalar(title=title, series=series or title, value=float(value), iteration=step or 0)
+                reporter.report_scalar(title=title, series=series or title, value=float(value), iteration=iteration)
 
     return ClearMLLogger()
 
@@ -206,6 +230,7 @@ class Tracker:
         self.closed = False
         self.env_before: dict[str, str] = clearml_env()
         self.uploader: Any = None  # checkpoint_store.CheckpointUploader of a server run (start_uploads)
+        self.logger: Any = None  # the ClearML Lightning logger (lightning_logger)
 
     @property
     def task_id(self) -> str | None:
@@ -216,11 +241,15 @@ class Tracker:
 
         loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
         if self.task is not None:
-            loggers.append(clearml_logger(self.task))
+            self.logger = clearml_logger(self.task)
+            loggers.append(self.logger)
         return loggers
 
     def lightning_callbacks(self) -> list[Any]:
-        return [flush_on_checkpoint(self.task)] if self.task is not None else []
+        """After lightning_logger: the task's scalars flushed at checkpoints, numbered by optimiser step."""
+        if self.task is None:
+            return []
+        return [flush_on_checkpoint(self.task), *([self.logger.clock()] if self.logger is not None else [])]
 
     def start_uploads(self, run_dir: Path) -> Any:
         """A server run's resume checkpoints go to its task's storage as they are written
@@ -307,37 +336,71 @@ class Tracker:
             # reinstalling Python packages over the ones the image was built with.
             task.set_base_docker(docker_image=pinned, docker_arguments=agent.docker_arguments())
         task.set_configuration_object(PROVENANCE_OBJECT, config_text=yaml.safe_dump(self.provenance, sort_keys=False),
-                                      config_type="yaml", description="code, environment fingerprint, data and model versions")
-        resolved = {
-            "model": plan.entry.name, "hub_id": plan.entry.hub_id, "weights_source": weights.source,
-            "weights_revision": weights.revision, "dataset_id": data["dataset_id"], "data_content_hash": data["content_hash"],
-            "image_digest": env["image_digest"], "lock_sha256": env["lock_sha256"], "commit": git.commit,
-            "dirty": git.dirty, **self.provenance["resolved"]}
-        task.update_parameters({f"{RESOLVED_SECTION}/{k}": _text(v) for k, v in resolved.items()})
+                                      config_type="yaml", description="read-only: code, environment fingerprint, data and model versions")
+        task_view.set_properties(task, task_view.record_properties(task.id, self.provenance, plan.world_size))
+        task_view.fingerprint_read_only(task, "provenance_sha256")
+        task.set_comment(task_view.description(self.provenance, task.id, cfg.data.granularity, cfg.seed))
+        task.add_tags(["sst-5", plan.entry.name, cfg.data.granularity])
+        warning = task_view.repository_warning(str(self.provenance["code"].get("repository") or ""))
+        if warning and not self.remote:
+            log.warning(f"warning: {warning}")
+        if self.mode == "server":
+            self._link_inputs(plan, weights, data["dataset_id"])
         task.upload_artifact("pip-freeze", artifact_object=str(plan.run_dir / "pip-freeze.txt"), wait_on_upload=True)
         return self.provenance
 
+    def _link_inputs(self, plan: Any, weights: Any, dataset_id: str | None) -> None:
+        """ClearML's own links from the task to what it used: the data version (the task's `datasets`
+        runtime property, as Dataset.get sets it) and the base weights (an input model, one per revision)."""
+        from clearml import Dataset, InputModel
+
+        if dataset_id and not dataset_id.startswith("offline-"):
+            Dataset.get(dataset_id=dataset_id, silence_alias_warnings=True)  # links it to the current task
+        revision = str(weights.revision)
+        if plan.entry.local_dir:
+            url = f"file://{Path(plan.entry.local_dir).resolve()}#{revision}"
+        elif revision.startswith("sha256:"):
+            url = f"https://huggingface.co/{plan.entry.hub_id}#{revision}"
+        else:
+            url = f"https://huggingface.co/{plan.entry.hub_id}/tree/{revision}"
+        base = InputModel.import_model(
+            weights_url=url, name=f"{plan.entry.hub_id} @ {revision[:19]}", project=self.config.tracking.project if self.config else None,
+            tags=["base-weights", plan.entry.name], framework="PyTorch", create_as_published=True,
+            comment=f"base weights of {plan.entry.name}: {plan.entry.hub_id}, revision {revision} (from {weights.source})")
+        self.task.set_input_model(model_id=base.id, name="base weights", update_task_design=False, update_task_labels=False)
+
     # -- after training ----------------------------------------------------------------------------
     def finish(self, metrics: dict[str, Any], timing: dict[str, Any], run_dir: Path, export_dir: Path,
-               class_counts: list[float] | None = None) -> None:
+               class_counts: list[float] | None = None, misclassified: list[dict[str, Any]] | None = None,
+               summary: list[str] | None = None) -> None:
+        """The run's outputs into the task, then the task closed; `summary` (the run's closing lines) is
+        printed before that, so the task's console ends with it."""
         record: dict[str, Any] = {"mode": self.mode, "task_id": self.task_id,
                                   "dataset_id": self.dataset.dataset_id if self.dataset else None}
         uploads = self._end_uploads(completed=True)
         if uploads is not None:
             record["checkpoint_uploads"] = uploads
         write_model_card(export_dir, self.task_id, self.provenance, metrics)
+        if self.task is None:
+            for line in summary or []:
+                print(line, flush=True)
         if self.task is not None:
             reporter = self.task.get_logger()
-            for split in ("dev", "test"):
-                for key in ("accuracy", "macro_f1"):
-                    reporter.report_single_value(f"{split}_{key}", metrics[split][key])
+            step = metrics["train"]["steps"]
+            best_step = best_checkpoint_step(metrics.get("best_checkpoint"), step)
+            for key in ("accuracy", "macro_f1"):  # the best checkpoint's dev scores: a point on the dev curve
+                reporter.report_scalar("dev", f"best_checkpoint_{key}", value=float(metrics["dev"][key]), iteration=best_step)
             reporter.report_single_value("train_seconds", timing["train_seconds"])
-            reporter.report_confusion_matrix("confusion", "test", matrix=metrics["test"]["confusion_matrix"], iteration=0,
-                                             xlabels=list(metrics["test"]["per_class"]), ylabels=list(metrics["test"]["per_class"]))
+            task_view.report_evaluations(reporter, metrics, step)
+            if misclassified:
+                task_view.report_misclassified(reporter, misclassified, best_step)
             if class_counts is not None:
                 reporter.report_histogram("class distribution", f"train ({metrics['train']['granularity']})",
                                           values=[float(c) for c in class_counts], iteration=0, xlabels=list(LABEL_NAMES),
                                           yaxis="examples")
+            cfg = self.config
+            if cfg is not None:
+                self.task.set_comment(task_view.description(self.provenance, self.task_id, cfg.data.granularity, cfg.seed, metrics))
             self.task.upload_artifact("metrics", artifact_object=str(run_dir / "metrics.json"), wait_on_upload=True)
             with tempfile.TemporaryDirectory() as tmp:  # the run's own config.yaml may hold a secret
                 recorded = Path(tmp) / "config.yaml"
@@ -350,7 +413,11 @@ class Tracker:
                 if self.mode == "server":
                     from clearml import OutputModel
 
-                    model = OutputModel(task=self.task, name=f"{self.task.name}-export", framework="PyTorch")
+                    name = str(self.provenance.get("model", {}).get("name") or "model")
+                    model = OutputModel(task=self.task, name=f"{name} SST-5 {run_dir.name}", framework="PyTorch",
+                                        label_enumeration=task_view.LABELS, tags=["sst-5", name],
+                                        comment=f"{name} fine-tuned on SST-5 by task {self.task_id}: test accuracy"
+                                                f" {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f}")
                     # Without an output_uri ClearML registers the model as a file:// path to a temporary
                     # zip on this machine; upload it where the artifacts go.
                     destination = self.task.output_uri or self.task.get_logger().get_default_upload_destination()
@@ -358,13 +425,15 @@ class Tracker:
                     # an async upload's callback (else left behind), and its auto_delete_file would delete the export.
                     package = _zip_folder(export_dir, Path(packaging) / "model_package.zip")
                     model.update_weights(weights_filename=str(package), upload_uri=destination, target_filename=package.name,
-                                         auto_delete_file=False, is_package=True)
+                                         auto_delete_file=False, is_package=True, update_comment=False)
                 else:
                     # ClearML 2.1.12 cannot register an OutputModel offline ('DummyModel' has no 'locked'):
                     # the export travels as an artifact (a zip of the folder) inside the offline session.
                     with _zips_stored():
                         self.task.upload_artifact("model-export", artifact_object=str(export_dir), wait_on_upload=True)
                 self.task.flush(wait_for_uploads=True)
+                for line in summary or []:
+                    print(line, flush=True)
                 folder = self.task.get_offline_mode_folder() if self.mode == "offline" else None
                 closing = time.monotonic()
                 self.closed = True
@@ -401,6 +470,12 @@ class Tracker:
         with contextlib.suppress(OSError):  # a read-only or missing run directory must not hide the failure
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "task.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def best_checkpoint_step(name: str | None, default: int) -> int:
+    """The optimiser step in a best checkpoint's name (`best-{epoch}-{step}.ckpt`), else `default`."""
+    parts = Path(name or "").stem.split("-")
+    return int(parts[-1]) if len(parts) == 3 and parts[-1].isdigit() else default
 
 
 def write_model_card(export_dir: Path, task_id: str | None, prov: dict[str, Any], metrics: dict[str, Any]) -> None:
@@ -454,7 +529,12 @@ def open_task(cfg: RunConfig, task_name: str, plan: Any, continue_task: str | No
     configure_clearml()
     from clearml import Task
 
+    _quiet_clearml()
     Task.set_offline(mode == "offline")
+    if Task.current_task() is None:
+        # No repository detection from sys.argv[0] (.venv/bin, which warns "Can't get url information"):
+        # record() sets the task's code from the checkout that runs.
+        Task.force_store_standalone_script(True)
     # Before Task.init: an offline Dataset.create is itself a Task.init, which ClearML refuses while
     # another task is the process's main task (UsageError "Current task already created").
     dataset = plan.dataset or versions.register(plan.data_dir, mode, cfg.tracking.project)
@@ -480,6 +560,29 @@ def open_task(cfg: RunConfig, task_name: str, plan: Any, continue_task: str | No
     tracker.dataset, tracker.env_before = dataset, env_before
     tracker.resumes = continue_task if continue_task and not reopen else None
     return tracker
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def _quiet_clearml() -> None:
+    """A task's console holds the run's own lines, not ClearML's chatter about its internals: upload
+    progress (tqdm bars, else "Uploading … from /tmp/…" lines), the base weights' model lookup, and
+    the standalone-script notice (the task's code is set from the checkout in record())."""
+    from clearml.storage import callbacks
+
+    callbacks.tqdm = None
+    for name in ("clearml.storage", "clearml.model"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    task_log = logging.getLogger("clearml.Task")
+    if not any(isinstance(f, _DropMessages) for f in task_log.filters):
+        task_log.addFilter(_DropMessages("No repository found, storing script code instead"))
 
 
 @contextlib.contextmanager

@@ -50,6 +50,7 @@ class Plan:
     accelerator: str
     precision: str
     dataset: Any = None  # data.versions.DataVersion when --dataset-id named one
+    world_size: int = 1  # devices (DDP processes) the run trains on
 
 
 def plan_run(cfg: RunConfig, overwrite: bool = False, resuming: bool = False) -> Plan:
@@ -75,7 +76,8 @@ def plan_run(cfg: RunConfig, overwrite: bool = False, resuming: bool = False) ->
     return Plan(cfg=cfg, entry=entry, run_dir=run_dir, data_dir=data_dir, data_sha256=data_fingerprint(data_dir),
                 lr=cfg.optim.lr or entry.lr, batch_size=cfg.data.batch_size or entry.batch_size,
                 max_length=max_length, pooling=cfg.model.pooling or entry.pooling,
-                accelerator=accelerator, precision=precision, dataset=dataset)
+                accelerator=accelerator, precision=precision, dataset=dataset,
+                world_size=_device_count(cfg.trainer.devices, accelerator))
 
 
 def _model_max_positions(entry: zoo.ZooEntry) -> int | None:
@@ -161,7 +163,8 @@ class RunResult:
     ddp_worker: bool = False
 
     def lines(self) -> list[str]:
-        """What `reprozoo train` prints: where the run is, its task and data version, its scores."""
+        """The run's closing summary (printed before its task closes): where the run is, its task and
+        data version, its scores."""
         if self.ddp_worker:
             return []  # rank 0 reports
         m = self.metrics
@@ -241,9 +244,12 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False, accept_
             if worker:
                 return RunResult(plan.run_dir, metrics, ddp_worker=True)
             timing, export_dir = write_outputs(plan, inputs, fitted, metrics, started)
-            tracker.finish(metrics, timing, plan.run_dir, export_dir, class_counts=inputs.datamodule.class_counts())
-            return RunResult(plan.run_dir, metrics, timing, tracker.task_id,
-                             tracker.dataset.dataset_id if tracker.dataset else None)
+            result = RunResult(plan.run_dir, metrics, timing, tracker.task_id,
+                               tracker.dataset.dataset_id if tracker.dataset else None)
+            misclassified = inputs.datamodule.misclassified("dev", fitted.module.last_predictions["dev"])
+            tracker.finish(metrics, timing, plan.run_dir, export_dir, class_counts=inputs.datamodule.class_counts(),
+                           misclassified=misclassified, summary=result.lines())
+            return result
 
 
 def check_resumed_state(plan: Plan, inputs: Inputs, git: provenance.GitState, accept: bool) -> list[dict[str, str]]:
@@ -457,7 +463,7 @@ def score(plan: Plan, inputs: Inputs, fitted: Fitted) -> dict[str, Any]:
     """Dev and test scores of the best checkpoint, and a summary of the training."""
     trainer, module, datamodule, steps = fitted.trainer, fitted.module, inputs.datamodule, fitted.step_losses
     best = _best_checkpoint(trainer)
-    dev = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True) and module.last_eval["val"]
+    dev = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True) and module.last_eval["dev"]
     test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True) and module.last_eval["test"]
     tenth = max(1, len(steps) // 10)
     return {
@@ -609,10 +615,10 @@ def _trainer_kwargs(cfg: RunConfig, plan: Plan, tracker: Any) -> dict[str, Any]:
         # validation per epoch): last.ckpt, written there too, then holds their states after it.
         # Weights only: test and export read nothing else, and resuming reads last.ckpt (a third of the
         # bytes: 91 MB for MiniLM instead of 272 MB with AdamW's two moments).
-        RelocatableModelCheckpoint(dirpath=checkpoints, filename="best-{epoch}-{step}", monitor="val/macro_f1",
+        RelocatableModelCheckpoint(dirpath=checkpoints, filename="best-{epoch}-{step}", monitor="dev/macro_f1",
                         mode="max", save_top_k=1, save_last=False, auto_insert_metric_name=False, save_weights_only=True,
                         enable_version_counter=False, save_on_train_epoch_end=False),
-        EarlyStopping(monitor="val/macro_f1", mode="max", patience=t.early_stopping_patience,
+        EarlyStopping(monitor="dev/macro_f1", mode="max", patience=t.early_stopping_patience,
                       check_on_train_epoch_end=False),
         LearningRateMonitor(logging_interval="step"),
         ResumeState(),
@@ -632,9 +638,11 @@ def _trainer_kwargs(cfg: RunConfig, plan: Plan, tracker: Any) -> dict[str, Any]:
 
         callbacks.append(LineProgress())
         progress = False
-    from reprozoo.progress import ThroughputMonitor
+    from reprozoo.progress import LogEveryRun, ThroughputMonitor
 
     callbacks.append(ThroughputMonitor())  # examples, tokens, step vs data time → timing.json
+    callbacks.append(LogEveryRun())
+    loggers = tracker.lightning_logger(plan.run_dir)
     callbacks.extend(tracker.lightning_callbacks())  # scalars on the server before each checkpoint
     return {
         "max_epochs": t.max_epochs,
@@ -658,7 +666,7 @@ def _trainer_kwargs(cfg: RunConfig, plan: Plan, tracker: Any) -> dict[str, Any]:
         "fast_dev_run": t.fast_dev_run,
         "profiler": t.profiler,
         "callbacks": callbacks,
-        "logger": tracker.lightning_logger(plan.run_dir),
+        "logger": loggers,
         "enable_progress_bar": progress,
         "enable_model_summary": False,
         "default_root_dir": str(plan.run_dir),
@@ -723,6 +731,7 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # progress.LogEveryRun
     try:
         from transformers.utils import logging as hf_logging
 

@@ -49,7 +49,7 @@ def assert_complete(server: dict, out: Path, files_url: str) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert server["status"] == "completed"
     assert server["scalars"]["train"]["loss"]["x"] == list(range(STEPS))  # every step, once
-    assert server["single_values"]["test_accuracy"] == metrics["test"]["accuracy"]
+    assert server["scalars"]["test"]["accuracy"]["y"][-1] == metrics["test"]["accuracy"]
     assert set(server["artifact_urls"]) >= {"metrics", "config", "pip-freeze", "provenance"}
     assert all(url.startswith(files_url) for url in [*server["artifact_urls"].values(), *server["models"]])
     assert len(server["models"]) == 1

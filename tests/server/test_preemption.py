@@ -185,9 +185,9 @@ def test_resume_by_task_id_on_a_fresh_machine_is_bit_identical(uninterrupted: di
     assert task["status"] == "completed"
     assert_every_step_once(task["scalars"], step)
     assert task["scalars"]["lr"]["pg1"]["x"] == list(range(STEPS))  # logged before each batch's checkpoint
-    assert {9, 19} <= set(task["scalars"]["val"]["accuracy"]["x"])  # dev at half and end of the epoch
+    assert {9, 19} <= set(task["scalars"]["dev"]["accuracy"]["x"])  # dev at half and end of the epoch
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert task["single_values"]["test_accuracy"] == metrics["test"]["accuracy"]
+    assert task["scalars"]["test"]["accuracy"]["y"][-1] == metrics["test"]["accuracy"]
     # Issue 32, item 4: what the lost process stored goes too when the resumed task completes (the resumed
     # process took the list over from the task's artifact), and so does what the resumed process stored.
     record = json.loads((run_dir / "task.json").read_text())["checkpoint_uploads"]

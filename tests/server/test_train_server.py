@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -25,13 +26,14 @@ READ_BACK = """
 import hashlib, json, sys
 from pathlib import Path
 from clearml import Dataset, Model, StorageManager, Task
+from clearml.backend_api.session.client import APIClient
 
 task = Task.get_task(task_id=sys.argv[1])
 artifacts = {name: Path(StorageManager.get_local_copy(a.url, extract_archive=False)).read_text()
              for name, a in task.artifacts.items() if name in ("metrics", "config", "pip-freeze", "provenance")}
 models = task.models["output"]
 model_dir = Path(models[0].get_local_copy(raise_on_error=True)) if models else None
-dataset_id = task.get_parameters_as_dict()["resolved"]["dataset_id"]
+dataset_id = task.get_user_properties(value_only=True)["dataset_id"]
 dataset = Dataset.get(dataset_id=dataset_id)
 data_dir = Path(dataset.get_local_copy())
 print(json.dumps({
@@ -42,7 +44,16 @@ print(json.dumps({
     "artifacts": artifacts, "artifact_urls": {k: a.url for k, a in task.artifacts.items()},
     "script": {"repository": task.data.script.repository, "commit": task.data.script.version_num,
                "diff": task.data.script.diff},
-    "models": [{"id": m.id, "name": m.name, "url": m.url, "framework": m.framework} for m in models],
+    "models": [{"id": m.id, "name": m.name, "url": m.url, "framework": m.framework, "labels": m.labels, "comment": m.comment}
+               for m in models],
+    "input_models": [{"id": m.id, "name": m.name, "url": m.url, "tags": m.tags, "comment": m.comment} for m in task.models["input"]],
+    "properties": task.get_user_properties(value_only=True), "comment": task.comment, "tags": task.get_tags(),
+    "runtime": dict(task.data.runtime or {}),
+    "plots": [{"metric": p["metric"], "variant": p["variant"], "layout": json.loads(p["plot_str"]).get("layout", {}),
+               "data": json.loads(p["plot_str"]).get("data", [])} for p in task.get_reported_plots()],
+    "debug_samples": [e["variant"] for it in APIClient().events.debug_images(
+        metrics=[{"task": task.id, "metric": "misclassified dev"}], iters=1).metrics[0].iterations for e in it["events"]],
+    "console": "\\n".join(task.get_reported_console_output(number_of_reports=1000)),
     "model_files": sorted(p.name for p in model_dir.rglob("*") if p.is_file()) if model_dir else [],
     "dataset": {"id": dataset.id, "project": dataset.project, "name": dataset.name, "tags": dataset.tags,
                 "files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in data_dir.iterdir()},
@@ -83,17 +94,103 @@ def test_train_records_the_run_on_the_server(trained: dict, clearml_server: Any)
     assert RunConfig.from_dict(yaml.safe_load(server["configuration"]["RunConfig"])) == cfg
     # Scalars: the per-step training loss, dev and test, and the final single values.
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(server["scalars"]) >= {"train", "val", "test"}, server["scalars"].keys()
+    assert set(server["scalars"]) >= {"train", "dev", "test"}, server["scalars"].keys()
     train_steps = [int(x) for x in server["scalars"]["train"]["loss"]["x"]]
-    assert train_steps == list(range(len(train_steps))) and len(train_steps) == 4  # 64 sentences, batch 16
-    assert server["single_values"]["test_accuracy"] == pytest.approx(metrics["test"]["accuracy"])
-    assert server["single_values"]["dev_macro_f1"] == pytest.approx(metrics["dev"]["macro_f1"])
+    assert train_steps == [1, 2, 3, 4]  # 64 sentences, batch 16: numbered as the console counts steps
+    assert server["scalars"]["test"]["accuracy"]["y"] == [pytest.approx(metrics["test"]["accuracy"])]
+    assert server["scalars"]["dev"]["best_checkpoint_macro_f1"]["y"] == [pytest.approx(metrics["dev"]["macro_f1"])]
     # Artifacts: on the fileserver, and downloaded they are the run directory's files.
     assert all(url.startswith(clearml_server.files_url) for url in server["artifact_urls"].values())
     assert json.loads(server["artifacts"]["metrics"]) == metrics
     assert server["artifacts"]["pip-freeze"] == (out / "pip-freeze.txt").read_text()
     assert RunConfig.from_dict(yaml.safe_load(server["artifacts"]["config"])) == cfg
     assert json.loads(server["artifacts"]["provenance"]) == json.loads((out / "provenance.json").read_text())
+
+
+def test_the_task_reads_at_a_glance_in_the_web_ui(trained: dict) -> None:
+    """What the web UI shows, read back the way it reads it: the record's facts as User Properties (not
+    hyperparameters), a description that says how to re-run it, links to the data version and the base
+    weights, a named and labelled output model, one name per split, plots with axis titles, debug
+    samples, and a console that ends with the run's summary and holds none of ClearML's chatter."""
+    from reprozoo import task_view
+    from reprozoo.config import _SECTIONS
+    from reprozoo.session import RUN_SECTION
+
+    out, server, task_id = trained["out"], trained["server"], trained["task_id"]
+    prov = json.loads((out / "provenance.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    # CONFIGURATION: facts as User Properties; the only hyperparameter sections are RunConfig's.
+    props = server["properties"]
+    assert props["commit"] == prov["code"]["commit"] and props["dirty"] == "yes"
+    assert props["dataset_id"] == prov["data"]["dataset_id"] and props["data_content_hash"] == prov["data"]["content_hash"]
+    assert props["image_digest"] == prov["environment"]["image_digest"]
+    assert props["lock"] == f"{prov['environment']['lock_file']} sha256:{prov['environment']['lock_sha256']}"
+    assert props["weights_revision"] == prov["model"]["revision"] and props["precision"] == "32-true"
+    assert props["world_size"] == "1" and props["reproduce"] == f"reprozoo repro {task_id} --verify"
+    assert set(server["parameters"]) == {*_SECTIONS, RUN_SECTION, "properties"}, server["parameters"].keys()
+    assert props["recorded_config_sha256"] == task_view.text_sha256(server["configuration"]["RunConfig (as recorded)"])
+    # INFO: what it is, how to re-run it, its scores; tags.
+    comment = server["comment"]
+    assert f"reprozoo repro {task_id} --verify" in comment and "Auto-generated" not in comment
+    assert f"{prov['model']['name']} ({prov['model']['hub_id']})" in comment and "seed 42" in comment
+    assert f"test: accuracy {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f}" in comment
+    assert "warning: the repository is file://" in comment  # the dirty checkout has no remote
+    assert {"sst-5", prov["model"]["name"]} <= set(server["tags"])
+    # Links: ClearML's own dataset link, the base weights as input model, the output model.
+    assert server["runtime"]["datasets"] == [prov["data"]["dataset_id"]]
+    [base] = server["input_models"]
+    assert prov["model"]["hub_id"] in base["url"] and prov["model"]["revision"] in base["url"]
+    assert "base-weights" in base["tags"] and prov["model"]["revision"] in base["comment"]
+    [model] = server["models"]
+    assert model["name"] == f"{prov['model']['name']} SST-5 {out.name}" and model["labels"] == task_view.LABELS
+    assert "/tmp" not in model["comment"] and "reprozoo-model-" not in model["comment"] and task_id in model["comment"]
+    # SCALARS: dev (never val), the best checkpoint's dev scores a series of their own, test single values.
+    scalars = server["scalars"]
+    assert "val" not in scalars and "Summary" not in scalars
+    assert set(scalars["dev"]) == {"accuracy", "macro_f1", "best_checkpoint_accuracy", "best_checkpoint_macro_f1"}
+    console_steps = [int(m) for m in re.findall(r"reprozoo: dev  epoch \d+ step (\d+):", server["console"])]
+    assert scalars["dev"]["accuracy"]["x"] == console_steps and console_steps[-1] == 4  # the console's step numbers
+    assert set(scalars["lr"]) and scalars["train"]["loss"]["x"] == [1, 2, 3, 4]
+    assert set(server["single_values"]) == {"train_seconds"}  # no headline metric under "Summary"
+    # PLOTS: dev and test confusion matrices with axis titles, per-class tables.
+    plots = {(p["metric"], p["variant"]): p for p in server["plots"]}
+    for split in ("dev", "test"):
+        layout = plots[(f"confusion matrix {split}", split)]["layout"]
+        assert (layout["xaxis"]["title"]["text"], layout["yaxis"]["title"]["text"]) == ("predicted", "true")
+        assert layout["xaxis"]["automargin"] and layout["yaxis"]["automargin"]
+        table = plots[(f"per-class scores {split}", split)]["data"][0]
+        assert table["type"] == "table" and "F1" in str(table["header"])
+    # DEBUG SAMPLES: the misclassified dev sentences, bounded.
+    wrong = metrics["dev"]["n"] - sum(metrics["dev"]["confusion_matrix"][c][c] for c in range(5))
+    assert len(server["debug_samples"]) == min(wrong, task_view.MISCLASSIFIED_SAMPLES) > 0
+    # CONSOLE: ends with the summary, before the task closed; none of the noise.
+    console = server["console"]
+    assert f"test accuracy {metrics['test']['accuracy']:.4f}" in console and f"run directory: {out}" in console
+    for noise in ("Can't get url information", "weights_only", "MB [", "No repository found", "Selecting it"):
+        assert noise not in console, noise
+
+
+def test_an_edit_of_a_read_only_record_is_refused_on_an_agent(trained: dict) -> None:
+    """A clone whose `RunConfig (as recorded)` was edited in the UI: the agent's loader refuses it in one line."""
+    script = """
+import sys
+from clearml import Task
+from reprozoo import tracking
+from reprozoo.config import ConfigError, RunConfig
+clone = Task.clone(source_task=sys.argv[1], name="edited clone")
+text = clone.get_configuration_object("RunConfig (as recorded)")
+tracking.remote_config(clone, RunConfig())  # unedited: accepted
+clone.set_configuration_object("RunConfig (as recorded)", config_text=text.replace("batch_size: 16", "batch_size: 8"))
+try:
+    tracking.remote_config(clone, RunConfig())
+except ConfigError as err:
+    print("refused:", err)
+finally:
+    clone.delete()
+"""
+    result = trained["cli"].python(script, trained["task_id"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "refused: task " in result.stdout and "'RunConfig (as recorded)' was edited" in result.stdout
 
 
 def test_the_task_holds_the_commit_and_the_uncommitted_diff(trained: dict, dirty_checkout: Path) -> None:

@@ -112,11 +112,10 @@ def train(
     from reprozoo.train import train as run_training
 
     cfg = call(build)
-    result = until_preempted(lambda: run_training(cfg, overwrite=overwrite, resume=resume is not None,
-                                                  accept_changes=accept_changes), "stopped",
-                              f"checkpoint saved, resume with: reprozoo train --resume {cfg.out_dir}")
-    for line in result.lines():
-        say(line)
+    # The run prints its own closing summary (RunResult.lines), before its task closes.
+    until_preempted(lambda: run_training(cfg, overwrite=overwrite, resume=resume is not None,
+                                         accept_changes=accept_changes), "stopped",
+                    f"checkpoint saved, resume with: reprozoo train --resume {cfg.out_dir}")
 
 
 @app.command()

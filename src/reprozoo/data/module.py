@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -344,10 +345,23 @@ class SST5DataModule(L.LightningDataModule):
         # Not sharded under DDP (the trainer adds no DistributedSampler): every rank scores the whole
         # split, so the metrics are exact (a DistributedSampler pads shards with repeated examples).
         split = self.splits[name]
-        order = torch.argsort(split.lengths, descending=True, stable=True).tolist()  # least padding
-        return DataLoader(TokenizedDataset(split), batch_size=self.cfg.eval_batch_size, sampler=order,
+        return DataLoader(TokenizedDataset(split), batch_size=self.cfg.eval_batch_size, sampler=self.eval_order(name),
                           collate_fn=self._collator(), num_workers=self.cfg.num_workers,
                           generator=self._loader_generator())
+
+    def eval_order(self, name: str) -> list[int]:
+        """The order an evaluation loader yields `name`'s examples in: longest first (least padding)."""
+        return torch.argsort(self.splits[name].lengths, descending=True, stable=True).tolist()
+
+    def misclassified(self, name: str, predictions: list[int]) -> list[dict[str, Any]]:
+        """The examples of `name` whose prediction (in eval_order) is wrong, in file order, with their text
+        as the tokenizer reads it back (the run keeps token ids, not the sentences)."""
+        split = self.splits[name]
+        wrong = sorted((index, predicted) for index, predicted in zip(self.eval_order(name), predictions, strict=True)
+                       if predicted != int(split.labels[index]))
+        return [{"index": index, "label": int(split.labels[index]), "predicted": predicted,
+                 "text": self.tokenizer.decode(split.ids[split.offsets[index]:split.offsets[index + 1]].tolist(),
+                                               skip_special_tokens=True)} for index, predicted in wrong]
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("dev")
