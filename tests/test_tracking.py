@@ -147,6 +147,12 @@ def test_agent_run_of_an_edited_clone_gets_the_edited_config(
         assert "\n" not in str(raised.value)
         task.set_configuration_object(name, config_text=recorded, config_type="yaml")
     assert tracking.remote_config(task, RunConfig()) == edited
+    commit = task.get_parameters_as_dict()["properties"]["commit"]
+    task.set_parameter("properties/commit", "0" * 40)
+    with pytest.raises(ConfigError, match="the User Properties were edited"):
+        tracking.remote_config(task, RunConfig())
+    task.set_parameter("properties/commit", commit)
+    assert tracking.remote_config(task, RunConfig()) == edited
     task.set_parameter("resolved/batch_size", "16")
     with pytest.raises(ConfigError, match="section 'resolved' is not RunConfig's"):
         tracking.remote_config(task, RunConfig())

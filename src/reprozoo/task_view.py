@@ -18,6 +18,7 @@ from reprozoo.session import BASELINE_OBJECT, PROVENANCE_OBJECT
 
 # Property name → the read-only configuration object whose text it fingerprints.
 READ_ONLY_OBJECTS = {"recorded_config_sha256": BASELINE_OBJECT, "provenance_sha256": PROVENANCE_OBJECT}
+PROPERTIES_SHA256 = "properties_sha256"  # over the other User Properties: the facts are read-only too
 MISCLASSIFIED_SAMPLES = 24  # misclassified dev sentences shown as debug samples
 LABELS = {name: index for index, name in enumerate(LABEL_NAMES)}  # the output model's label enumeration
 
@@ -55,6 +56,16 @@ def set_properties(task: Any, properties: dict[str, str]) -> None:
     task.set_user_properties(*({"name": name, "value": value} for name, value in properties.items()))
 
 
+def set_record_properties(task: Any, properties: dict[str, str]) -> None:
+    """The record's facts (record_properties), with their own fingerprint."""
+    set_properties(task, {**properties, PROPERTIES_SHA256: facts_sha256(properties)})
+
+
+def facts_sha256(properties: dict[str, Any]) -> str:
+    facts = {k: str(v) for k, v in properties.items() if k not in READ_ONLY_OBJECTS and k != PROPERTIES_SHA256}
+    return text_sha256("\n".join(f"{k}={v}" for k, v in sorted(facts.items())))
+
+
 def fingerprint_read_only(task: Any, *names: str) -> None:
     """Record the sha256 of read-only objects (property names of READ_ONLY_OBJECTS) as they are now."""
     set_properties(task, {name: text_sha256(task.get_configuration_object(READ_ONLY_OBJECTS[name]) or "") for name in names})
@@ -64,6 +75,10 @@ def check_read_only(task: Any) -> None:
     """On an agent, before anything runs: a read-only object edited in the UI (its sha256 no longer the
     recorded one) is refused in one line; an agent would otherwise silently run without the edit."""
     properties = task.get_parameters_as_dict().get("properties") or {}  # offline too (get_user_properties asks a server)
+    if properties.get(PROPERTIES_SHA256) and facts_sha256(properties) != properties[PROPERTIES_SHA256]:
+        raise ConfigError(f"task {task.id}: the User Properties were edited; they are the recorded run's facts, which no run"
+                          " reads (the run records its own): undo the edit (or clone the original task again) and edit the"
+                          " 'RunConfig' object or the data/model/optim/trainer/tracking/run hyperparameters instead")
     for prop, obj in READ_ONLY_OBJECTS.items():
         recorded = properties.get(prop)
         if recorded and text_sha256(task.get_configuration_object(obj) or "") != recorded:

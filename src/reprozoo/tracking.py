@@ -337,7 +337,7 @@ class Tracker:
             task.set_base_docker(docker_image=pinned, docker_arguments=agent.docker_arguments())
         task.set_configuration_object(PROVENANCE_OBJECT, config_text=yaml.safe_dump(self.provenance, sort_keys=False),
                                       config_type="yaml", description="read-only: code, environment fingerprint, data and model versions")
-        task_view.set_properties(task, task_view.record_properties(task.id, self.provenance, plan.world_size))
+        task_view.set_record_properties(task, task_view.record_properties(task.id, self.provenance, plan.world_size))
         task_view.fingerprint_read_only(task, "provenance_sha256")
         task.set_comment(task_view.description(self.provenance, task.id, cfg.data.granularity, cfg.seed))
         task.add_tags(["sst-5", plan.entry.name, cfg.data.granularity])

@@ -181,6 +181,40 @@ def _one_line_error(done: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+def test_a_ui_clone_with_an_edit_no_run_reads_fails_on_the_agent_in_one_line(original: dict[str, Any], env: dict[str, str],
+                                                                             agents: Agents, agent_binary: Path, tmp_path: Path) -> None:
+    """Issue 33: a clone edited where no run reads it (the read-only `RunConfig (as recorded)`, a user
+    property, a hyperparameter section of its own) used to run unedited; a real agent now fails it, saying why."""
+    agent = serve(agents, agent_binary, env, tmp_path, "edit-q", "edit")
+    edit = r"""
+import sys
+from clearml import Task
+source, queue = sys.argv[1], sys.argv[2]
+ids = []
+for what in ("baseline", "property", "section"):
+    clone = Task.clone(source_task=source, name=f"edited {what}")
+    if what == "baseline":
+        text = clone.get_configuration_object("RunConfig (as recorded)")
+        clone.set_configuration_object("RunConfig (as recorded)", config_text=text.replace("seed: 42", "seed: 7"))
+    elif what == "property":
+        clone.set_user_properties(commit="0" * 40)
+    else:
+        clone.set_parameter("resolved/batch_size", "16")
+    Task.enqueue(clone, queue_name=queue)
+    ids.append(clone.id)
+print(",".join(ids))
+"""
+    done = subprocess.run([sys.executable, "-c", edit, original["task_id"], agent.queue], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    clones = done.stdout.split()[-1].split(",")
+    tasks = server_tasks(env, clones, wait=600)
+    assert [tasks[c]["status"] for c in clones] == ["failed"] * 3, agent.log()[-4000:]
+    log = agent.log()
+    assert "the read-only configuration object 'RunConfig (as recorded)' was edited" in log
+    assert "the User Properties were edited" in log
+    assert "task hyperparameter section 'resolved' is not RunConfig's" in log
+
+
 def test_an_unknown_queue_is_one_line_naming_the_queues_that_exist(original: dict[str, Any], env: dict[str, str],
                                                                    clearml_server: Any) -> None:
     missing = clearml_server.queue("no-such-q")  # in the run's namespace: no other run creates it
