@@ -91,14 +91,14 @@ def description(prov: dict[str, Any], task_id: str | None, granularity: str, see
                 metrics: dict[str, Any] | None = None) -> str:
     """The task's description: what the run is, how to re-run it, and (once scored) its headline scores."""
     model, data, code = (prov.get(k) or {} for k in ("model", "data", "code"))
-    lines = [f"{model.get('name', 'model')} ({model.get('hub_id', '')}) fine-tuned on SST-5 {granularity}, seed {seed}",
-             f"data: SST-5 version {data.get('dataset_id') or 'none (not versioned)'}, content {str(data.get('content_hash', ''))[:16]}",
-             f"re-run: {reproduce_command(task_id)}"]
-    if metrics:
-        lines += [f"{split}: accuracy {metrics[split]['accuracy']:.4f}, macro-F1 {metrics[split]['macro_f1']:.4f}"
-                  for split in ("dev", "test")]
     warning = repository_warning(str(code.get("repository") or ""))
-    return "\n".join(lines + ([f"warning: {warning}"] if warning else []))
+    lines = [f"{model.get('name', 'model')} ({model.get('hub_id', '')}) fine-tuned on SST-5 {granularity}, seed {seed}",
+             f"re-run: {reproduce_command(task_id)}",
+             *([f"warning: {warning}"] if warning else []),
+             *([" · ".join(f"{split}: accuracy {metrics[split]['accuracy']:.4f}, macro-F1 {metrics[split]['macro_f1']:.4f}"
+                           for split in ("dev", "test"))] if metrics else []),
+             f"data: SST-5 version {data.get('dataset_id') or 'none (not versioned)'}, content {str(data.get('content_hash', ''))[:16]}"]
+    return "\n".join(lines)  # the box shows four lines before it scrolls: what, how to re-run, why it may not, scores
 
 
 def repository_warning(repository: str) -> str | None:

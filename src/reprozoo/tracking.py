@@ -414,7 +414,8 @@ class Tracker:
                     from clearml import OutputModel
 
                     name = str(self.provenance.get("model", {}).get("name") or "model")
-                    model = OutputModel(task=self.task, name=f"{name} SST-5 {run_dir.name}", framework="PyTorch",
+                    model_name = f"{name} SST-5 {run_dir.name}"
+                    model = OutputModel(task=self.task, name=model_name, framework="PyTorch",
                                         label_enumeration=task_view.LABELS, tags=["sst-5", name],
                                         comment=f"{name} fine-tuned on SST-5 by task {self.task_id}: test accuracy"
                                                 f" {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f}")
@@ -423,7 +424,8 @@ class Tracker:
                     destination = self.task.output_uri or self.task.get_logger().get_default_upload_destination()
                     # Zipped here, not by update_weights_package: its export-sized /tmp zip is removed only by
                     # an async upload's callback (else left behind), and its auto_delete_file would delete the export.
-                    package = _zip_folder(export_dir, Path(packaging) / "model_package.zip")
+                    # The package's name is also the model's entry on the task (ARTIFACTS › OUTPUT MODELS).
+                    package = _zip_folder(export_dir, Path(packaging) / f"{model_name.replace('/', '_')}.zip")
                     model.update_weights(weights_filename=str(package), upload_uri=destination, target_filename=package.name,
                                          auto_delete_file=False, is_package=True, update_comment=False)
                 else:

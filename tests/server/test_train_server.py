@@ -46,6 +46,8 @@ print(json.dumps({
                "diff": task.data.script.diff},
     "models": [{"id": m.id, "name": m.name, "url": m.url, "framework": m.framework, "labels": m.labels, "comment": m.comment}
                for m in models],
+    "output_entries": [m.name for m in task.data.models.output],
+    "input_entries": [m.name for m in task.data.models.input],
     "input_models": [{"id": m.id, "name": m.name, "url": m.url, "tags": m.tags, "comment": m.comment} for m in task.models["input"]],
     "properties": task.get_user_properties(value_only=True), "comment": task.comment, "tags": task.get_tags(),
     "runtime": dict(task.data.runtime or {}),
@@ -133,7 +135,7 @@ def test_the_task_reads_at_a_glance_in_the_web_ui(trained: dict) -> None:
     comment = server["comment"]
     assert f"reprozoo repro {task_id} --verify" in comment and "Auto-generated" not in comment
     assert f"{prov['model']['name']} ({prov['model']['hub_id']})" in comment and "seed 42" in comment
-    assert f"test: accuracy {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f}" in comment
+    assert f" · test: accuracy {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f}" in comment
     assert "warning: the repository is file://" in comment  # the dirty checkout has no remote
     assert {"sst-5", prov["model"]["name"]} <= set(server["tags"])
     # Links: ClearML's own dataset link, the base weights as input model, the output model.
@@ -143,6 +145,7 @@ def test_the_task_reads_at_a_glance_in_the_web_ui(trained: dict) -> None:
     assert "base-weights" in base["tags"] and prov["model"]["revision"] in base["comment"]
     [model] = server["models"]
     assert model["name"] == f"{prov['model']['name']} SST-5 {out.name}" and model["labels"] == task_view.LABELS
+    assert server["output_entries"] == [model["name"]] and server["input_entries"] == ["base weights"]
     assert "/tmp" not in model["comment"] and "reprozoo-model-" not in model["comment"] and task_id in model["comment"]
     # SCALARS: dev (never val), the best checkpoint's dev scores a series of their own, test single values.
     scalars = server["scalars"]
