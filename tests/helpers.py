@@ -30,6 +30,15 @@ def reprozoo(*args: str, cwd: Path | str = REPO, env: Mapping[str, str] | None =
                           cwd=cwd, env=None if env is None else dict(env), timeout=timeout)
 
 
+def checkpoint_mtime(path: Path) -> int | None:
+    """A checkpoint's mtime, or None while there is none: atomic_torch_save renames the old one away and
+    the new one into place, so it can vanish between an exists() and a stat()."""
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
 def isolate_clearml(mp: pytest.MonkeyPatch, root: Path) -> Path:
     """ClearML offline with nothing of the user's: sessions under ROOT/clearml, reprozoo's cache under
     ROOT/cache, no clearml.conf and no server credentials. Returns the offline sessions' folder."""

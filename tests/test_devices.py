@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import NoTracker, isolate_clearml
+from helpers import NoTracker, checkpoint_mtime, isolate_clearml
 from reprozoo.config import RunConfig
 
 
@@ -152,8 +152,9 @@ def test_a_two_process_run_stopped_mid_epoch_resumes_bit_identical(how: str, ddp
     while seen < 3:  # the third checkpoint of 64: mid-epoch
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "no checkpoint in 10 minutes"
-        if last.exists() and last.stat().st_mtime_ns != stamp:
-            stamp, seen = last.stat().st_mtime_ns, seen + 1
+        written = checkpoint_mtime(last)
+        if written is not None and written != stamp:
+            stamp, seen = written, seen + 1
         time.sleep(0.02)
     ranks = [proc.pid] + [child.pid for child in psutil.Process(proc.pid).children(recursive=True)]
     assert len(ranks) == 2, ranks

@@ -166,6 +166,9 @@ class RecordingTask:
     def set_parameters_as_dict(self, sections: dict[str, Any]) -> None:
         self.calls.append(("set_parameters_as_dict", sections))
 
+    def set_user_properties(self, *properties: dict[str, str]) -> None:
+        self.calls.append(("set_user_properties", {p["name"]: p["value"] for p in properties}))
+
     def set_base_docker(self, docker_image: str, docker_arguments: str) -> None:
         self.calls.append(("set_base_docker", (docker_image, docker_arguments)))
 
@@ -187,8 +190,12 @@ def test_enqueue_pins_the_image_and_skips_installs(data_dir: Path) -> None:
     RecordingTask.calls = []
     assert repro.enqueue(spec, RecordingTask) == "clone-of-0123456789abcdef0123456789abcdef"
     assert [c[0] for c in RecordingTask.calls] == ["clone", "set_configuration_object", "set_configuration_object",
-                                                   "set_parameters_as_dict", "set_base_docker", "add_tags", "enqueue"]
-    assert RecordingTask.calls[4][1][0] == pinned and RecordingTask.calls[6][1][1] == "gpu"
+                                                   "set_parameters_as_dict", "set_user_properties", "set_base_docker",
+                                                   "add_tags", "enqueue"]
+    assert RecordingTask.calls[5][1][0] == pinned and RecordingTask.calls[7][1][1] == "gpu"
+    # The clone's baseline is the replay's config: its fingerprint is updated with it (else the agent refuses it).
+    from reprozoo.task_view import text_sha256
+    assert RecordingTask.calls[4][1] == {"recorded_config_sha256": text_sha256(RecordingTask.calls[2][1][1])}
     # The clone trains into a fresh run directory (the recorded one holds the finished run), on the data version.
     assert RecordingTask.calls[3][1]["run"]["out_dir"] == "null"
     assert spec["config"].tracking.mode == "server"  # an agent's run records to the server, whatever the original did

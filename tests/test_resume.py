@@ -23,6 +23,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from helpers import checkpoint_mtime
 from reprozoo.config import RunConfig
 from reprozoo.resume import LAST, PREVIOUS, AtomicCheckpointIO, CheckpointWriteError, ResumeError, find_resume_checkpoint
 
@@ -50,8 +51,9 @@ def wait_for_checkpoints(proc: subprocess.Popen, last: Path, writes: int) -> Non
     while seen < writes:
         assert proc.poll() is None, "the run ended before it was interrupted"
         assert time.time() < deadline
-        if last.exists() and last.stat().st_mtime_ns != stamp:
-            stamp, seen = last.stat().st_mtime_ns, seen + 1
+        written = checkpoint_mtime(last)
+        if written is not None and written != stamp:
+            stamp, seen = written, seen + 1
         time.sleep(0.05)
 
 

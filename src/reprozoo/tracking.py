@@ -367,7 +367,9 @@ class Tracker:
             weights_url=url, name=f"{plan.entry.hub_id} @ {revision[:19]}", project=self.config.tracking.project if self.config else None,
             tags=["base-weights", plan.entry.name], framework="PyTorch", create_as_published=True,
             comment=f"base weights of {plan.entry.name}: {plan.entry.hub_id}, revision {revision} (from {weights.source})")
-        self.task.set_input_model(model_id=base.id, name="base weights", update_task_design=False, update_task_labels=False)
+        connected = {m.name: m.model for m in self.task.data.models.input or []}
+        if connected.get("base weights") != base.id:  # a clone or a resumed task holds it already
+            self.task.set_input_model(model_id=base.id, name="base weights", update_task_design=False, update_task_labels=False)
 
     # -- after training ----------------------------------------------------------------------------
     def finish(self, metrics: dict[str, Any], timing: dict[str, Any], run_dir: Path, export_dir: Path,

@@ -60,17 +60,12 @@ def engine() -> None:
 def env(clearml_server: Any, tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[dict[str, str]]:
     """The server as environment variables too: `reprozoo image run` passes CLEARML_API_* into the container."""
     env = clearml_server.env()
-    text = Path(env["CLEARML_CONFIG_FILE"]).read_text()
-
-    def value(key: str) -> str:
-        return re.search(rf'{key}:\s*"([^"]+)"', text).group(1)
-
     with scratch(tmp_path_factory, "agents-docker-env") as root:
         env.update(HOME=str(root), REPROZOO_CACHE_DIR=str(root / "cache"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                    REPROZOO_DATA_DIR=str(data_dir), PYTHONPATH=str(REPO / "src"),
-                   CLEARML_API_HOST=value("api_server"), CLEARML_FILES_HOST=value("files_server"),
-                   CLEARML_WEB_HOST=value("web_server"), CLEARML_API_ACCESS_KEY=value("access_key"),
-                   CLEARML_API_SECRET_KEY=value("secret_key"))
+                   CLEARML_API_HOST=clearml_server.api_url, CLEARML_FILES_HOST=clearml_server.files_url,
+                   CLEARML_WEB_HOST=clearml_server.web_url, CLEARML_API_ACCESS_KEY=clearml_server.access_key,
+                   CLEARML_API_SECRET_KEY=clearml_server.secret_key)
         yield env
 
 

@@ -63,7 +63,7 @@ def assert_server_task_equals_record(server: dict, out: Path, files_url: str) ->
     assert RunConfig.from_dict(yaml.safe_load(server["configuration"]["RunConfig"])) == cfg
     provenance = yaml.safe_load(server["configuration"]["Provenance"])
     assert provenance == json.loads((out / "provenance.json").read_text())
-    assert server["scalars"]["train"]["loss"]["x"] == [0, 1, 2, 3]
+    assert server["scalars"]["train"]["loss"]["x"] == [1, 2, 3, 4]
     assert set(server["scalars"]) >= {"train", "dev", "test"}
     # Every artifact now lives on the fileserver, byte for byte the run directory's.
     assert set(server["artifact_urls"]) >= {"metrics", "config", "pip-freeze", "provenance", "model-export"}

@@ -354,10 +354,11 @@ class SST5DataModule(L.LightningDataModule):
         return torch.argsort(self.splits[name].lengths, descending=True, stable=True).tolist()
 
     def misclassified(self, name: str, predictions: list[int]) -> list[dict[str, Any]]:
-        """The examples of `name` whose prediction (in eval_order) is wrong, in file order, with their text
-        as the tokenizer reads it back (the run keeps token ids, not the sentences)."""
-        split = self.splits[name]
-        wrong = sorted((index, predicted) for index, predicted in zip(self.eval_order(name), predictions, strict=True)
+        """The examples of `name` whose prediction (in eval_order; fewer with fast_dev_run, which scores one
+        batch) is wrong, in file order, with their text as the tokenizer reads it back (the run keeps token
+        ids, not the sentences)."""
+        split, order = self.splits[name], self.eval_order(name)
+        wrong = sorted((index, predicted) for index, predicted in zip(order[:len(predictions)], predictions, strict=True)
                        if predicted != int(split.labels[index]))
         return [{"index": index, "label": int(split.labels[index]), "predicted": predicted,
                  "text": self.tokenizer.decode(split.ids[split.offsets[index]:split.offsets[index + 1]].tolist(),
