@@ -187,7 +187,9 @@ def clearml_logger(task: Any) -> Any:
                 if key == "epoch":
                     continue
                 title, _, series = key.partition("/")
-                reporter.report_scalar(title=title, series=series or title, value=float(value), iteration=iteration)
+                # LearningRateMonitor logs at a batch's start the lr that batch's step uses: numbered with that step.
+                shift = 1 if title == "lr" and self.trainer is not None else 0
+                reporter.report_scalar(title=title, series=series or title, value=float(value), iteration=iteration + shift)
 
     return ClearMLLogger()
 
@@ -346,7 +348,7 @@ class Tracker:
             log.warning(f"warning: {warning}")
         if self.mode == "server":
             self._link_inputs(plan, weights, data["dataset_id"])
-        task.upload_artifact("pip-freeze", artifact_object=str(plan.run_dir / "pip-freeze.txt"), wait_on_upload=True)
+        _upload_with_preview(task, "pip-freeze", plan.run_dir / "pip-freeze.txt")
         return self.provenance
 
     def _link_inputs(self, plan: Any, weights: Any, dataset_id: str | None) -> None:
@@ -403,12 +405,12 @@ class Tracker:
             cfg = self.config
             if cfg is not None:
                 self.task.set_comment(task_view.description(self.provenance, self.task_id, cfg.data.granularity, cfg.seed, metrics))
-            self.task.upload_artifact("metrics", artifact_object=str(run_dir / "metrics.json"), wait_on_upload=True)
+            _upload_with_preview(self.task, "metrics", run_dir / "metrics.json")
             with tempfile.TemporaryDirectory() as tmp:  # the run's own config.yaml may hold a secret
                 recorded = Path(tmp) / "config.yaml"
                 recorded.write_text(provenance.redact((run_dir / "config.yaml").read_text()))
-                self.task.upload_artifact("config", artifact_object=str(recorded), wait_on_upload=True)
-            self.task.upload_artifact("provenance", artifact_object=str(run_dir / "provenance.json"), wait_on_upload=True)
+                _upload_with_preview(self.task, "config", recorded)
+            _upload_with_preview(self.task, "provenance", run_dir / "provenance.json")
             # A server run's model package is zipped into `packaging`, removed once close() has
             # waited for its upload (or when anything before that fails).
             with tempfile.TemporaryDirectory(prefix="reprozoo-model-") as packaging:
@@ -474,6 +476,16 @@ class Tracker:
         with contextlib.suppress(OSError):  # a read-only or missing run directory must not hide the failure
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "task.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+ARTIFACT_PREVIEW_CHARS = 4000  # of a text artifact, shown in the UI's artifact page
+
+
+def _upload_with_preview(task: Any, name: str, path: Path) -> None:
+    """A text file as an artifact whose UI preview is its beginning (ClearML's own is the file's name)."""
+    text = path.read_text(errors="replace")
+    preview = text if len(text) <= ARTIFACT_PREVIEW_CHARS else text[:ARTIFACT_PREVIEW_CHARS] + f"\n… ({len(text):,} characters)"
+    task.upload_artifact(name, artifact_object=str(path), preview=preview, wait_on_upload=True)
 
 
 def best_checkpoint_step(name: str | None, default: int) -> int:

@@ -185,7 +185,7 @@ def test_resume_by_task_id_on_a_fresh_machine_is_bit_identical(uninterrupted: di
     task = read_task(fresh, task_id)
     assert task["status"] == "completed"
     assert_every_step_once(task["scalars"], step)
-    assert task["scalars"]["lr"]["pg1"]["x"] == list(range(STEPS))  # logged before each batch's checkpoint
+    assert task["scalars"]["lr"]["pg1"]["x"] == list(range(1, STEPS + 1))  # each step's lr, logged before its checkpoint
     assert {10, 20} <= set(task["scalars"]["dev"]["accuracy"]["x"])  # dev at half and end of the epoch
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert task["scalars"]["test"]["accuracy"]["y"][-1] == metrics["test"]["accuracy"]

@@ -46,6 +46,7 @@ print(json.dumps({
                "diff": task.data.script.diff},
     "models": [{"id": m.id, "name": m.name, "url": m.url, "framework": m.framework, "labels": m.labels, "comment": m.comment}
                for m in models],
+    "previews": {k: a.preview for k, a in task.artifacts.items()},
     "output_entries": [m.name for m in task.data.models.output],
     "input_entries": [m.name for m in task.data.models.input],
     "input_models": [{"id": m.id, "name": m.name, "url": m.url, "tags": m.tags, "comment": m.comment} for m in task.models["input"]],
@@ -147,13 +148,17 @@ def test_the_task_reads_at_a_glance_in_the_web_ui(trained: dict) -> None:
     assert model["name"] == f"{prov['model']['name']} SST-5 {out.name}" and model["labels"] == task_view.LABELS
     assert server["output_entries"] == [model["name"]] and server["input_entries"] == ["base weights"]
     assert "/tmp" not in model["comment"] and "reprozoo-model-" not in model["comment"] and task_id in model["comment"]
+    # ARTIFACTS: previews show the files' text, not their names.
+    assert server["previews"]["metrics"] == (out / "metrics.json").read_text()
+    assert server["previews"]["provenance"].startswith("{") and prov["code"]["commit"] in server["previews"]["provenance"]
+    assert "seed: 42" in server["previews"]["config"] and "torch==" in server["previews"]["pip-freeze"]
     # SCALARS: dev (never val), the best checkpoint's dev scores a series of their own, test single values.
     scalars = server["scalars"]
     assert "val" not in scalars and "Summary" not in scalars
     assert set(scalars["dev"]) == {"accuracy", "macro_f1", "best_checkpoint_accuracy", "best_checkpoint_macro_f1"}
     console_steps = [int(m) for m in re.findall(r"reprozoo: dev  epoch \d+ step (\d+):", server["console"])]
     assert scalars["dev"]["accuracy"]["x"] == console_steps and console_steps[-1] == 4  # the console's step numbers
-    assert set(scalars["lr"]) and scalars["train"]["loss"]["x"] == [1, 2, 3, 4]
+    assert scalars["lr"]["pg1"]["x"] == scalars["train"]["loss"]["x"] == [1, 2, 3, 4]  # a step's lr beside its loss
     assert set(server["single_values"]) == {"train_seconds"}  # no headline metric under "Summary"
     # PLOTS: dev and test confusion matrices with axis titles, per-class tables.
     plots = {(p["metric"], p["variant"]): p for p in server["plots"]}
