@@ -16,6 +16,7 @@ from reprozoo.config import ConfigError
 from reprozoo.data.trees import LABEL_NAMES
 from reprozoo.session import BASELINE_OBJECT, PROVENANCE_OBJECT
 
+USER_PROPERTIES_SECTION = "properties"  # where ClearML keeps User Properties among the hyperparameters
 # Property name → the read-only configuration object whose text it fingerprints.
 READ_ONLY_OBJECTS = {"recorded_config_sha256": BASELINE_OBJECT, "provenance_sha256": PROVENANCE_OBJECT}
 PROPERTIES_SHA256 = "properties_sha256"  # over the other User Properties: the facts are read-only too
@@ -56,9 +57,11 @@ def set_properties(task: Any, properties: dict[str, str]) -> None:
     task.set_user_properties(*({"name": name, "value": value} for name, value in properties.items()))
 
 
-def set_record_properties(task: Any, properties: dict[str, str]) -> None:
-    """The record's facts (record_properties), with their own fingerprint."""
-    set_properties(task, {**properties, PROPERTIES_SHA256: facts_sha256(properties)})
+def set_record_properties(task: Any, properties: dict[str, str], provenance_text: str) -> None:
+    """The record's facts (record_properties) with their own fingerprint, and that of the Provenance
+    object's text as the task holds it, in one request."""
+    set_properties(task, {**properties, PROPERTIES_SHA256: facts_sha256(properties),
+                          "provenance_sha256": text_sha256(provenance_text)})
 
 
 def facts_sha256(properties: dict[str, Any]) -> str:
@@ -66,15 +69,10 @@ def facts_sha256(properties: dict[str, Any]) -> str:
     return text_sha256("\n".join(f"{k}={v}" for k, v in sorted(facts.items())))
 
 
-def fingerprint_read_only(task: Any, *names: str) -> None:
-    """Record the sha256 of read-only objects (property names of READ_ONLY_OBJECTS) as they are now."""
-    set_properties(task, {name: text_sha256(task.get_configuration_object(READ_ONLY_OBJECTS[name]) or "") for name in names})
-
-
 def check_read_only(task: Any) -> None:
     """On an agent, before anything runs: a read-only object edited in the UI (its sha256 no longer the
     recorded one) is refused in one line; an agent would otherwise silently run without the edit."""
-    properties = task.get_parameters_as_dict().get("properties") or {}  # offline too (get_user_properties asks a server)
+    properties = task.get_parameters_as_dict().get(USER_PROPERTIES_SECTION) or {}  # offline too (get_user_properties asks a server)
     if properties.get(PROPERTIES_SHA256) and facts_sha256(properties) != properties[PROPERTIES_SHA256]:
         raise ConfigError(f"task {task.id}: the User Properties were edited; they are the recorded run's facts, which no run"
                           " reads (the run records its own): undo the edit (or clone the original task again) and edit the"

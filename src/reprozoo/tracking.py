@@ -44,8 +44,6 @@ from reprozoo.session import (
     restore_clearml_env,
 )
 
-USER_PROPERTIES_SECTION = "properties"  # where ClearML keeps User Properties among the hyperparameters
-
 # How long a run's end waits for its checkpoint upload in flight (a spot instance's notice is 30 s
 # to 2 min; the fileserver down makes the upload retry until then).
 UPLOAD_WAIT_SECONDS = 120.0
@@ -76,7 +74,7 @@ def config_from_sections(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
             out[name] = _parsed(name, values, fields, [name])
         elif name == RUN_SECTION:
             out.update(_parsed(name, values, set(RunConfig.__dataclass_fields__) - set(_SECTIONS), []))
-        elif name != USER_PROPERTIES_SECTION and values:
+        elif name != task_view.USER_PROPERTIES_SECTION and values:
             # Nothing reads it: an edit there would be silently ignored by the run.
             raise ConfigError(f"task hyperparameter section {name!r} is not RunConfig's (sections: "
                               f"{', '.join([*_SECTIONS, RUN_SECTION])}) and no run reads it; move the edit into"
@@ -337,10 +335,10 @@ class Tracker:
             # A ClearML agent in docker mode re-runs the task in exactly this image, without
             # reinstalling Python packages over the ones the image was built with.
             task.set_base_docker(docker_image=pinned, docker_arguments=agent.docker_arguments())
-        task.set_configuration_object(PROVENANCE_OBJECT, config_text=yaml.safe_dump(self.provenance, sort_keys=False),
-                                      config_type="yaml", description="read-only: code, environment fingerprint, data and model versions")
-        task_view.set_record_properties(task, task_view.record_properties(task.id, self.provenance, plan.world_size))
-        task_view.fingerprint_read_only(task, "provenance_sha256")
+        recorded = yaml.safe_dump(self.provenance, sort_keys=False)
+        task.set_configuration_object(PROVENANCE_OBJECT, config_text=recorded, config_type="yaml",
+                                      description="read-only: code, environment fingerprint, data and model versions")
+        task_view.set_record_properties(task, task_view.record_properties(task.id, self.provenance, plan.world_size), recorded)
         task.set_comment(task_view.description(self.provenance, task.id, cfg.data.granularity, cfg.seed))
         task.add_tags(["sst-5", plan.entry.name, cfg.data.granularity])
         warning = task_view.repository_warning(str(self.provenance["code"].get("repository") or ""))
@@ -388,7 +386,7 @@ class Tracker:
         if self.task is None:
             for line in summary or []:
                 print(line, flush=True)
-        if self.task is not None:
+        else:
             reporter = self.task.get_logger()
             step = metrics["train"]["steps"]
             best_step = best_checkpoint_step(metrics.get("best_checkpoint"), step)

@@ -50,7 +50,11 @@ class Plan:
     accelerator: str
     precision: str
     dataset: Any = None  # data.versions.DataVersion when --dataset-id named one
-    world_size: int = 1  # devices (DDP processes) the run trains on
+
+    @property
+    def world_size(self) -> int:
+        """Devices (DDP processes) the run trains on."""
+        return _device_count(self.cfg.trainer.devices, self.accelerator)
 
 
 def plan_run(cfg: RunConfig, overwrite: bool = False, resuming: bool = False) -> Plan:
@@ -76,8 +80,7 @@ def plan_run(cfg: RunConfig, overwrite: bool = False, resuming: bool = False) ->
     return Plan(cfg=cfg, entry=entry, run_dir=run_dir, data_dir=data_dir, data_sha256=data_fingerprint(data_dir),
                 lr=cfg.optim.lr or entry.lr, batch_size=cfg.data.batch_size or entry.batch_size,
                 max_length=max_length, pooling=cfg.model.pooling or entry.pooling,
-                accelerator=accelerator, precision=precision, dataset=dataset,
-                world_size=_device_count(cfg.trainer.devices, accelerator))
+                accelerator=accelerator, precision=precision, dataset=dataset)
 
 
 def _model_max_positions(entry: zoo.ZooEntry) -> int | None:
@@ -232,7 +235,7 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False, accept_
                 inputs = prepare(plan)
                 plan.run_dir.mkdir(parents=True, exist_ok=True)
             resume_from = start_run(plan, tracker, inputs, resume=resume, worker=worker, code=code)
-            several = not worker and _device_count(plan.cfg.trainer.devices, plan.accelerator) > 1
+            several = not worker and plan.world_size > 1
             with ddp_workers_run(plan, inputs, resume_from) if several else contextlib.nullcontext():
                 try:
                     fitted = fit(plan, inputs, tracker, resume_from, worker)
@@ -656,7 +659,7 @@ def _trainer_kwargs(cfg: RunConfig, plan: Plan, tracker: Any) -> dict[str, Any]:
         "use_distributed_sampler": False,
         # DDP checks that every parameter got a gradient; the backbones' own poolers (and a few
         # family-specific embeddings) never do, since our head pools the hidden states itself.
-        "strategy": "ddp_find_unused_parameters_true" if _device_count(t.devices, plan.accelerator) > 1 else "auto",
+        "strategy": "ddp_find_unused_parameters_true" if plan.world_size > 1 else "auto",
         "precision": plan.precision,
         "deterministic": deterministic_mode(plan.accelerator),
         "gradient_clip_val": cfg.optim.grad_clip or None,
