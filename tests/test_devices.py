@@ -69,19 +69,20 @@ def test_ddp_workers_get_rank_0s_resolved_run(data_dir: Path, tmp_path: Path) ->
     (the very trees and weights, its run directory, nothing recorded), never their own command line."""
     from lightning.pytorch.strategies.launchers import subprocess_script
 
-    from reprozoo.train import DDP_RESUME_ENV, DDP_WORKER_SPEC, Inputs, ddp_workers_run, plan_run
+    from reprozoo.ddp import DDP_RESUME_ENV, DDP_WORKER_SPEC, ddp_workers_run
+    from reprozoo.train import plan_run
 
     cfg = RunConfig().override([f"data.data_dir={data_dir}", "trainer.devices=2", "trainer.accelerator=cpu",
                                 f"out_dir={tmp_path / 'run'}", "tracking.mode=offline"])
     plan = plan_run(cfg)
     plan.run_dir.mkdir(parents=True)
-    weights = type("Weights", (), {"revision": "sha256:" + "c" * 64})()
+    revision = "sha256:" + "c" * 64  # the weights rank 0 loaded
     launcher_command = subprocess_script._basic_subprocess_cmd
-    with ddp_workers_run(plan, Inputs(weights, None, None), str(plan.run_dir / "last.ckpt")) as spec:
+    with ddp_workers_run(plan.cfg, plan.data_dir, revision, plan.run_dir, str(plan.run_dir / "last.ckpt")) as spec:
         command = subprocess_script._basic_subprocess_cmd()
         assert command[1:] == ["-m", "reprozoo", "train", "--config", str(spec)] and spec.name == DDP_WORKER_SPEC
         worker = RunConfig.load(spec)
-        assert worker.model.revision == "sha256:" + "c" * 64 and worker.data.data_dir == str(data_dir.resolve())
+        assert worker.model.revision == revision and worker.data.data_dir == str(data_dir.resolve())
         assert worker.out_dir == str(plan.run_dir.resolve()) and worker.tracking.mode == "off"
         assert worker.optim == plan.cfg.optim and worker.trainer == plan.cfg.trainer and worker.seed == plan.cfg.seed
         assert os.environ[DDP_RESUME_ENV] == str((plan.run_dir / "last.ckpt").resolve())

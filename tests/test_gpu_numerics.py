@@ -13,8 +13,9 @@ import torch
 from helpers import NoTracker
 from reprozoo import provenance, zoo
 from reprozoo.config import RunConfig
+from reprozoo.devices import choose_precision
 from reprozoo.model import adamw
-from reprozoo.train import _choose_precision, _trainer_kwargs, plan_run
+from reprozoo.train import _trainer_kwargs, plan_run
 
 # (compute capability, auto precision for a model that trains in fp16, for one that does not: DeBERTa-v3)
 GPUS = {
@@ -31,8 +32,8 @@ def test_auto_precision_is_bf16_only_on_gpus_with_bf16_units(gpu: str, monkeypat
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     # What torch answers by default on each of them: it counts bf16 emulation (slow on a T4 or V100) as support.
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    assert _choose_precision(RunConfig(), zoo.get("all-minilm-l6-v2"), "gpu") == fp16_model
-    assert _choose_precision(RunConfig(), zoo.get("deberta-v3-base"), "gpu") == no_fp16_model
+    assert choose_precision(RunConfig(), zoo.get("all-minilm-l6-v2"), "gpu") == fp16_model
+    assert choose_precision(RunConfig(), zoo.get("deberta-v3-base"), "gpu") == no_fp16_model
 
 
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed", "32-true"])

@@ -197,10 +197,39 @@ def test_lock_file_default_and_override(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.delenv(provenance.LOCK_SHA256_ENV, raising=False)
     name, sha = provenance.lock_file(str(repo))
     assert name == "envs/cpu.txt" and sha == provenance.file_sha256(repo / "envs" / "cpu.txt")
+    from importlib import metadata
+
     lock = tmp_path / "colab.txt"
-    lock.write_text("torch==2.13.0\n")
+    lock.write_text(f"torch=={metadata.version('torch').split('+')[0]}\n")
     monkeypatch.setenv(provenance.LOCK_ENV, str(lock))
     assert provenance.lock_file(str(repo)) == (str(lock), provenance.file_sha256(lock))
+
+
+def test_a_lock_named_by_reprozoo_lock_is_checked_against_what_is_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 31, case 7: $REPROZOO_LOCK (a file path; Colab's flavour with its checkout) was recorded
+    with its sha256 without comparing it with the installed packages. A lock the environment does not
+    match is named with sha256 "none", and the record says how it differs."""
+    from importlib import metadata
+
+    monkeypatch.delenv(provenance.LOCK_SHA256_ENV, raising=False)
+    lock = tmp_path / "my.lock"
+    lock.write_text(f"torch=={metadata.version('torch').split('+')[0]}\nnumpy==0.0.1\n")
+    monkeypatch.setenv(provenance.LOCK_ENV, str(lock))
+    assert provenance.lock_file(None) == (str(lock), provenance.NONE)
+    assert provenance.environment(0, None)["lock_installed"] == f"differs: numpy: {metadata.version('numpy')}, the lock pins 0.0.1"
+    # Colab: the notebook sets the flavour and the sha256 of the checkout's envs/colab.lock it installed.
+    checkout = tmp_path / "checkout"
+    (checkout / "envs").mkdir(parents=True)
+    colab = checkout / "envs" / "colab.lock"
+    colab.write_text("numpy==0.0.1\n")
+    monkeypatch.setenv(provenance.LOCK_ENV, "colab")
+    monkeypatch.setenv(provenance.LOCK_SHA256_ENV, provenance.file_sha256(colab))
+    assert provenance.lock_file(str(checkout)) == ("envs/colab.lock", provenance.NONE)
+    colab.write_text(f"numpy=={metadata.version('numpy')}\n")  # what is installed, but not the file the sha256 names
+    assert provenance.lock_file(str(checkout)) == ("envs/colab.lock", provenance.NONE)
+    monkeypatch.setenv(provenance.LOCK_SHA256_ENV, provenance.file_sha256(colab))
+    assert provenance.lock_file(str(checkout)) == ("envs/colab.lock", provenance.file_sha256(colab))
+    assert provenance.lock_state(str(checkout)).installed == "matches"
 
 
 @pytest.mark.parametrize("flavour", ["cpu", "cuda", "colab"])
@@ -212,9 +241,13 @@ def test_the_lock_of_an_image_or_colab_is_recorded(flavour: str, monkeypatch: py
     monkeypatch.setenv(provenance.LOCK_ENV, flavour)
     monkeypatch.setenv(provenance.LOCK_SHA256_ENV, baked)
     assert provenance.lock_file(None) == (f"envs/{flavour}.lock", baked)  # no checkout in an image
+    assert provenance.lock_state(None).installed.startswith("not checked")
     monkeypatch.delenv(provenance.LOCK_SHA256_ENV)
     repo = Path(__file__).resolve().parents[1]
-    assert provenance.lock_file(str(repo)) == (f"envs/{flavour}.lock", provenance.file_sha256(repo / "envs" / f"{flavour}.lock"))
+    # With the checkout's lock at hand, it is claimed only where what is installed matches it (issue 31, case 7).
+    lock = repo / "envs" / f"{flavour}.lock"
+    expected = provenance.NONE if provenance.lock_differences(lock) else provenance.file_sha256(lock)
+    assert provenance.lock_file(str(repo)) == (f"envs/{flavour}.lock", expected)
 
 
 def test_a_venv_that_drifted_from_envs_cpu_txt_claims_no_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

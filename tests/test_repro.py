@@ -245,3 +245,75 @@ def test_repro_from_code_is_bit_identical(tmp_path: Path, data_dir: Path, monkey
                              "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 1 and "verdict: differs" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
     assert "no hardware or numerics difference between the two environments explains it" in result.stdout
+
+
+# --- the image's code against the record's (issue 31) -----------------------------------------------
+@pytest.mark.docker
+def test_an_image_of_other_code_is_refused_before_it_runs(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recorded image's revision label is the run's commit, or the replay refuses before anything
+    runs, naming both and the fix; --accept-changes replays in it with a warning. Tiny images FROM scratch
+    that carry only the label stand in for reprozoo images (no image build)."""
+    import io
+    import uuid
+
+    from reprozoo.containers import run as container_run
+    from reprozoo.containers.engine import client
+    from reprozoo.containers.identity import ContainerError
+
+    try:
+        engine = client()
+    except ContainerError as err:
+        pytest.skip(f"needs a Docker engine: {err}")
+    ran: list[str] = []
+    monkeypatch.setattr(container_run, "run_config_in_image", lambda cfg, image, **kwargs: (ran.append(image), (0, tmp_path))[1])
+    tags: list[str] = []
+
+    def labelled(revision: str) -> str:
+        tag = f"reprozoo-test-revision:{uuid.uuid4().hex[:12]}"
+        dockerfile = f"FROM scratch\nLABEL org.opencontainers.image.revision={revision}\n".encode()
+        engine.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True)
+        tags.append(tag)
+        return tag
+
+    def replay(revision: str, **changes: Any) -> tuple[Any, list[str]]:
+        image = labelled(revision)
+        plan = repro.plan_repro(record(data_dir, image=image, **changes), data_dir=data_dir, runs_dir=tmp_path)
+        assert plan.executor == "image" and plan.image == image
+        lines: list[str] = []
+        return plan, lines
+
+    other = "0" * 40
+    try:
+        # Another commit: refused, in one line naming the label's revision, the recorded commit and the fix.
+        plan, lines = replay(other)
+        with pytest.raises(repro.ReproError) as refused:
+            repro.run_in_image(plan, log=lines.append)
+        message = str(refused.value)
+        assert "\n" not in message and ran == []
+        assert f"its revision {other} is not the recorded commit {HEAD}" in message
+        assert f"replay from the code with --no-image, or in an image built from commit {HEAD[:12]}" in message
+        assert message.endswith("or pass --accept-changes to replay in this image anyway")
+        # The commit built with uncommitted changes (`-dirty`) is not the clean commit either.
+        plan, lines = replay(f"{HEAD}-dirty")
+        with pytest.raises(repro.ReproError, match=rf"its revision {HEAD}-dirty is not the recorded commit {HEAD};"):
+            repro.run_in_image(plan, log=lines.append)
+        # A record with a diff: no image holds it (an image is built from a commit).
+        plan, lines = replay(HEAD, diff="--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n", dirty=True)
+        with pytest.raises(repro.ReproError, match=r"the run had uncommitted changes \(the record's diff\) that image .* cannot"
+                                                   r" hold; replay from the code with --no-image"):
+            repro.run_in_image(plan, log=lines.append)
+        assert ran == []
+        # --accept-changes: it runs, and a warning line says in what.
+        plan, lines = replay(other)
+        assert repro.run_in_image(plan, log=lines.append, accept_changes=True) == 0 and ran == [plan.image]
+        assert [line for line in lines if line.startswith("warning:")] == \
+            [f"warning: image {plan.image} holds other code than the run: its revision {other} is not the recorded commit"
+             f" {HEAD}; replaying in it anyway (--accept-changes)"]
+        # The run's own code: a clean commit, or a run made in a `-dirty` image (its commit is the image's revision).
+        for revision in (HEAD, f"{HEAD}-dirty"):
+            plan, lines = replay(revision, commit=revision)
+            assert repro.run_in_image(plan, log=lines.append) == 0 and ran[-1] == plan.image
+            assert not any(line.startswith("warning:") for line in lines)
+    finally:
+        for tag in tags:
+            engine.images.remove(tag, force=True)

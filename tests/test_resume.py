@@ -7,6 +7,7 @@ as an uninterrupted run with the same seed."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -441,8 +442,11 @@ def test_resume_refuses_other_data_weights_or_software_unless_accepted(tiny_mode
     weights_bytes[-1] ^= 1
     weights_file.write_bytes(bytes(weights_bytes))
     (data / "train.txt").write_text((data / "train.txt").read_text() + (data / "train.txt").read_text().splitlines()[0] + "\n")
-    monkeypatch.setenv("REPROZOO_LOCK", "cpu")
-    monkeypatch.setenv("REPROZOO_LOCK_SHA256", "ab" * 32)
+    from importlib import metadata
+
+    lock = tmp_path / "other.lock"  # another lock, which this environment matches
+    lock.write_text(f"torch=={metadata.version('torch').split('+')[0]}\n")
+    monkeypatch.setenv("REPROZOO_LOCK", str(lock))
     with pytest.raises(ResumeError) as refused:
         train_in_process(resumed_config(str(out)), resume=True)
     message = str(refused.value)
@@ -465,4 +469,58 @@ def test_resume_refuses_other_data_weights_or_software_unless_accepted(tiny_mode
     assert [c["field"] for c in history[0]["changes"]] == ["weights.revision", "data.sha256.train", "environment.lock_sha256"]
     assert (out / "provenance.before-resume-1.json").read_text() == started  # the start's state, kept
     now = json.loads((out / "provenance.json").read_text())
-    assert now["environment"]["lock_sha256"] == "ab" * 32 and len(now["resume_changes"]) == 3
+    assert now["environment"]["lock_sha256"] == hashlib.sha256(lock.read_bytes()).hexdigest() and len(now["resume_history"][0]["changes"]) == 3
+
+    # Issue 31, case 6: `repro` of this run replays all of it on the second state; it says so, before it
+    # runs and in the verdict, instead of "nothing explains a difference".
+    replay_dir = tmp_path / "replays"
+    done = subprocess.run([sys.executable, "-m", "reprozoo", "repro", str(out), "--verify", "--data-dir", str(data),
+                           "--runs-dir", str(replay_dir)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 1, (done.stdout + done.stderr)[-3000:]
+    lines = done.stdout.splitlines()
+    segment = "resume 1: weights.revision, data.sha256.train, environment.lock_sha256"
+    noted = [line for line in lines if segment in line and "segment 2 of 2" in line]
+    assert len(noted) == 2 and lines.index(noted[0]) < lines.index(next(x for x in lines if x.startswith("verdict: differs"))), done.stdout
+
+
+def test_resume_on_other_hardware_refuses_to_train_otherwise_unless_accepted(tiny_model_dirs: dict[str, Path], data_dir: Path,
+                                                                              tmp_path: Path, extra_callbacks: list[Any]) -> None:
+    """Issue 31, case 3: a run resumed elsewhere resolved `auto` again on the new machine (a bf16 run
+    from an A100 went on in fp16 on a T4; on 2 GPUs it became DDP with twice the global batch), and
+    the thread count and CPU model were not compared. The start's resolved values are compared; a
+    difference is refused in one line naming each field and the flag, and recorded when accepted."""
+    import torch
+
+    from reprozoo.resume import RESUME_CHANGES, resumed_config
+    from reprozoo.train import train
+
+    out = stopped_tiny_run(tiny_model_dirs["bert"], data_dir, tmp_path / "run", extra_callbacks)
+    started = json.loads((out / "provenance.json").read_text())
+    # As the start had recorded it on a 2-GPU A100 machine, and with another thread count here.
+    edited = {**started, "resolved": {**started["resolved"], "precision": "bf16-mixed", "world_size": 2, "global_batch_size": 32}}
+    (out / "provenance.json").write_text(json.dumps(edited))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with pytest.raises(ResumeError) as refused:
+            train_in_process(resumed_config(str(out)), resume=True)
+        message = str(refused.value)
+        assert "\n" not in message and "--accept-changes" in message, message
+        for shown in ("resolved.precision bf16-mixed → 32-true", "resolved.world_size 2 → 1", "resolved.global_batch_size 32 → 16",
+                      f"environment.torch_threads {threads} → {threads + 1}"):
+            assert shown in message, shown
+        assert not (out / "metrics.json").exists()
+        train(resumed_config(str(out)), resume=True, accept_changes=True)
+    finally:
+        torch.set_num_threads(threads)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    history = json.loads((out / RESUME_CHANGES).read_text())
+    assert [c["field"] for c in history[0]["changes"]] == ["resolved.precision", "resolved.world_size",
+                                                            "resolved.global_batch_size", "environment.torch_threads"]
+    assert json.loads((out / "provenance.before-resume-1.json").read_text())["resolved"]["precision"] == "bf16-mixed"
+    resolved = json.loads((out / "provenance.json").read_text())["resolved"]
+    assert {k: resolved[k] for k in ("accelerator", "precision", "world_size", "global_batch_size")} == \
+        {"accelerator": "cpu", "precision": "32-true", "world_size": 1, "global_batch_size": 16}
+    assert (out / "metrics.json").is_file()

@@ -19,6 +19,8 @@ from reprozoo.config import ConfigError, RunConfig
 DIGEST = "sha256:" + "ab" * 32
 IMAGE = f"ghcr.io/org/reprozoo@{DIGEST}"
 SHA = {"train": "1" * 64, "dev": "2" * 64, "test": "3" * 64}
+COMMIT, DIFF = "c" * 40, "diff --git a/src/reprozoo/x.py b/src/reprozoo/x.py\n+print('changed')\n"
+WEIGHTS = "sha256:" + "77" * 32
 
 
 # --- selection and plan --------------------------------------------------------------------------
@@ -85,29 +87,122 @@ def test_gpu_hour_estimate_follows_its_formula() -> None:
     assert plan.gpu_hours == pytest.approx(sum(s.gpu_hours for s in plan.steps))
 
 
-# --- run identity --------------------------------------------------------------------------------
+# --- run identity ---------------------------------------------------------------------------------
+def identity(cfg: RunConfig, sha: dict[str, str] = SHA, image: str = "none", commit: str = COMMIT, diff: str = DIFF,
+             weights: str | None = WEIGHTS, resolved: dict | None = None) -> str | None:
+    return sweeps.run_identity(cfg, sha, image, commit, diff, weights, resolved)
+
+
 def test_run_identity_ignores_where_and_how_tracked_but_not_what_trains() -> None:
     cfg = sweeps.build_plan("bert-base-uncased", base=RunConfig()).steps[0].config
-    key = sweeps.run_identity(cfg, SHA, "none")
+    key = identity(cfg)
     moved = cfg.override(["out_dir=/elsewhere", "tracking.mode=off", "tracking.project=p", "tracking.task_name=t",
                           "data.data_dir=/other/copy", "data.dataset_id=offline-123"])
-    assert sweeps.run_identity(moved, SHA, "none") == key
+    assert identity(moved) == key
     for change in (["optim.lr=1e-4"], ["seed=1"], ["data.granularity=phrases"], ["trainer.max_epochs=9"]):
-        assert sweeps.run_identity(cfg.override(change), SHA, "none") != key, change
-    assert sweeps.run_identity(cfg, {**SHA, "test": "4" * 64}, "none") != key  # other data
-    assert sweeps.run_identity(cfg, SHA, DIGEST) != key  # other image
+        assert identity(cfg.override(change)) != key, change
+    assert identity(cfg, {**SHA, "test": "4" * 64}) != key  # other data
+    assert identity(cfg, image=DIGEST) != key  # other image
+    assert identity(cfg, commit="d" * 40) != key and identity(cfg, diff=DIFF + "+x\n") != key and identity(cfg, diff="") != key
+    assert identity(cfg, weights="sha256:" + "88" * 32) != key  # other weights
+    # Unknown weights or code (an unpinned hub model, no git) match nothing, not even each other.
+    assert identity(cfg, weights=None) is identity(cfg, weights="none") is identity(cfg, commit="") is None
+    # In an image its digest stands for its code (the checkout's diff does not run there).
+    assert identity(cfg, image=DIGEST, commit="", diff="") == identity(cfg, image=DIGEST) is not None
 
 
 def test_run_identity_resolves_zoo_defaults_and_digest_spellings() -> None:
     explicit = sweeps.build_plan("bert-base-uncased", base=RunConfig()).steps[0].config
     implicit = RunConfig().override(["model.name=bert-base-uncased"])  # what `reprozoo train --model` records
-    assert implicit.optim.lr is None and sweeps.run_identity(implicit, SHA, "none") == sweeps.run_identity(explicit, SHA, "none")
+    assert implicit.optim.lr is None and identity(implicit) == identity(explicit)
     # A record's provenance says what the run used (the zoo may have changed since): that wins.
     changed = {"lr": 9e-5, "batch_size": 32, "max_length": 128, "pooling": "cls"}
-    assert sweeps.run_identity(implicit, SHA, "none", changed) != sweeps.run_identity(explicit, SHA, "none")
+    assert identity(implicit, resolved=changed) != identity(explicit)
     assert sweeps.normalise_digest(IMAGE) == sweeps.normalise_digest(DIGEST) == DIGEST
     assert sweeps.normalise_digest(None) == sweeps.normalise_digest("none") == "none"
-    assert sweeps.run_identity(explicit, SHA, IMAGE) == sweeps.run_identity(explicit, SHA, DIGEST)
+    assert identity(explicit, image=IMAGE) == identity(explicit, image=DIGEST)
+
+
+PINNED = "all-minilm-l6-v2"  # zoo.yaml pins its weights (sha256); electra-small is an unpinned hub model
+
+
+def here(monkeypatch: pytest.MonkeyPatch, commit: str = COMMIT, diff: str = DIFF) -> None:
+    """This checkout at `commit` with `diff` uncommitted, outside any image."""
+    from reprozoo import provenance
+
+    monkeypatch.setattr(provenance, "git_state", lambda *a, **k: provenance.GitState(root="/repo", commit=commit, diff=diff))
+    for name in ("REPROZOO_IMAGE", "REPROZOO_IMAGE_DIGEST"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def finished(cfg: RunConfig, **fields: object):
+    """A completed run's record as records.py reads it, made here by this code from these weights."""
+    from reprozoo.records import Record
+
+    values: dict = dict(task_id="offline-done", config=cfg, metrics={"test": {"accuracy": 0.5}}, image="none",
+                        image_digest="none", lock_sha256="none", commit=COMMIT, diff=DIFF, dirty=True, dataset_id=None,
+                        data_sha256=SHA, model_revision=zoo.get(PINNED).weights.weights_revision, status="completed",
+                        offline_zip=None)
+    return Record(**{**values, **fields})
+
+
+def test_a_record_of_other_code_is_not_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    here(monkeypatch)
+    step = sweeps.build_plan(PINNED).steps[0]
+    assert sweeps.step_identity(step, SHA) in sweeps.done_index([finished(step.config)])  # the same run: done
+    for other in ({"diff": DIFF + "+print('more')\n"}, {"diff": "", "dirty": False}, {"commit": "d" * 40}):
+        assert sweeps.step_identity(step, SHA) not in sweeps.done_index([finished(step.config, **other)]), other
+
+
+def test_a_record_of_other_weights_is_not_done(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    here(monkeypatch)
+    step = sweeps.build_plan(PINNED).steps[0]
+    assert sweeps.step_identity(step, SHA) not in sweeps.done_index([finished(step.config, model_revision="sha256:" + "cd" * 32)])
+    # An explicit hub commit is the weights' revision, the zoo's pin then is not.
+    commit = "e" * 40
+    at = sweeps.build_plan(PINNED, [f"model.revision={commit}"]).steps[0]
+    assert sweeps.step_identity(at, SHA) not in sweeps.done_index([finished(at.config)])
+    assert sweeps.step_identity(at, SHA) in sweeps.done_index([finished(at.config, model_revision=commit)])
+    # A local directory: the sha256 of its weight files, as resolve_weights records it.
+    local = tmp_path / "my-bert"
+    local.mkdir()
+    (local / "config.json").write_text('{"model_type": "bert"}')
+    (local / "model.safetensors").write_bytes(b"\x02" + b"\x00" * 7 + b"{}")
+    step = sweeps.build_plan(str(local)).steps[0]
+    record = finished(step.config, model_revision=zoo.weights_sha256(local))
+    assert sweeps.step_identity(step, SHA) in sweeps.done_index([record])
+    (local / "model.safetensors").write_bytes(b"\x04" + b"\x00" * 7 + b'{}  ')  # other weights in the same place
+    assert sweeps.step_identity(step, SHA) not in sweeps.done_index([record])
+
+
+def test_a_rerun_sweep_trains_what_changed_and_skips_the_same_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Through the local executor and the dry run: same code and weights skipped; other code, or
+    weights only the hub knows (unpinned, no model.revision), run again, with one line saying why."""
+    here(monkeypatch)
+    monkeypatch.setattr(sweeps, "data_sha256", lambda cfg: SHA)
+    plan = sweeps.build_plan(f"{PINNED},all-mpnet-base-v2,electra-small")
+    same, other_diff, unpinned = (s.config for s in plan.steps)
+    records = [finished(same, task_id="t-same"),
+               finished(other_diff, task_id="t-old-diff", diff=DIFF + "+print('before')\n",
+                        model_revision=zoo.get("all-mpnet-base-v2").weights.weights_revision),
+               finished(unpinned, task_id="t-unpinned", model_revision="f" * 40)]
+    monkeypatch.setattr(sweeps, "existing_records", lambda mode, project: records)
+    assert sweeps.local_status(plan) == {PINNED: "skip (done: t-same)", "all-mpnet-base-v2": "run",
+                                         "electra-small": "run (weights unknown)"}
+    trained: list[str] = []
+
+    def fake_train(cfg: RunConfig):
+        from reprozoo.train import RunResult
+
+        trained.append(cfg.model.name)
+        return RunResult(tmp_path, {"test": {"accuracy": 0.6}})
+
+    log: list[str] = []
+    report = sweeps.run_local(plan, records=records, train_fn=fake_train, log=log.append)
+    assert [r.status for r in report.results] == ["skipped", "done", "done"], log
+    assert trained == ["all-mpnet-base-v2", "electra-small"]
+    assert sum("electra-small: the weights of unpinned google/electra-small-discriminator are known only once loaded" in line
+               for line in log) == 1, log
 
 
 # --- the pipeline (queue executor) as data -------------------------------------------------------
@@ -215,7 +310,8 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path: Path, monkeypatch: p
     rows = {line.split()[0]: line for line in lines[1:6]}
     assert set(rows) == {"deberta-v3-xsmall", "deberta-v3-small", "deberta-v3-base", "deberta-v3-large", "electra-small"}
     assert "microsoft/deberta-v3-large" in rows["deberta-v3-large"] and IMAGE in rows["electra-small"]
-    assert rows["electra-small"].split()[-1] == "run" and " 0.0001 " in rows["electra-small"]
+    # electra-small's hub weights are known only once loaded: it can never be proved done
+    assert rows["electra-small"].endswith(" run (weights unknown)") and " 0.0001 " in rows["electra-small"]
     total = sweeps.build_plan("family:deberta-v3,electra-small", ["trainer.max_epochs=2"]).gpu_hours
     assert lines[6].startswith("total") and f"{total:.3f}" in lines[6] and f"estimated GPU-hours: {total:.3f}" in lines[7]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "clearml").exists()
@@ -325,19 +421,21 @@ def test_queue_cli_pins_the_data_version_skips_done_models_and_launches_the_rest
     monkeypatch.setattr(versions, "register", register)
     queues_checked: list[str] = []
     monkeypatch.setattr(sweeps, "require_queue", lambda name: queues_checked.append(name) or f"id-{name}")
-    # electra-small already ran on an agent with this config, data and image.
-    done_cfg = sweeps.pin_data_version(sweeps.build_plan("electra-small", ["trainer.max_epochs=2"]), "dataset-7").steps[0].config
+    # all-minilm-l6-v2 already ran on an agent with this config, data, image and (pinned) weights.
+    done_cfg = sweeps.pin_data_version(sweeps.build_plan(PINNED, ["trainer.max_epochs=2"]), "dataset-7").steps[0].config
     done = SimpleNamespace(status="completed", metrics={"test": {"accuracy": 0.5}}, config=done_cfg, data_sha256=SHA,
-                           image_digest=IMAGE, provenance={}, task_id="server-task-1")
+                           image_digest=IMAGE, provenance={}, task_id="server-task-1", commit="", diff="",
+                           model_revision=zoo.get(PINNED).weights.weights_revision)
     monkeypatch.setattr(sweeps, "existing_records", lambda mode, project: [done] if mode == "server" else [])
     launched: list[tuple] = []
     monkeypatch.setattr(sweeps, "launch_pipeline", lambda plan, **kw: launched.append((plan, kw)))
-    result = CliRunner().invoke(cli.app, ["sweep", "--models", "electra-small,convbert-small", "--queue", "gpu",
+    result = CliRunner().invoke(cli.app, ["sweep", "--models", f"{PINNED},convbert-small", "--queue", "gpu",
                                           "--image", IMAGE, "--set", "trainer.max_epochs=2", "--set",
                                           f"data.data_dir={data_dir}"])
     assert result.exit_code == 0, result.output
     assert queues_checked == ["gpu", "services"]  # the step and controller queues, before anything is created
-    assert registered == [data_dir] and "electra-small: skipped, already completed as server-task-1" in result.output
+    assert registered == [data_dir] and f"{PINNED}: skipped, already completed as server-task-1" in result.output
+    assert "convbert-small: the weights of unpinned" in result.output  # never provably done: it runs
     ((plan, kwargs),) = launched
     assert [s.name for s in plan.steps] == ["convbert-small"] and kwargs["controller_queue"] == "services"
     step = plan.steps[0]

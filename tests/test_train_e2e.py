@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import scratch
@@ -50,6 +51,30 @@ def test_run_directory_holds_every_artifact(minilm_run: RunResult, data_dir: Pat
     assert (run / "export" / "model.safetensors").is_file() and (run / "export" / "modeling_reprozoo.py").is_file()
     task = json.loads((run / "task.json").read_text())
     assert task["mode"] == "offline" and task["task_id"].startswith("offline-") and Path(task["offline_zip"]).is_file()
+
+
+def test_metrics_hold_every_step_loss_and_the_exported_weights_sha256(minilm_run: RunResult) -> None:
+    """"Bit-identical" covers the training, not only the scores: a replay or resume that compares
+    metrics.json compares each optimiser step's loss and the exported weights' sha256 too."""
+    import hashlib
+
+    from reprozoo import repro
+
+    run = Path(minilm_run.run_dir)
+    metrics = json.loads((run / "metrics.json").read_text())
+    losses = metrics["train"]["step_losses"]
+    assert len(losses) == metrics["train"]["steps"] == 40 and all(isinstance(x, float) for x in losses)
+    assert metrics["train"]["loss_first"] == pytest.approx(sum(losses[:4]) / 4)
+    exported = hashlib.sha256((run / "export" / "model.safetensors").read_bytes()).hexdigest()
+    assert metrics["weights_sha256"] == f"sha256:{exported}"
+    assert repro.compare_metrics(metrics, json.loads(json.dumps(metrics))).status == "bit-identical"
+    other_step = json.loads(json.dumps(metrics))
+    other_step["train"]["step_losses"][7] = float(np.nextafter(losses[7], 1.0))  # one step, one bit
+    verdict = repro.compare_metrics(metrics, other_step, tolerance=0.0)
+    assert verdict.status == "differs" and [d[0] for d in verdict.differences] == ["train.step_losses.7"]
+    other_weights = {**metrics, "weights_sha256": "sha256:" + "0" * 64}
+    verdict = repro.compare_metrics(metrics, other_weights, tolerance=1e-6)
+    assert verdict.status != "bit-identical" and verdict.differences[0][0] == "weights_sha256"
 
 
 def test_export_loads_in_a_transformers_pipeline(minilm_run: RunResult) -> None:

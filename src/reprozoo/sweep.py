@@ -6,7 +6,8 @@
                   template task, pinned to the image digest and the data version, enqueued for agents
 
 A step is skipped when a completed record has the same run identity (`run_identity`): the RunConfig
-without where/how-tracked settings, the data version (content sha256) and the image digest.
+without where/how-tracked settings, the data version (content sha256), the image digest, the code
+(commit and diff) and the weights revision.
 Planning is pure Python (no torch, no clearml): `--dry-run` answers at once.
 """
 
@@ -23,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reprozoo import safeyaml, zoo
+from reprozoo import provenance, safeyaml, zoo
 from reprozoo.agent import require_queue
 from reprozoo.config import ConfigError, RunConfig, _suggest, apply, flatten
 from reprozoo.errors import UserError
-from reprozoo.train import RunResult, recorded_task_id, train
+from reprozoo.run_claims import recorded_task_id
+from reprozoo.train import RunResult, train
 
 # RunConfig fields the zoo fills when left None (train.plan_run does the same), and where a
 # record's provenance keeps the value the run actually used.
@@ -162,10 +164,15 @@ def normalise_digest(digest: str | None) -> str:
     return found.group(0) if found else "none"
 
 
-def run_identity(cfg: RunConfig, data_sha256: dict[str, str], image_digest: str | None,
-                 resolved: dict[str, Any] | None = None) -> str:
-    """What decides a run's result, hashed: the RunConfig minus NOT_IDENTITY (zoo defaults filled
-    from `resolved` when given, else from the zoo), the data content, and the image digest."""
+def run_identity(cfg: RunConfig, data_sha256: dict[str, str], image_digest: str | None, commit: str, diff: str,
+                 weights_revision: str | None, resolved: dict[str, Any] | None = None) -> str | None:
+    """What decides a run's result, hashed: the RunConfig minus NOT_IDENTITY (zoo defaults filled from
+    `resolved` when given, else from the zoo), the data content, the image digest, the code (commit and
+    the diff's sha256; in an image, its digest stands for its code) and the weights revision.
+    None when the code or the weights are unknown: such a run is the same as no other."""
+    image = normalise_digest(image_digest)
+    if not weights_revision or weights_revision == "none" or (image == "none" and not commit):
+        return None
     flat = flatten(cfg.to_dict())
     for key, attr in ZOO_DEFAULTS.items():
         if flat.get(key) is None:
@@ -179,8 +186,10 @@ def run_identity(cfg: RunConfig, data_sha256: dict[str, str], image_digest: str 
         flat.pop(key, None)
     from reprozoo.data.versions import content_hash
 
-    payload = {"config": flat, "data": content_hash(data_sha256) if data_sha256 else "unknown",
-               "image": normalise_digest(image_digest)}
+    code = "image" if image != "none" else {
+        "commit": commit, "diff": "sha256:" + hashlib.sha256(diff.encode()).hexdigest() if diff else "none"}
+    payload = {"config": flat, "data": content_hash(data_sha256) if data_sha256 else "unknown", "image": image,
+               "code": code, "weights": weights_revision}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -188,7 +197,8 @@ def record_identity(record: Any) -> str | None:
     """A completed record's identity; None for records that are not finished."""
     if record.status not in COMPLETED or not record.metrics:
         return None
-    return run_identity(record.config, record.data_sha256, record.image_digest, record.provenance.get("resolved"))
+    return run_identity(record.config, record.data_sha256, record.image_digest, record.commit, record.diff,
+                        record.model_revision, record.provenance.get("resolved"))
 
 
 def done_index(records: Iterable[Any]) -> dict[str, Any]:
@@ -212,12 +222,33 @@ def data_sha256(cfg: RunConfig) -> dict[str, str]:
     return data_fingerprint(resolve_data_dir(cfg.data.data_dir))
 
 
-def step_identity(step: SweepStep, sha: dict[str, str] | None = None) -> str:
-    from reprozoo.provenance import image_identity
+def planned_weights_revision(cfg: RunConfig) -> str | None:
+    """The revision zoo.resolve_weights(entry, cfg.model.revision) gives, loading nothing; None for an
+    unpinned hub model without model.revision (only the hub knows which commit it serves)."""
+    entry, revision = zoo.get(cfg.model.name), cfg.model.revision
+    if revision and revision.startswith("sha256:"):
+        return revision  # resolve_weights refuses weights that hash otherwise
+    if entry.local_dir:
+        return zoo.weights_sha256(Path(entry.local_dir))
+    if entry.weights and revision in (None, entry.weights.revision):
+        return entry.weights.weights_revision
+    return revision
 
-    # In-process steps record the image this process runs in (none outside a container).
-    digest = step.image or image_identity()[1]
-    return run_identity(step.config, sha if sha is not None else data_sha256(step.config), digest)
+
+def step_identity(step: SweepStep, sha: dict[str, str] | None = None, code: provenance.GitState | None = None,
+                  log: Callable[[str], None] | None = None) -> str | None:
+    """A planned step's run_identity. `code`: provenance.git_state() (once per sweep; computed here when
+    None and the step runs outside an image)."""
+    # In-process steps record the image this process runs in (none outside a container); queued ones the step's.
+    digest = step.image or (None if step.queue else provenance.image_identity()[1])
+    if code is None and normalise_digest(digest) == "none":
+        code = provenance.git_state()
+    weights = planned_weights_revision(step.config)
+    if weights is None and log is not None:
+        log(f"{step.name}: the weights of unpinned {step.hub_id} are known only once loaded (no model.revision):"
+            " it runs again")
+    return run_identity(step.config, sha if sha is not None else data_sha256(step.config), digest,
+                        code.commit if code else "", code.diff if code else "", weights)
 
 
 def existing_records(mode: str, project: str | None) -> list[Any]:
@@ -284,6 +315,7 @@ def run_local(plan: SweepPlan, *, records: list[Any] | None = None, runs_dir: Pa
             log("sweep: tracking is off: no records to compare with, every model runs")
         records = existing_records(mode, first.tracking.project)
     done = done_index(records or [])
+    code = None if plan.image else provenance.git_state()  # the code every step runs, once
     report = SweepReport()
     shas: dict[tuple[str | None, str | None], dict[str, str]] = {}
     for i, step in enumerate(plan.steps, 1):
@@ -293,9 +325,9 @@ def run_local(plan: SweepPlan, *, records: list[Any] | None = None, runs_dir: Pa
             key = (cfg.data.data_dir, cfg.data.dataset_id)
             if key not in shas:
                 shas[key] = data_sha256(cfg)
-            found = done.get(step_identity(step, shas[key]))
+            found = done.get(step_identity(step, shas[key], code, log))
             if found is not None:
-                log(f"{where}: skipped, already completed as {found.task_id} (same config, data and image)")
+                log(f"{where}: skipped, already completed as {found.task_id} (same config, code, data, image and weights)")
                 report.results.append(StepResult(step.name, "skipped", found.task_id,
                                                  found.provenance.get("run_dir") or found.source,
                                                  found.metrics["test"]["accuracy"]))
@@ -353,7 +385,6 @@ def pipeline_steps(plan: SweepPlan, template_id: str | None) -> list[dict[str, A
     The template task holds a RunConfig; each step's clone gets the step's whole RunConfig as its
     config object and as its hyperparameter sections (tracking.remote_config merges both on the agent
     against the template's `RunConfig (as recorded)`, and they agree), its queue, and its image."""
-    from reprozoo import provenance
     from reprozoo.agent import docker_arguments  # the image's venv as is, its entrypoint cleared
     from reprozoo.session import CONFIG_OBJECT
     from reprozoo.tracking import config_sections
@@ -383,7 +414,6 @@ def pipeline_steps(plan: SweepPlan, template_id: str | None) -> list[dict[str, A
 def create_template(task_cls: Any, cfg: RunConfig, project: str, log: Callable[[str], None] = print) -> Any:
     """A draft training task that runs `python -m reprozoo train` at this checkout's commit (+ diff);
     the pipeline clones it once per step. Exercised against a real server: no."""
-    from reprozoo import provenance
     from reprozoo.session import ENTRY_POINT, WORKING_DIR
     from reprozoo.tracking import write_config
 
@@ -451,15 +481,16 @@ def enqueue(plan: SweepPlan, *, controller_queue: str = "services", log: Callabl
     log(f"data version: {version.dataset_id} (content sha256 {version.content_hash[:12]})")
     pin_data_version(plan, version.dataset_id)
     done = done_index(existing_records("server", first.tracking.project))
+    code = None if plan.image else provenance.git_state()  # what the template runs (create_template)
     remaining = []
     for step in plan.steps:
-        found = done.get(run_identity(step.config, version.sha256, step.image))
+        found = done.get(step_identity(step, version.sha256, code, log))
         if found:
             log(f"{step.name}: skipped, already completed as {found.task_id}")
         else:
             remaining.append(step)
     if not remaining:
-        log("sweep: every model already has a completed task for this config, data version and image")
+        log("sweep: every model already has a completed task for this config, code, data version, image and weights")
         return None
     plan.steps = remaining
     return launch_pipeline(plan, project=first.tracking.project, controller_queue=controller_queue, log=log)
@@ -479,10 +510,12 @@ def local_status(plan: SweepPlan) -> dict[str, str]:
 
     first = plan.steps[0].config
     done = done_index(existing_records(resolve_mode(first.tracking.mode), first.tracking.project))
+    code = None if plan.image else provenance.git_state()
     status = {}
     for step in plan.steps:
-        found = done.get(step_identity(step))
-        status[step.name] = f"skip (done: {found.task_id})" if found else "run"
+        unknown: list[str] = []
+        found = done.get(step_identity(step, code=code, log=unknown.append))
+        status[step.name] = f"skip (done: {found.task_id})" if found else "run (weights unknown)" if unknown else "run"
     return status
 
 

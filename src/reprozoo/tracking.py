@@ -226,7 +226,7 @@ class Tracker:
         self.provenance: dict[str, Any] = {}
         self.dataset: Any = None
         self.resumes: str | None = None  # a task this run continues but could not reopen (see open_task)
-        self.resume_changes: list[dict[str, str]] = []  # accepted differences from the run's start (--accept-changes)
+        self.resume_history: list[dict[str, Any]] = []  # accepted resumes with their changes (--accept-changes)
         self.closed = False
         self.env_before: dict[str, str] = clearml_env()
         self.uploader: Any = None  # checkpoint_store.CheckpointUploader of a server run (start_uploads)
@@ -306,9 +306,8 @@ class Tracker:
             "data": data,
             "model": {"name": plan.entry.name, "hub_id": plan.entry.hub_id, "weights_source": weights.source,
                       "revision": weights.revision},
-            "resolved": {"lr": plan.lr, "batch_size": plan.batch_size, "max_length": plan.max_length,
-                         "pooling": plan.pooling, "accelerator": plan.accelerator, "precision": plan.precision},
-            **({"resume_changes": self.resume_changes} if self.resume_changes else {}),
+            "resolved": plan.resolved(),
+            **({"resume_history": self.resume_history} if self.resume_history else {}),
         })
         plan.run_dir.mkdir(parents=True, exist_ok=True)
         (plan.run_dir / "provenance.json").write_text(json.dumps(self.provenance, indent=2) + "\n")

@@ -1,9 +1,9 @@
 """One training run, top to bottom: RunConfig in, run directory (and tracked task) out.
 
-    plan_run       config → zoo defaults, data files (sha256), accelerator, precision, run directory name
+    plan_run       config → zoo defaults, data files (sha256), accelerator and precision (devices), run directory name
     prepare        weights, tokenizer, parsed trees (before any task is opened: bad input leaves no record)
-    start_run      claim the run directory, record config and provenance in the task, seed
-    fit            model → Trainer.fit (checkpoints, early stopping, preemption)
+    start_run      claim the run directory (run_claims), record config and provenance in the task, seed
+    fit            model → Trainer.fit (checkpoints, early stopping, preemption; DDP ranks > 0 started by ddp)
     score          best checkpoint → dev + test scores
     write_outputs  metrics.json, timing.json, image.json, confusion matrix, export; then the task closes
 
@@ -26,12 +26,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from reprozoo import provenance, safeyaml, zoo
+from reprozoo import provenance, zoo
 from reprozoo.config import ConfigError, RunConfig
 from reprozoo.data.sst5 import data_fingerprint, resolve_data_dir
 from reprozoo.data.trees import LABEL_NAMES
-from reprozoo.errors import Preempted, UserError
+from reprozoo.ddp import DDP_RESUME_ENV, as_ddp_worker, ddp_worker, ddp_workers_run
+from reprozoo.devices import choose_accelerator, choose_precision, deterministic_mode, device_count
+from reprozoo.errors import Preempted
 from reprozoo.log import log
+from reprozoo.run_claims import check_run_dir, claimed_run_dir, recorded_task_id
 
 
 @dataclass
@@ -54,7 +57,14 @@ class Plan:
     @property
     def world_size(self) -> int:
         """Devices (DDP processes) the run trains on."""
-        return _device_count(self.cfg.trainer.devices, self.accelerator)
+        return device_count(self.cfg.trainer.devices, self.accelerator)
+
+    def resolved(self) -> dict[str, Any]:
+        """What the run resolved from `auto`, the zoo and this machine: recorded, and compared on resume."""
+        accumulate = self.cfg.trainer.accumulate_grad_batches
+        return {"lr": self.lr, "batch_size": self.batch_size, "max_length": self.max_length, "pooling": self.pooling,
+                "accelerator": self.accelerator, "precision": self.precision, "world_size": self.world_size,
+                "accumulate_grad_batches": accumulate, "global_batch_size": self.batch_size * self.world_size * accumulate}
 
 
 def plan_run(cfg: RunConfig, overwrite: bool = False, resuming: bool = False) -> Plan:
@@ -65,8 +75,8 @@ def plan_run(cfg: RunConfig, overwrite: bool = False, resuming: bool = False) ->
     limit = _model_max_positions(entry)
     if limit and max_length > limit:
         raise ConfigError(f"data.max_length={max_length} exceeds {entry.name}'s limit of {limit} positions; use --max-length {limit} or less")
-    accelerator = _choose_accelerator(cfg)
-    precision = _choose_precision(cfg, entry, accelerator)
+    accelerator = choose_accelerator(cfg)
+    precision = choose_precision(cfg, entry, accelerator)
     dataset = None
     if cfg.data.dataset_id:
         from reprozoo.data import versions
@@ -76,7 +86,7 @@ def plan_run(cfg: RunConfig, overwrite: bool = False, resuming: bool = False) ->
     else:
         data_dir = resolve_data_dir(cfg.data.data_dir)
     run_dir = Path(cfg.out_dir or Path("runs") / f"{entry.name.replace('/', '_')}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
-    _check_run_dir(run_dir, explicit=cfg.out_dir is not None, overwrite=overwrite, resuming=resuming)
+    check_run_dir(run_dir, explicit=cfg.out_dir is not None, overwrite=overwrite, resuming=resuming)
     return Plan(cfg=cfg, entry=entry, run_dir=run_dir, data_dir=data_dir, data_sha256=data_fingerprint(data_dir),
                 lr=cfg.optim.lr or entry.lr, batch_size=cfg.data.batch_size or entry.batch_size,
                 max_length=max_length, pooling=cfg.model.pooling or entry.pooling,
@@ -91,66 +101,6 @@ def _model_max_positions(entry: zoo.ZooEntry) -> int | None:
         # RoBERTa-style models reserve two positions for the padding offset.
         return limit - 2 if limit and config.get("model_type") in ("roberta", "xlm-roberta", "longformer") else limit
     return 512
-
-
-def _choose_accelerator(cfg: RunConfig) -> str:
-    import torch
-
-    wanted = cfg.trainer.accelerator
-    has_gpu = torch.cuda.is_available()
-    if wanted in ("gpu", "cuda") or cfg.trainer.require_gpu:
-        if not has_gpu:
-            if cfg.trainer.require_gpu:
-                raise ConfigError("a GPU was required (--require-gpu) but torch sees none; drop --require-gpu to train on CPU")
-            log.warning("no GPU visible to torch; falling back to CPU (pass --require-gpu to make this an error)")
-            return "cpu"
-        return "gpu"
-    if wanted == "auto":
-        return "gpu" if has_gpu else "cpu"
-    return wanted
-
-
-def _choose_precision(cfg: RunConfig, entry: zoo.ZooEntry, accelerator: str) -> str:
-    import torch
-
-    requested = cfg.trainer.precision
-    if requested.startswith("16") and not entry.fp16:
-        raise ConfigError(f"{entry.name} ({entry.family}) is not trained in fp16: it overflows to NaN losses; use --precision bf16-mixed (GPU) or 32-true")
-    if requested != "auto":
-        if accelerator == "cpu" and "bf16" in requested:
-            log.warning("warning: bf16 on a CPU without bf16 units is ~20x slower than fp32")
-        return requested
-    if accelerator != "gpu":
-        return "32-true"
-    # bf16 in hardware from Ampere (compute capability 8.0: A100, L4, H100) on. Not
-    # torch.cuda.is_bf16_supported(): it counts emulation by default and says yes on a T4 or V100.
-    if torch.cuda.get_device_capability() >= (8, 0):
-        return "bf16-mixed"
-    return "16-mixed" if entry.fp16 else "32-true"
-
-
-def deterministic_mode(accelerator: str) -> bool | str:
-    """Lightning's `deterministic` for a run, and so torch's flags. On the CPU every op has a
-    deterministic kernel: strict, and the same seed and config give bit-identical metrics. On a GPU
-    a few ops (scatter-add in some backbones' embeddings, index_add backward) have none: "warn" keeps
-    the deterministic kernels wherever torch has them and warns, instead of failing, on the others, so
-    a GPU replay is close but may differ; the record says which mode ran."""
-    return "warn" if accelerator == "gpu" else True
-
-
-# Lightning's DDP launcher starts one process per further device by running a command line again.
-# That line would be this process's own: `-m reprozoo train` on an agent (the default RunConfig,
-# not the task's), the whole `sweep` or `hpo` in every rank. Rank 0 hands them its resolved run
-# instead: `reprozoo train --config <run dir>/DDP_WORKER_SPEC`, whose out_dir is rank 0's run
-# directory and whose tracking is off: those processes train into it, and only train.
-DDP_RESUME_ENV = "REPROZOO_DDP_RESUME_FROM"  # the checkpoint rank 0 resumes from: every rank loads that one
-DDP_WORKER_SPEC = "ddp-worker.yaml"
-DDP_LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")  # set by it in rank 0
-
-
-def ddp_worker() -> bool:
-    """Whether this process is a DDP rank other than 0, started by Lightning's launcher."""
-    return any(int(os.environ.get(name) or 0) > 0 for name in ("LOCAL_RANK", "NODE_RANK"))
 
 
 @dataclass
@@ -203,7 +153,7 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False, accept_
     of the batches and score the splits, and write nothing (RunResult.ddp_worker)."""
     worker = ddp_worker()
     if worker:
-        cfg, overwrite = _as_ddp_worker(cfg), False
+        cfg, overwrite = as_ddp_worker(cfg), False
     elif on_clearml_agent():
         # Before the plan: the data version and run directory are the task's. A task re-enqueued after
         # its machine was lost resumes from the last checkpoint it uploaded.
@@ -222,11 +172,13 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False, accept_
     inputs = prepare(plan)
     # Once, before a task opens: code it could not record (too large untracked sources) is refused here.
     code = None if worker else provenance.git_state()
-    changes = check_resumed_state(plan, inputs, code, accept_changes) if code is not None and resume else []
-    with claimed_run_dir(plan, overwrite=overwrite, resume=resume, worker=worker):
+    history = check_resumed_state(plan, inputs, code, accept_changes) if code is not None and resume else []
+    # A default (timestamped) name may be claimed with a suffix: the run goes on in the one claimed.
+    with claimed_run_dir(plan.run_dir, explicit=plan.cfg.out_dir is not None, overwrite=overwrite, resume=resume,
+                         worker=worker) as plan.run_dir:
         tracker = tracking.open_task(cfg, f"{plan.entry.name} {cfg.data.granularity} seed{cfg.seed}", plan,
                                      continue_task=recorded_task_id(plan.run_dir) if resume else None)
-        tracker.resume_changes = changes
+        tracker.resume_history = history
         with task_stopped_on_failure(tracker, lambda: plan.run_dir):
             if tracker.config != cfg and not resume:
                 # A ClearML agent running a clone: the task's (UI-edited) RunConfig is the run's config.
@@ -236,7 +188,9 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False, accept_
                 plan.run_dir.mkdir(parents=True, exist_ok=True)
             resume_from = start_run(plan, tracker, inputs, resume=resume, worker=worker, code=code)
             several = not worker and plan.world_size > 1
-            with ddp_workers_run(plan, inputs, resume_from) if several else contextlib.nullcontext():
+            ranks = (ddp_workers_run(plan.cfg, plan.data_dir, inputs.weights.revision, plan.run_dir, resume_from)
+                     if several else contextlib.nullcontext())
+            with ranks:
                 try:
                     fitted = fit(plan, inputs, tracker, resume_from, worker)
                 except Preempted:
@@ -255,12 +209,12 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False, accept_
             return result
 
 
-def check_resumed_state(plan: Plan, inputs: Inputs, git: provenance.GitState, accept: bool) -> list[dict[str, str]]:
+def check_resumed_state(plan: Plan, inputs: Inputs, git: provenance.GitState, accept: bool) -> list[dict[str, Any]]:
     """Code, data, weights and software now against the interrupted run's record (resume.check_resume_state)."""
     from reprozoo.resume import check_resume_state, run_state
 
     now = run_state(git.commit, git.diff, plan.data_sha256, inputs.weights.revision,
-                    provenance.environment(plan.cfg.seed, git.root))
+                    provenance.environment(plan.cfg.seed, git.root), plan.resolved())
     return check_resume_state(plan.run_dir, now, accept)
 
 
@@ -283,11 +237,20 @@ def agent_config(cfg: RunConfig) -> tuple[RunConfig, bool]:
     task = Task.get_task(task_id=get_remote_task_id())
     if provenance.image_env().image is not None:
         refuse_other_code(task.id, task.data.script.version_num or "", task.data.script.diff or "")
+        adopt_task_image_digest(task)
     cfg = tracking.remote_config(task, cfg)
     if checkpoint_store.latest_stored(task) is None:
         return cfg, False
     run_dir = Path(cfg.out_dir or Path("runs") / f"{cfg.model.name.replace('/', '_')}-{task.id}")
     return checkpoint_store.fetch_run(task, load_record(task.id), run_dir), True
+
+
+def adopt_task_image_digest(task: Any) -> None:
+    """A docker-mode agent ran this container from the task's image, pulled by digest; an image cannot
+    bake in its own digest (it is computed when the image is pushed), so the run records this one."""
+    image = str((getattr(task.data, "container", None) or {}).get("image") or "").split()
+    if image and "@sha256:" in image[0] and not provenance.image_env().digest:
+        os.environ[provenance.IMAGE_DIGEST_ENV] = image[0]
 
 
 def resumed_run_config(ref: str, out: str | None = None) -> RunConfig:
@@ -323,60 +286,6 @@ def refuse_other_code(task_id: str, commit: str, diff: str) -> None:
                           f" commit {revision[:12] or 'unknown'} and a docker-mode agent runs the image's code; serve it with a"
                           " venv-mode agent (`clearml-agent daemon --queue Q`: it checks out that commit and applies the diff),"
                           " or enqueue a run made in an image built from that code")
-
-
-def _as_ddp_worker(cfg: RunConfig) -> RunConfig:
-    """A rank > 0 records nothing, whatever config started it: one task per run."""
-    cfg = RunConfig.from_dict(cfg.to_dict())
-    cfg.tracking.mode = "off"
-    return cfg
-
-
-def ddp_worker_config(plan: Plan, inputs: Inputs) -> RunConfig:
-    """What ranks > 0 train: rank 0's config as it resolved it (the task's on an agent), on the very
-    trees and weights rank 0 checked (its data directory, the weights' revision), into its run
-    directory, recording nothing."""
-    cfg = RunConfig.from_dict(plan.cfg.to_dict())
-    cfg.data.data_dir, cfg.data.dataset_id = str(plan.data_dir.resolve()), None
-    cfg.model.revision = inputs.weights.revision
-    cfg.out_dir = str(plan.run_dir.resolve())
-    cfg.tracking.mode = "off"
-    return cfg
-
-
-@contextlib.contextmanager
-def ddp_workers_run(plan: Plan, inputs: Inputs, resume_from: str | None) -> Iterator[Path]:
-    """Rank 0's fit and scoring with several devices. Lightning's launcher starts ranks > 0 with
-    `reprozoo train --config <spec>` (the spec written in the run directory, removed afterwards),
-    resuming from rank 0's checkpoint when it does.
-    Afterwards the process is as before it: the launcher's DDP variables (LOCAL_RANK=0 would make the
-    next run in this process, a sweep's or a search's, wait for ranks nobody starts) and the process
-    group are gone."""
-    import torch.distributed
-    from lightning.pytorch.strategies.launchers import subprocess_script
-
-    spec = plan.run_dir / DDP_WORKER_SPEC
-    spec.write_text(provenance.redact(ddp_worker_config(plan, inputs).to_yaml()))
-    command = [sys.executable, "-m", "reprozoo", "train", "--config", str(spec.resolve())]
-    saved = {name: os.environ.get(name) for name in (*DDP_LAUNCHER_ENV, DDP_RESUME_ENV)}
-    os.environ.pop(DDP_RESUME_ENV, None)
-    if resume_from:
-        os.environ[DDP_RESUME_ENV] = str(Path(resume_from).resolve())
-    launcher_command = subprocess_script._basic_subprocess_cmd
-    # The launcher's one way to build that command (lightning 2.6: a module function it calls per rank).
-    subprocess_script._basic_subprocess_cmd = lambda: list(command)
-    try:
-        yield spec
-    finally:
-        subprocess_script._basic_subprocess_cmd = launcher_command
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-        spec.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -479,6 +388,8 @@ def score(plan: Plan, inputs: Inputs, fitted: Fitted) -> dict[str, Any]:
             "epochs": trainer.current_epoch,
             "loss_first": sum(steps[:tenth]) / tenth if steps else None,
             "loss_last": sum(steps[-tenth:]) / tenth if steps else None,
+            # Every optimiser step's loss: a replay that matches these ran the same schedule, clipping and data order.
+            "step_losses": list(steps),
         },
         "best_checkpoint": Path(best).name if best else None,
     }
@@ -494,6 +405,9 @@ def write_outputs(plan: Plan, inputs: Inputs, fitted: Fitted, metrics: dict[str,
     from reprozoo.progress import ThroughputMonitor
 
     run_dir, test = plan.run_dir, metrics["test"]
+    export_dir = _export(fitted.module, inputs.tokenizer, run_dir)
+    # The weights the run hands on, so that "bit-identical" covers them and not only the scores.
+    metrics["weights_sha256"] = "sha256:" + provenance.file_sha256(export_dir / "model.safetensors")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     timing = {"train_seconds": fitted.train_seconds, "total_seconds": time.time() - started,
               "tokenization_cache_hit": inputs.datamodule.cache_hit, "accelerator": plan.accelerator,
@@ -507,7 +421,7 @@ def write_outputs(plan: Plan, inputs: Inputs, fitted: Fitted, metrics: dict[str,
                        f"{plan.entry.name} SST-5 test (acc {test['accuracy']:.3f})")
     if not plan.cfg.trainer.keep_last_checkpoint:
         _drop_resume_checkpoints(run_dir)
-    return timing, _export(fitted.module, inputs.tokenizer, run_dir)
+    return timing, export_dir
 
 
 def _drop_resume_checkpoints(run_dir: Path) -> None:
@@ -517,90 +431,6 @@ def _drop_resume_checkpoints(run_dir: Path) -> None:
 
     for name in (LAST, PREVIOUS):
         (run_dir / "checkpoints" / name).unlink(missing_ok=True)
-
-
-def recorded_task_id(run_dir: Path) -> str | None:
-    """The task a run directory reports to: task.json (closed or stopped), else provenance.json (killed)."""
-    for name in ("task.json", "provenance.json"):
-        path = run_dir / name
-        if path.is_file():
-            with contextlib.suppress(UserError):
-                task_id = safeyaml.load_json_object(safeyaml.read_bytes(path, 1 << 20, name), str(path)).get("task_id")
-                if isinstance(task_id, str) and task_id:
-                    return task_id
-    return None
-
-
-def _check_run_dir(run_dir: Path, *, explicit: bool, overwrite: bool, resuming: bool) -> None:
-    """Before anything is opened: --out is a directory this user can write, and holds no other run."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir} is a file, not a directory; choose another --out")
-    if (run_dir / "metrics.json").exists() and not overwrite and not resuming:
-        raise ConfigError(f"{run_dir} already holds a finished run; pass --overwrite or choose another --out")
-    if explicit and (run_dir / "config.yaml").exists() and not overwrite and not resuming:
-        raise ConfigError(f"{run_dir} holds an interrupted run (config.yaml, no metrics.json): continue it with"
-                          f" `reprozoo train --resume {run_dir}`, start over with --overwrite, or choose another --out")
-    existing = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write {run_dir} ({existing} is not writable by uid {os.getuid()}); pass a writable --out"
-                          " (`reprozoo image run`: make --runs-dir writable by the image's user, `chown 10001:10001 DIR`)")
-
-
-@contextlib.contextmanager
-def claimed_run_dir(plan: Plan, *, overwrite: bool, resume: bool, worker: bool) -> Iterator[Path]:
-    """One run, one directory: create `plan.run_dir` and hold an exclusive lock on it while the run lives.
-
-    A default (timestamped) name gets a suffix when another run started in the same second; an
-    explicit --out that a live run holds is a one-line error naming it. The lock is flock(2) on the
-    directory itself (released by the kernel when the process dies, so a kill -9 leaves nothing
-    stale). DDP workers train into rank 0's directory and take no lock. A run that fails before
-    writing anything leaves no directory behind."""
-    import fcntl
-
-    run_dir = plan.run_dir
-    created = not run_dir.exists()
-    try:
-        if plan.cfg.out_dir is None and not worker:
-            run_dir = plan.run_dir = _new_run_dir(run_dir)
-        else:
-            run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"cannot create the run directory {run_dir}: {err.strerror or err}; choose a writable --out") from None
-    if worker:
-        yield run_dir
-        return
-    handle = os.open(run_dir, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            task = recorded_task_id(run_dir)
-            raise ConfigError(f"{run_dir} is in use by a live run{f' (task {task})' if task else ''}; wait for it to end,"
-                              " or choose another --out") from None
-        if overwrite and not resume:
-            for child in run_dir.iterdir():
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-        try:
-            yield run_dir
-        except BaseException:
-            if created and run_dir.is_dir() and not any(run_dir.iterdir()):
-                run_dir.rmdir()
-            raise
-    finally:
-        os.close(handle)  # releases the lock
-
-
-def _new_run_dir(run_dir: Path) -> Path:
-    """A fresh directory: `run_dir`, else `run_dir-2`, `-3`, … (concurrent runs never share one)."""
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 1000):
-        candidate = run_dir if n == 1 else run_dir.with_name(f"{run_dir.name}-{n}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-    raise ConfigError(f"{run_dir}: too many runs with this name; pass --out DIR")
 
 
 def _trainer_kwargs(cfg: RunConfig, plan: Plan, tracker: Any) -> dict[str, Any]:
@@ -685,20 +515,6 @@ def _checkpoint_writes(trainer: Any) -> dict[str, Any] | None:
 
     io = trainer.strategy.checkpoint_io
     return {"count": io.writes, "seconds": io.write_seconds} if isinstance(io, BackgroundCheckpointIO) else None
-
-
-def _device_count(devices: str, accelerator: str) -> int:
-    """How many devices Lightning will use for `devices` (\"auto\", a count, or a list like 0,1)."""
-    text = str(devices).strip()
-    if text == "auto":
-        if accelerator != "gpu":
-            return 1
-        import torch
-
-        return max(1, torch.cuda.device_count())
-    if "," in text or text.startswith("["):
-        return len([d for d in text.strip("[]").split(",") if d.strip()])
-    return int(text) if text.lstrip("-").isdigit() and int(text) > 0 else 1
 
 
 def _best_checkpoint(trainer: Any) -> str | None:

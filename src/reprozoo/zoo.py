@@ -196,7 +196,7 @@ def recipe(name: str) -> dict[str, Any]:
 class ResolvedWeights:
     path: Path
     source: str  # "local", "hub", "cache" (verified files already in place) or "package:<name>==<version>"
-    revision: str  # "sha256:<hex>" of the weights file(s), or the hub commit for an unpinned hub model
+    revision: str  # "sha256:<hex>" of the pinned weights or of a local folder (weights_sha256), or an unpinned hub commit
 
 
 def resolve_weights(entry: ZooEntry, revision: str | None = None) -> ResolvedWeights:
@@ -246,11 +246,17 @@ def resolve_weights(entry: ZooEntry, revision: str | None = None) -> ResolvedWei
         " (HF_HUB_OFFLINE=1 skips the hub once the weights are cached)")
 
 
+_DOCS = ("readme", "license", "licence", "notice")  # a model folder's documentation (any suffix), as *.md
+
+
 def weights_sha256(path: Path) -> str:
-    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    """What a record holds as a local folder's model revision. The config (dropout, layers) and the
+    tokenizer's files change a run as much as the weights do, so every top-level file a loader may
+    read counts, by name and bytes; the documentation and hidden (VCS) files do not."""
+    files = sorted((p for p in Path(path).iterdir() if p.is_file() and not p.name.startswith(".")
+                    and not p.name.lower().startswith(_DOCS) and not p.name.lower().endswith(".md")),
+                   key=lambda p: p.name)
     digest = hashlib.sha256()
     for file in files:
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        digest.update(f"{file.name}\t{weights.sha256_file(file)}\n".encode("utf-8", "surrogateescape"))
     return "sha256:" + digest.hexdigest()

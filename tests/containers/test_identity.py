@@ -116,3 +116,30 @@ def test_ci_meta_needs_only_the_standard_library() -> None:
     lines = result.stdout.splitlines()
     assert lines[:3] == [f"tag={spec.tag}", f"ref={spec.ref}", f"image=ghcr.io/o/reprozoo:{spec.tag}"]
     assert "SOURCE_DATE_EPOCH=1700000000" in lines and "CREATED=2023-11-14T22:13:20Z" in lines
+
+
+def test_untracked_source_files_make_the_source_dirty(tmp_path: Path) -> None:
+    """An untracked file under src/ is copied into the image (and recorded in a run's diff): the build is
+    dirty as for a changed tracked file. An untracked file outside src/, or an ignored one, is not code."""
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True)
+
+    git("init", "-q")
+    (tmp_path / "src" / "pkg").mkdir(parents=True)
+    (tmp_path / "src" / "pkg" / "__init__.py").write_text("")
+    (tmp_path / ".gitignore").write_text("*.log\n__pycache__/\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "commit.gpgsign=false", "commit", "-q", "-m", "start")
+    clean = source_state(tmp_path)
+    assert not clean.dirty and re.fullmatch(r"[0-9a-f]{40}", clean.revision)
+    (tmp_path / "notes.txt").write_text("outside src/\n")
+    (tmp_path / "src" / "pkg" / "debug.log").write_text("ignored\n")
+    (tmp_path / "src" / "pkg" / "__pycache__").mkdir()
+    (tmp_path / "src" / "pkg" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
+    assert source_state(tmp_path) == clean
+    (tmp_path / "src" / "pkg" / "extra.py").write_text("VALUE = 1\n")
+    assert source_state(tmp_path).dirty and source_state(tmp_path).revision == clean.revision
+    assert build_args(image_spec(REPO, "cpu"), source_state(tmp_path))["REVISION"] == clean.revision + "-dirty"
+    (tmp_path / "src" / "pkg" / "extra.py").unlink()
+    (tmp_path / "src" / "pkg" / "__init__.py").write_text("VALUE = 2\n")  # a changed tracked file, as before
+    assert source_state(tmp_path).dirty

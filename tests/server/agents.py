@@ -19,9 +19,20 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 LOCK = REPO / "envs" / "colab-agent.lock"
 # Resume checkpoints stay on the machine: uploading them is tests/server/test_preemption.py's subject,
-# and each of these one-step tasks would send 272 MB to the fileserver only to remove it at completion.
+# and each of these tasks would send 272 MB to the fileserver only to remove it at completion.
+# 32 examples in batches of 8: 4 optimiser steps, so a replay checks learning rate, schedule, clipping and
+# data order too (at the recipe's batch of 64 they made one step).
 TINY = ["--model", "all-minilm-l6-v2", "--limit-train-samples", "32", "--limit-eval-samples", "16", "--max-length", "32",
-        "--max-epochs", "1", "--set", "tracking.upload_checkpoints=false", "--tracking", "server"]
+        "--max-epochs", "1", "--batch-size", "8", "--set", "tracking.upload_checkpoints=false", "--tracking", "server"]
+TINY_STEPS = 4
+
+
+def trained_steps(metrics: str | None) -> int:
+    """Optimiser steps a run's metrics.json (its text) says it trained, each with its loss recorded."""
+    data = json.loads(metrics or "{}")
+    steps = data.get("train", {}).get("steps", 0)
+    assert len(data["train"]["step_losses"]) == steps and str(data.get("weights_sha256", "")).startswith("sha256:")
+    return steps
 
 
 # What a venv-mode agent needs to build the recorded environment (docs/scaling.md says why):

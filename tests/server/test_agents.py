@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agents import REPO, TINY, Agent, server_tasks
+from agents import REPO, TINY, TINY_STEPS, Agent, server_tasks, trained_steps
 
 from helpers import reprozoo, scratch
 
@@ -101,7 +101,8 @@ def test_repro_enqueue_is_replayed_by_a_venv_agent_bit_for_bit(original: dict[st
     clone, enqueued = enqueue(env, original["task_id"], agent.queue)
     task = server_tasks(env, [clone], wait=900)[clone]
     assert task["status"] == "completed", agent.log()[-4000:]
-    assert task["metrics"] == original["metrics"]  # byte for byte
+    assert task["metrics"] == original["metrics"]  # byte for byte: scores, every step's loss, the weights' sha256
+    assert trained_steps(task["metrics"]) == TINY_STEPS
     assert task["parent"] == original["task_id"] and f"repro-of:{original['task_id']}" in task["tags"]
     assert task["name"].startswith("repro of ")
     assert agent.ran() == [clone] and task["last_worker"] == agent.worker
@@ -126,7 +127,7 @@ def test_two_agents_on_one_queue_run_each_of_four_tasks_once(original: dict[str,
     for clone in clones:
         worker = first.worker if clone in first.ran() else second.worker
         assert tasks[clone]["last_worker"] == worker
-        assert tasks[clone]["metrics"] == original["metrics"]
+        assert tasks[clone]["metrics"] == original["metrics"] and trained_steps(original["metrics"]) == TINY_STEPS
 
 
 def test_a_two_process_ddp_task_on_an_agent_equals_the_same_run_here(env: dict[str, str], agents: Agents,
@@ -135,10 +136,10 @@ def test_a_two_process_ddp_task_on_an_agent_equals_the_same_run_here(env: dict[s
     default RunConfig): rank 1 trains rank 0's resolved run, the task's config."""
     ddp_env = {**env, "OMP_NUM_THREADS": "1"}  # two processes on two cores, here and on the agent
     here = tmp_path / "here"
-    # 128 examples in batches of 16: 4 steps on each rank (TINY's 32 examples make one batch, and no
-    # rank trains when 2 ranks share it: the metrics would be the untrained head's, whatever rank 1 ran).
-    size = TINY.index("--limit-train-samples") + 1
-    args = [*TINY[:size], "128", *TINY[size + 1:], "--batch-size", "16", "--accelerator", "cpu", "--devices", "2"]
+    # 128 examples in batches of 16: 4 steps on each rank (with TINY's 32 examples each rank would train
+    # only 2 steps; with one batch in all no rank trains: the metrics would be the untrained head's).
+    args = [*TINY, "--accelerator", "cpu", "--devices", "2"]
+    args[args.index("--limit-train-samples") + 1], args[args.index("--batch-size") + 1] = "128", "16"
     done = reprozoo("train", *args, *in_project(agents.server), "--out", str(here), cwd=tmp_path, env=ddp_env)
     assert done.returncode == 0, done.stderr[-3000:]
     task_id = re.search(r"clearml task: ([0-9a-f]{32})", done.stdout).group(1)
@@ -147,7 +148,7 @@ def test_a_two_process_ddp_task_on_an_agent_equals_the_same_run_here(env: dict[s
     task = server_tasks(ddp_env, [clone], wait=600)[clone]
     assert task["status"] == "completed", agent.log()[-4000:]
     assert task["metrics"] == (here / "metrics.json").read_text()  # byte for byte
-    assert json.loads(task["metrics"])["train"]["steps"] == 4
+    assert trained_steps(task["metrics"]) == 4
 
 
 def test_an_offline_run_imported_then_enqueued_is_replayed_by_an_agent(env: dict[str, str], agents: Agents,
@@ -171,6 +172,7 @@ def test_an_offline_run_imported_then_enqueued_is_replayed_by_an_agent(env: dict
     task = server_tasks(env, [clone], wait=600)[clone]
     assert task["status"] == "completed", agent.log()[-4000:]
     assert task["metrics"] == (here / "metrics.json").read_text()  # byte for byte, on the server's copy of the data
+    assert trained_steps(task["metrics"]) == TINY_STEPS
 
 
 def _one_line_error(done: subprocess.CompletedProcess) -> str:

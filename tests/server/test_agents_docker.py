@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agents import REPO, TINY, Agent, server_tasks
+from agents import REPO, TINY, TINY_STEPS, Agent, server_tasks, trained_steps
 
 from helpers import local_registry, reprozoo, scratch
 from reprozoo import agent as agent_settings
@@ -168,7 +168,18 @@ def test_make_agent_replays_repro_enqueue_in_the_image_bit_for_bit(original: dic
     assert agent.ran() == [clone, edited]
     assert f"docker_cmd = {pinned} " in agent.log()  # run in the recorded image, pulled by digest
     assert task["metrics"] == original["metrics"]  # byte for byte
+    assert trained_steps(task["metrics"]) == TINY_STEPS
     assert task["parent"] == original["task_id"] and f"repro-of:{original['task_id']}" in task["tags"]
     assert task["container"]["image"] == pinned
+    # Issue 31, case 1: the agent's run records the image it ran in (it recorded "none": an image cannot
+    # hold its own digest), so the clone replays by its own record, in that image, bit for bit.
+    shown = reprozoo("tasks", "show", clone, "--json", env=env)
+    assert json.loads(shown.stdout)["image_digest"] == pinned, shown.stdout[-2000:]
+    runs = tmp_path / "replays"
+    runs.mkdir(mode=0o777)
+    runs.chmod(0o777)  # the image's user (10001) writes the run directory
+    replayed = reprozoo("repro", clone, "--verify", "--network", "host", "--runs-dir", str(runs), env=env, timeout=1800)
+    assert replayed.returncode == 0, (replayed.stdout + replayed.stderr)[-3000:]
+    assert f"image {pinned}" in replayed.stdout and "verdict: bit-identical" in replayed.stdout, replayed.stdout[-3000:]
     print(f"agent pick-up latency (docker mode, enqueue → started): {task['started'] - enqueued:.1f} s")
 

@@ -20,7 +20,7 @@ from typing import Any
 import nbformat
 import psutil
 import pytest
-from agents import TINY, server_tasks
+from agents import TINY, TINY_STEPS, server_tasks, trained_steps
 
 from colab_sim import outputs, python_and_lock, simulated_colab
 from helpers import reprozoo
@@ -106,6 +106,7 @@ def test_agent_mode_serves_a_queued_task_to_completion(clearml_server: Any, data
     print(f"\ncolab notebook (agent) in {seconds:.0f} s; the notebook said: {line}")
     assert task["status"] == "completed", text[-4000:]
     assert task["metrics"] == (work / "run" / "metrics.json").read_text()  # byte for byte
+    assert trained_steps(task["metrics"]) == TINY_STEPS
     assert task["last_worker"] == worker and task["name"].startswith("repro of ")
     # The daemon the notebook started ran it, with the kernel's Python (the Colab lock's tree).
     assert f"Running task id [{task_id}]" in text and f"DONE: Running task '{task_id}', exit status 0" in text, text[-4000:]

@@ -164,6 +164,9 @@ def repro(
     runs_dir: Annotated[Path, typer.Option(help="where the replay's run directory goes")] = Path("runs"),
     gpus: Annotated[str, typer.Option("--gpus", help="in the image: auto | all | none")] = "auto",
     network: Annotated[str, typer.Option(help="in the image: bridge | host | none")] = "bridge",
+    accept_changes: Annotated[bool, typer.Option(help="replay in the recorded image although its code is not the recorded"
+                                                      " code (its revision label is another commit, or the record holds a"
+                                                      " diff); a warning says so")] = False,
     dry_run: DryRunOpt = False,
 ) -> None:
     """Re-run a recorded task exactly: its image (by digest) or commit + diff, its data version, its RunConfig."""
@@ -193,7 +196,7 @@ def repro(
     if dry_run:
         say(plan.config.to_yaml().rstrip())
         return
-    metrics, replay_task = call(lambda: replay.replay(plan, gpus=gpus, network=network,
+    metrics, replay_task = call(lambda: replay.replay(plan, gpus=gpus, network=network, accept_changes=accept_changes,
                                                       log=lambda m: typer.echo(m, err=True)))
     say(f"replay run directory: {plan.run_dir}")
     if replay_task:
@@ -207,6 +210,8 @@ def repro(
         if verdict.status == "differs":
             for line in replay.explain_difference(record.environment, call(lambda: replay.replayed_environment(plan))):
                 say(line)
+            for line in replay.resumed_segments(record):
+                say(f"  {line}")
         if not verdict.ok:
             raise typer.Exit(1)
 

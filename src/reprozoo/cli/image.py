@@ -56,6 +56,10 @@ def image_build(
     result = call(lambda: build_image(root, flavour, base, use_wheelhouse=wheelhouse, no_cache=no_cache, source=source,
                                       log=lambda line: typer.echo(line, err=True)))
     typer.echo(f"image {result.ref} id {result.image_id} ({result.seconds:.0f} s{', all steps cached' if result.cached else ''})")
+    if result.state.dirty:
+        typer.echo(f"warning: built with uncommitted code (changed tracked files or untracked files under src/): labelled"
+                   f" revision {result.state.revision}-dirty, which `reprozoo repro` of a run from commit"
+                   f" {result.state.revision[:12]} refuses", err=True)
 
 
 @image_app.command("push")

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from reprozoo.errors import UserError
-from reprozoo.provenance import file_sha256, image_env
+from reprozoo.provenance import SOURCE_DIR, file_sha256, image_env
+from reprozoo.provenance import _is_source as is_source_file  # what a run's record captures as untracked code
 
 FLAVOURS = ("cpu", "cuda")
 IMAGE_REPO = "reprozoo"
@@ -115,12 +116,16 @@ class SourceState:
 
 
 def source_state(root: Path) -> SourceState:
+    """The commit the image's code is, and whether the checkout's code differs from it: dirty when a
+    tracked file changed or an untracked file under src/ (not ignored) is there. The build context
+    copies src/ as it is, and a run records such a file in its diff, so either is code the commit lacks."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True).stdout.strip()
 
     try:
         revision = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        untracked = git("ls-files", "--others", "--exclude-standard", "--", SOURCE_DIR).splitlines()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no")) or any(map(is_source_file, untracked))
         epoch = int(git("log", "-1", "--format=%ct"))
     except (OSError, subprocess.CalledProcessError, ValueError):
         revision, dirty, epoch = "unknown", True, 0
