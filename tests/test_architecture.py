@@ -3,6 +3,7 @@ this checkout, and breaks them on a copy of it with a deliberate upward import o
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -63,3 +64,74 @@ def test_a_cycle_breaks_the_acyclic_contract_on_its_own(tmp_path: Path) -> None:
     output = " ".join((result.stdout + result.stderr).split())
     assert result.returncode == 1, output
     assert "BROKEN" in output and "No cycles are allowed in reprozoo.data" in output and ".trees -> .sst5" in output
+
+
+# --- one record, one loader (issue 31) ----------------------------------------------------------------
+SRC = REPO / "src" / "reprozoo"
+# Where a RunConfig may be parsed: its own module, the run spec, and the CLI's --config (a file the user,
+# or an executor through run_spec.executable, wrote).
+PARSERS_ALLOWED = {"config.py", "run_spec.py", "cli/__init__.py", "cli/common.py"}
+# The executors and the one function each builds its RunConfig with.
+EXECUTORS = {
+    ("repro.py", "plan_repro"): "executable", ("repro.py", "enqueued_config"): "executable",
+    ("checkpoint_store.py", "fetch_run"): "executable", ("ddp.py", "ddp_worker_config"): "executable",
+    ("ddp.py", "as_ddp_worker"): "executable", ("containers/run.py", "run_config_in_image"): "executable",
+    ("resume.py", "resumed_config"): "executable", ("hpo.py", "search_server"): "fresh_run",
+    ("tracking.py", "remote_config"): "merge_edits",
+}
+
+
+def _modules() -> dict[str, ast.Module]:
+    return {path.relative_to(SRC).as_posix(): ast.parse(path.read_text(), str(path)) for path in sorted(SRC.rglob("*.py"))}
+
+
+def _called(node: ast.AST) -> str:
+    func = node.func if isinstance(node, ast.Call) else None
+    return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+
+
+def test_nothing_outside_the_run_spec_builds_a_run_config_from_a_record() -> None:
+    """A recorded RunConfig is read back (RunConfig.from_dict / .load) and pinned for an executor
+    (config.apply to a Record's `.config`) in run_spec only; the six rebuilders each executor had
+    (Record.replay_config among them) are gone."""
+    found = []
+    for name, tree in _modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "replay_config":
+                found.append(f"{name}:{node.lineno} Record.replay_config")
+            if not isinstance(node, ast.Call) or name in {"config.py", "run_spec.py"}:
+                continue
+            func = node.func
+            if (isinstance(func, ast.Attribute) and func.attr in ("from_dict", "load") and isinstance(func.value, ast.Name)
+                    and func.value.id == "RunConfig" and name not in PARSERS_ALLOWED):
+                found.append(f"{name}:{node.lineno} RunConfig.{func.attr}")
+            if _called(node) == "apply" and node.args:
+                first = node.args[0]
+                record_like = [n for n in ast.walk(first) if (isinstance(n, ast.Attribute) and n.attr == "config")
+                               or (isinstance(n, ast.Name) and "record" in n.id)]
+                if record_like:
+                    found.append(f"{name}:{node.lineno} apply() to a record's config")
+    assert not found, "build it with run_spec.executable instead: " + "; ".join(found)
+
+
+def test_every_executor_builds_its_run_config_through_the_run_spec() -> None:
+    modules = _modules()
+    missing = []
+    for (module, function), builder in EXECUTORS.items():
+        definition = next((n for n in ast.walk(modules[module]) if isinstance(n, ast.FunctionDef) and n.name == function), None)
+        assert definition is not None, f"{module}: no function {function}"
+        calls = {_called(n) for n in ast.walk(definition) if isinstance(n, ast.Call)}
+        if builder not in calls:
+            missing.append(f"{module}:{function} does not call run_spec.{builder}")
+    assert not missing, missing
+
+
+def test_the_architecture_check_fails_on_a_rebuilder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check is not vacuous: a module that pins a record's config itself is named."""
+    root = tmp_path / "reprozoo"
+    shutil.copytree(SRC, root, ignore=shutil.ignore_patterns("__pycache__"))
+    with (root / "checkpoint_store.py").open("a") as handle:
+        handle.write("\n\ndef rebuilt(record):\n    return apply(record.config, {'out_dir': None})\n")
+    monkeypatch.setattr(sys.modules[__name__], "SRC", root)
+    with pytest.raises(AssertionError, match=r"checkpoint_store.py:\d+ apply\(\) to a record's config"):
+        test_nothing_outside_the_run_spec_builds_a_run_config_from_a_record()

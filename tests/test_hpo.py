@@ -10,12 +10,13 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import pytest
 import yaml
 
-from reprozoo import agent, hpo, session, tracking
+from reprozoo import agent, hpo, run_spec, session, tracking
 from reprozoo.config import ConfigError, RunConfig
 from reprozoo.train import RunResult
 
@@ -361,7 +362,7 @@ def test_the_overrides_a_clone_gets_are_what_its_agent_trains() -> None:
     for name, value in overrides.items():
         section, key = name.split("/")
         sections.setdefault(section, {})[key] = value
-    merged = tracking.merge_edits(base, base, tracking.config_from_sections(sections))
+    merged = run_spec.merge_edits(base, base, tracking.config_from_sections(sections))
     assert (merged.optim.lr, merged.data.batch_size, merged.model.dropout, merged.trainer.max_epochs) == (1e-05, 16, 0.25, 2)
 
 
@@ -449,7 +450,7 @@ def test_server_search_through_recording_stand_ins(tmp_path: Path) -> None:
     space = hpo.parse_space("lr=1e-5:1e-4:log,batch_size=16|32", base)
     replayed = RunConfig().override(["optim.lr=3e-5", "data.batch_size=16", "data.dataset_id=ds-1"])
     records: list[str] = []
-    load = lambda task_id: (records.append(task_id), type("R", (), {"replay_config": lambda self: replayed})())[1]  # noqa: E731
+    load = lambda task_id: (records.append(task_id), SimpleNamespace(config=replayed, model_revision="none", dataset_id="ds-1"))[1]  # noqa: E731
     api = hpo.ClearMLApi(RecordingTask, RecordingOptimizer, load)
     result = hpo.search_server(base, space, 3, "gpu", tmp_path / "hpo", concurrency=2, image="reg/reprozoo@sha256:" + "a" * 64,
                                api=api, log=lambda _: None)
@@ -489,7 +490,7 @@ def test_server_search_through_recording_stand_ins(tmp_path: Path) -> None:
 
 def test_server_search_with_a_given_template_creates_none(tmp_path: Path) -> None:
     RecordingTask.calls, RecordingOptimizer.instances = [], []
-    api = hpo.ClearMLApi(RecordingTask, RecordingOptimizer, lambda task_id: type("R", (), {"replay_config": lambda self: RunConfig()})())
+    api = hpo.ClearMLApi(RecordingTask, RecordingOptimizer, lambda task_id: SimpleNamespace(config=RunConfig(), model_revision="none", dataset_id=None))
     hpo.search_server(RunConfig(), hpo.parse_space("lr=1e-5:1e-4"), 2, "gpu", tmp_path / "hpo", base_task_id="given-7",
                       api=api, log=lambda _: None)
     assert "create" not in [name for name, _ in RecordingTask.calls]

@@ -16,6 +16,7 @@ import pytest
 
 from helpers import free_port, isolate_clearml, reprozoo, scratch
 from reprozoo.config import RunConfig
+from reprozoo.run_spec import fresh_run
 
 REPO = Path(__file__).resolve().parents[1]
 SECRETS = {
@@ -183,7 +184,8 @@ def test_load_record_from_run_dir_and_zip(runs: dict) -> None:
     assert load_record(runs["first"].run_dir).to_dict() == by_id.to_dict()
     from_zip = load_record(by_id.offline_zip)
     assert from_zip.config == by_id.config and from_zip.metrics == by_id.metrics and from_zip.commit == by_id.commit
-    assert from_zip.replay_config().data.dataset_id == by_id.dataset_id and from_zip.replay_config().out_dir is None
+    replay = fresh_run(from_zip)
+    assert replay.data.dataset_id == by_id.dataset_id and replay.out_dir is None
 
 
 def test_tasks_import_needs_a_reachable_server(runs: dict) -> None:

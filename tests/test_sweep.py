@@ -212,7 +212,8 @@ def queued_plan() -> sweeps.SweepPlan:
 
 
 def test_pipeline_steps_are_the_local_plan_pinned_to_queue_image_and_data() -> None:
-    from reprozoo.tracking import CONFIG_OBJECT, config_from_sections, merge_edits
+    from reprozoo.run_spec import merge_edits
+    from reprozoo.tracking import CONFIG_OBJECT, config_from_sections
 
     local = sweeps.build_plan("electra-small,ernie-2.0-base-en", ["trainer.max_epochs=2"])
     plan = queued_plan()

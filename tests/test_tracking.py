@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import free_port
-from reprozoo import session, tracking
+from reprozoo import run_spec, session, tracking
 from reprozoo.config import ConfigError, RunConfig
 
 
@@ -80,12 +80,12 @@ def test_merge_edits_takes_each_edit_against_the_baseline() -> None:
     object_edit = base.override(["seed=2"])  # edited in the RunConfig configuration object
     sections = tracking.config_sections(base)
     sections["optim"]["lr"] = "5e-05"  # edited in the hyperparameter section
-    merged = tracking.merge_edits(base, object_edit, tracking.config_from_sections(sections))
+    merged = run_spec.merge_edits(base, object_edit, tracking.config_from_sections(sections))
     assert merged.seed == 2 and merged.optim.lr == 5e-5
     assert merged.override(["seed=1", "optim.lr=1e-4"]) == base  # nothing else moved
     # Both edited: the hyperparameter section wins.
     sections["run"]["seed"] = "3"
-    assert tracking.merge_edits(base, object_edit, tracking.config_from_sections(sections)).seed == 3
+    assert run_spec.merge_edits(base, object_edit, tracking.config_from_sections(sections)).seed == 3
 
 
 @pytest.mark.parametrize(("section", "key", "value", "says"), [
@@ -100,7 +100,7 @@ def test_a_ui_edit_that_is_no_setting_or_does_not_parse_fails_naming_it(section:
     sections = tracking.config_sections(base)
     sections[section][key] = value
     with pytest.raises(ConfigError, match="^task hyperparameter ") as raised:
-        tracking.merge_edits(base, base, tracking.config_from_sections(sections))
+        run_spec.merge_edits(base, base, tracking.config_from_sections(sections))
     message = str(raised.value)
     assert says in message and "\n" not in message and "enqueue it again" in message
 

@@ -20,6 +20,7 @@ import pytest
 
 from reprozoo import weights, zoo
 from reprozoo.errors import UserError
+from reprozoo.run_spec import fresh_run
 
 SAFETENSORS = len(b'{"__metadata__":{}}').to_bytes(8, "little") + b'{"__metadata__":{}}'
 MODEL = {"config.json": b'{"model_type": "bert"}', "model.safetensors": SAFETENSORS, "vocab.txt": b"[PAD]\n[UNK]\n",
@@ -243,7 +244,7 @@ def test_a_replay_loads_the_recorded_weights_or_refuses_changed_files(tiny_model
                                 "data.limit_eval_samples=16", "data.batch_size=16", "trainer.max_epochs=1",
                                 "tracking.mode=off", f"out_dir={tmp_path / 'run'}"])
     train(cfg)
-    replay = load_record(tmp_path / "run").replay_config()
+    replay = fresh_run(load_record(tmp_path / "run"))
     assert replay.model.revision == zoo.weights_sha256(model) and replay.model.revision.startswith("sha256:")
     entry = zoo.get(str(model))
     assert zoo.resolve_weights(entry, replay.model.revision).path == model  # unchanged files: loaded

@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from reprozoo import provenance
-from reprozoo.config import RunConfig, apply
+from reprozoo import provenance, run_spec
+from reprozoo.config import RunConfig
 from reprozoo.errors import UserError
 from reprozoo.log import log
 from reprozoo.records import Record
@@ -361,13 +361,12 @@ def fetch_run(task: Any, record: Record, run_dir: Path) -> RunConfig:
         raise StorageError(f"task {task.id} has no checkpoint in its storage (no {ARTIFACT} artifact: it recorded offline,"
                            " or stopped before its first checkpoint was uploaded); resume it where it ran with"
                            " `reprozoo train --resume RUN_DIR`, or train it again")
-    values: dict[str, Any] = {"out_dir": str(run_dir)}
     data_dir = record.config.data.data_dir
     if record.dataset_id and not (data_dir and Path(data_dir).is_dir()):
-        values.update({"data.dataset_id": record.dataset_id, "data.data_dir": None})
-    if record.model_revision and record.model_revision != "none":
-        values["model.revision"] = record.model_revision
-    cfg = apply(record.config, values).validate()
+        where = run_spec.Where(out_dir=str(run_dir), data_dir=None, dataset_id=record.dataset_id)
+    else:
+        where = run_spec.Where(out_dir=str(run_dir))
+    cfg = run_spec.executable(record.config, record.model_revision, where)
     parts = urlsplit(stored.url)
     if stored.best is not None:
         download(stored.best, run_dir / "checkpoints" / stored.best.name, f"{parts.scheme}://{parts.netloc}")

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from reprozoo import provenance
+from reprozoo import provenance, run_spec
 from reprozoo.config import RunConfig
 
 # Lightning's DDP launcher starts one process per further device by running a command line again.
@@ -29,21 +29,15 @@ def ddp_worker() -> bool:
 
 def as_ddp_worker(cfg: RunConfig) -> RunConfig:
     """A rank > 0 records nothing, whatever config started it: one task per run."""
-    cfg = RunConfig.from_dict(cfg.to_dict())
-    cfg.tracking.mode = "off"
-    return cfg
+    return run_spec.executable(cfg, None, run_spec.Where(tracking="off"))
 
 
 def ddp_worker_config(cfg: RunConfig, data_dir: Path, weights_revision: str, run_dir: Path) -> RunConfig:
     """What ranks > 0 train: rank 0's config `cfg` as it resolved it (the task's on an agent), on the
     very trees and weights rank 0 checked (its data directory, the weights' revision), into its run
     directory, recording nothing."""
-    cfg = RunConfig.from_dict(cfg.to_dict())
-    cfg.data.data_dir, cfg.data.dataset_id = str(data_dir.resolve()), None
-    cfg.model.revision = weights_revision
-    cfg.out_dir = str(run_dir.resolve())
-    cfg.tracking.mode = "off"
-    return cfg
+    where = run_spec.Where(out_dir=str(run_dir.resolve()), data_dir=str(data_dir.resolve()), dataset_id=None, tracking="off")
+    return run_spec.executable(cfg, weights_revision, where)
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reprozoo import run_spec
 from reprozoo.config import _SECTIONS, ConfigError, RunConfig, _annotation, _parse_value, apply
 from reprozoo.errors import UserError
 from reprozoo.train import RunResult, train
@@ -498,7 +499,7 @@ def search_server(base: RunConfig, space: list[Dimension], n_trials: int, queue:
     meta = {"mode": "server", "model": base.model.name, "n_trials": n_trials, "queue": queue, "base_task": base_task_id,
             "optimizer_task": controller.id, "sampler": f"ClearML OptimizerOptuna, TPESampler(seed={base.seed})"}
     best = best_trial(trials)
-    best_config = api.load_record(best.task_id).replay_config() if best else None
+    best_config = run_spec.fresh_run(api.load_record(best.task_id)) if best else None
     write_results(out, space, trials, best_config, meta)
     controller.close()
     if best is None:

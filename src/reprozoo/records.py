@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reprozoo import safeyaml
-from reprozoo.config import ConfigError, RunConfig, apply, flatten
+from reprozoo import run_spec, safeyaml
+from reprozoo.config import ConfigError, RunConfig, flatten
 from reprozoo.errors import UserError
 from reprozoo.session import CONFIG_OBJECT, PROVENANCE_OBJECT, configure_clearml, offline_root, server_configured
 
@@ -63,16 +63,6 @@ class Record:
         data = asdict(self)
         data["config"] = self.config.to_dict()
         return data
-
-    def replay_config(self) -> RunConfig:
-        """The RunConfig that re-runs this record: pinned to its data version and to the weights it
-        loaded (the hub commit, or the files' sha256, checked before training), in a fresh run directory."""
-        values: dict[str, Any] = {"out_dir": None}  # the recorded directory holds the finished run
-        if self.dataset_id:
-            values["data.dataset_id"] = self.dataset_id
-        if self.model_revision and self.model_revision != "none":
-            values["model.revision"] = self.model_revision  # never the hub's `main` of the replay's day
-        return apply(self.config, values)
 
 
 # --- readers --------------------------------------------------------------------------------------
@@ -158,11 +148,7 @@ def _parse_hocon(text: str, source: str) -> dict[str, Any]:
 
 
 def _config_from_text(text: Any, source: str) -> RunConfig:
-    try:
-        return RunConfig.from_dict(_parse_config_text(text, source))
-    except ConfigError as err:
-        message = str(err)
-        raise ConfigError(message if message.startswith(source) else f"{source}: {message}") from None
+    return run_spec.recorded_config(_parse_config_text(text, source), source)
 
 
 def record_mapping(value: Any, what: str) -> dict[str, Any]:
@@ -311,7 +297,7 @@ def _from_run_dir(run_dir: Path) -> Record:
             raise ConfigError(f"{run_dir / 'timing.json'}: train_seconds is not a number; the run directory is damaged")
         single_values["train_seconds"] = float(timing["train_seconds"])
     offline_zip = _text(info.get("offline_zip"), f"{run_dir / 'task.json'}: offline_zip") or None
-    return _record(task_id, RunConfig.load(run_dir / "config.yaml"), metrics, prov, script,
+    return _record(task_id, run_spec.run_dir_config(run_dir), metrics, prov, script,
                    "completed" if metrics else "incomplete", offline_zip, str(run_dir), single_values=single_values)
 
 

@@ -23,8 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from reprozoo import safeyaml
-from reprozoo.config import ConfigError, RunConfig, apply
+from reprozoo import run_spec, safeyaml
+from reprozoo.config import ConfigError, RunConfig
 from reprozoo.records import Record
 from reprozoo.session import configure_clearml
 
@@ -271,17 +271,15 @@ def plan_repro(record: Record, *, data_dir: str | Path | None = None, runs_dir: 
     run_dir = Path(name) if out and Path(out).is_absolute() else runs_dir / Path(name).name
     if (run_dir / "metrics.json").exists():
         raise ReproError(f"{run_dir} already holds a finished run; choose another --out")
-    config = record.replay_config()
     # The data is pinned by sha256 above; the replay re-registers the same content (same version offline).
-    config.data.dataset_id = None
     if executor == "image":
         from reprozoo.containers.run import CONTAINER_WORK
 
-        config.data.data_dir = None  # mounted at the image's data path ($REPROZOO_DATA_DIR inside)
-        config.out_dir = f"{CONTAINER_WORK}/runs/{run_dir.name}"
+        # The data is mounted at the image's data path ($REPROZOO_DATA_DIR inside).
+        where = run_spec.Where(out_dir=f"{CONTAINER_WORK}/runs/{run_dir.name}", data_dir=None, dataset_id=None)
     else:
-        config.data.data_dir = str(path.resolve())
-        config.out_dir = str(run_dir.resolve())
+        where = run_spec.Where(out_dir=str(run_dir.resolve()), data_dir=str(path.resolve()), dataset_id=None)
+    config = run_spec.executable(record.config, record.model_revision, where)
     return ReproPlan(record, config, executor, image if executor == "image" else None, run_dir, path, notes)
 
 
@@ -442,7 +440,13 @@ def enqueue_spec(record: Record, queue: str) -> dict[str, Any]:
             "tags": ["repro", f"repro-of:{record.task_id}"],
             # A fresh run directory (the recorded one holds the finished run) and the recorded data version;
             # an agent's run records to the server (a record imported from an offline run says offline).
-            "config": apply(record.replay_config(), {"tracking.mode": "server"})}
+            "config": enqueued_config(record, record.dataset_id)}
+
+
+def enqueued_config(record: Record, dataset_id: str | None) -> RunConfig:
+    """What an agent's clone trains: the record, in a fresh run directory, on data version `dataset_id`."""
+    return run_spec.executable(record.config, record.model_revision,
+                               run_spec.Where(out_dir=None, dataset_id=dataset_id, tracking="server"))
 
 
 def with_server_data(spec: dict[str, Any], record: Record) -> dict[str, Any]:
@@ -453,7 +457,7 @@ def with_server_data(spec: dict[str, Any], record: Record) -> dict[str, Any]:
         return spec
     from reprozoo.data.versions import server_version
 
-    return {**spec, "config": apply(spec["config"], {"data.dataset_id": server_version(dataset_id, record.data_sha256, spec["config"].tracking.project)})}
+    return {**spec, "config": enqueued_config(record, server_version(dataset_id, record.data_sha256, spec["config"].tracking.project))}
 
 
 def enqueue(spec: dict[str, Any], task_api: Any = None) -> str:

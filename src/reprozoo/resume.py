@@ -33,7 +33,7 @@ from lightning.pytorch.plugins.io import AsyncCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader
 
-from reprozoo import safeyaml
+from reprozoo import run_spec, safeyaml
 from reprozoo.config import ConfigError, RunConfig
 from reprozoo.errors import Preempted, UserError
 from reprozoo.log import log
@@ -397,9 +397,7 @@ def resume_dir(ref: str) -> Path:
 def resumed_config(ref: str) -> RunConfig:
     """The interrupted run's own RunConfig, unchanged, writing into its run directory."""
     run_dir = resume_dir(ref)
-    cfg = RunConfig.load(run_dir / "config.yaml")
-    cfg.out_dir = str(run_dir)
-    return cfg.validate()
+    return run_spec.executable(run_spec.run_dir_config(run_dir), None, run_spec.Where(out_dir=str(run_dir)))
 
 
 def find_resume_checkpoint(run_dir: Path) -> Path:

@@ -26,8 +26,8 @@ from typing import Any
 
 import yaml
 
-from reprozoo import agent, provenance, safeyaml, task_view
-from reprozoo.config import _SECTIONS, ConfigError, RunConfig, _annotation, _parse_value, apply, flatten
+from reprozoo import agent, provenance, run_spec, safeyaml, task_view
+from reprozoo.config import _SECTIONS, ConfigError, RunConfig, _annotation, _parse_value
 from reprozoo.data import versions
 from reprozoo.data.trees import LABEL_NAMES
 from reprozoo.log import log
@@ -100,31 +100,17 @@ def _parsed(section: str, values: dict[str, Any], fields: set[str], parents: lis
     return out
 
 
-def merge_edits(baseline: RunConfig | None, edited_object: RunConfig, edited_sections: dict[str, Any]) -> RunConfig:
-    """The RunConfig an agent should run: edits to the config object and to the hyperparameter
-    sections, each taken where it differs from the recorded baseline (sections win a conflict)."""
-    base = flatten((baseline or edited_object).to_dict())
-    obj = flatten(edited_object.to_dict())
-    params = flatten(apply(edited_object, flatten(edited_sections)).to_dict())
-    merged = dict(base)
-    for key in base:
-        if obj[key] != base[key]:
-            merged[key] = obj[key]
-        if params[key] != base[key] and (baseline is not None or params[key] != obj[key]):
-            merged[key] = params[key]
-    return apply(edited_object, merged).validate()
-
-
 def remote_config(task: Any, local: RunConfig) -> RunConfig:
     """On an agent: the RunConfig held by the (cloned, maybe edited) task, else the local one."""
     text = task.get_configuration_object(CONFIG_OBJECT)
     if not text:
         return local  # not a task reprozoo recorded; run what the command line says
     task_view.check_read_only(task)
-    edited = RunConfig.from_dict(safeyaml.load_yaml_mapping(text, f"task {task.id} {CONFIG_OBJECT}"))
+    edited = run_spec.recorded_config(safeyaml.load_yaml_mapping(text, f"task {task.id} {CONFIG_OBJECT}"), f"task {task.id} {CONFIG_OBJECT}")
     base_text = task.get_configuration_object(BASELINE_OBJECT)
-    baseline = RunConfig.from_dict(safeyaml.load_yaml_mapping(base_text, f"task {task.id} {BASELINE_OBJECT}")) if base_text else None
-    return merge_edits(baseline, edited, config_from_sections(task.get_parameters_as_dict()))
+    baseline = run_spec.recorded_config(safeyaml.load_yaml_mapping(base_text, f"task {task.id} {BASELINE_OBJECT}"),
+                                        f"task {task.id} {BASELINE_OBJECT}") if base_text else None
+    return run_spec.merge_edits(baseline, edited, config_from_sections(task.get_parameters_as_dict()))
 
 
 # --- lightning logger -----------------------------------------------------------------------------

@@ -76,7 +76,9 @@ def tasks_show(
     record = load_record(ref)
     if as_config:
         typer.echo(f"# replays {record.task_id or ref}: reprozoo train --config THIS_FILE")
-        typer.echo(record.replay_config().to_yaml().rstrip())
+        from reprozoo.run_spec import fresh_run
+
+        typer.echo(fresh_run(record).to_yaml().rstrip())
     elif as_json:
         typer.echo(json.dumps(record.to_dict(), indent=2, default=str))
     else:

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from reprozoo import run_spec
 from reprozoo.config import RunConfig
 from reprozoo.containers.engine import client, first_line, gpu_available
 from reprozoo.containers.identity import ContainerError, image_spec, project_root
@@ -192,9 +193,8 @@ def run_config_in_image(cfg: RunConfig, image: str, *, runs_dir: Path, data_dir:
         (Path(os.environ["REPROZOO_DATA_DIR"]) if os.environ.get("REPROZOO_DATA_DIR") else None)
     if data is None or not (data / "train.txt").is_file():
         raise ContainerError(f"no SST-5 trees to mount ({data}); pass the folder with train.txt, dev.txt, test.txt")
-    inside = RunConfig.from_dict(cfg.to_dict())
-    inside.data.data_dir = None  # mounted at CONTAINER_DATA, which $REPROZOO_DATA_DIR names inside
-    inside.out_dir = f"{CONTAINER_WORK}/runs/{name}"
+    # The data is mounted at CONTAINER_DATA, which $REPROZOO_DATA_DIR names inside.
+    inside = run_spec.executable(cfg, None, run_spec.Where(out_dir=f"{CONTAINER_WORK}/runs/{name}", data_dir=None))
     runs_dir.mkdir(parents=True, exist_ok=True)
     config_file = runs_dir / f"{name}.config.yaml"
     inside.save(config_file)
