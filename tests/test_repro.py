@@ -92,6 +92,33 @@ def test_plan_for_a_record_with_an_image(data_dir: Path, tmp_path: Path) -> None
     assert any("is not used" in note for note in plan.notes)
 
 
+def test_a_replay_this_machine_would_train_otherwise_is_refused_unless_accepted(data_dir: Path, tmp_path: Path) -> None:
+    """Issue 31: what the run resolved at its start (a bf16 run on 2 GPUs; on the CPU its model and thread
+    count) against what this machine would resolve: any difference is refused in one line naming each
+    field and the flag, and replays with a note when accepted. Fields a record lacks are not compared."""
+    import torch
+
+    from reprozoo.provenance import cpu_model
+
+    threads = torch.get_num_threads()
+    same = {"resolved": {"accelerator": "cpu", "precision": "32-true", "world_size": 1}}
+    here = {"cpu_model": cpu_model(), "torch_threads": threads}
+    plan = repro.plan_repro(record(data_dir, provenance=same, environment=here), data_dir=data_dir, runs_dir=tmp_path)
+    assert not any("accepted" in note for note in plan.notes)
+    gpu = record(data_dir, provenance={"resolved": {"accelerator": "gpu", "precision": "bf16-mixed", "world_size": 2}})
+    with pytest.raises(repro.ReproError) as refused:
+        repro.plan_repro(gpu, data_dir=data_dir, runs_dir=tmp_path)
+    message = str(refused.value)
+    assert "\n" not in message and "--accept-changes" in message
+    assert "accelerator gpu → cpu; precision bf16-mixed → 32-true; world_size 2 → 1" in message, message
+    other_cpu = record(data_dir, provenance=same, environment={"cpu_model": "Another CPU", "torch_threads": threads + 1})
+    with pytest.raises(repro.ReproError, match=rf"cpu_model Another CPU → .*; torch_threads {threads + 1} → {threads}\)"):
+        repro.plan_repro(other_cpu, data_dir=data_dir, runs_dir=tmp_path)
+    plan = repro.plan_repro(gpu, data_dir=data_dir, runs_dir=tmp_path, accept_changes=True)
+    assert [n for n in plan.notes if n.startswith("other settings than the run's, accepted")]
+    assert repro.plan_repro(record(data_dir), data_dir=data_dir, runs_dir=tmp_path).notes == []  # an older record: nothing to compare
+
+
 def test_plan_errors_name_the_fix(data_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(repro.ReproError, match=r"commit deadbeefdead of .* is not in .*; `git fetch https://example.org/reprozoo.git`"):
         repro.plan_repro(record(data_dir, commit="deadbeef" * 5), data_dir=data_dir, runs_dir=tmp_path)

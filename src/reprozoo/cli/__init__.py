@@ -164,9 +164,9 @@ def repro(
     runs_dir: Annotated[Path, typer.Option(help="where the replay's run directory goes")] = Path("runs"),
     gpus: Annotated[str, typer.Option("--gpus", help="in the image: auto | all | none")] = "auto",
     network: Annotated[str, typer.Option(help="in the image: bridge | host | none")] = "bridge",
-    accept_changes: Annotated[bool, typer.Option(help="replay in the recorded image although its code is not the recorded"
-                                                      " code (its revision label is another commit, or the record holds a"
-                                                      " diff); a warning says so")] = False,
+    accept_changes: Annotated[bool, typer.Option(help="replay although this machine would train otherwise (another"
+                                                      " precision, world size, CPU or thread count), or in the recorded image"
+                                                      " although its code is not the recorded code; a note says so")] = False,
     dry_run: DryRunOpt = False,
 ) -> None:
     """Re-run a recorded task exactly: its image (by digest) or commit + diff, its data version, its RunConfig."""
@@ -185,7 +185,8 @@ def repro(
         say(f"cloning {record.task_id} for queue {enqueue}" + (f" in {spec['docker_image']}" if spec["docker_image"] else ""))
         say(f"enqueued task {replay.enqueue(spec)}")
         return
-    plan = call(lambda: replay.plan_repro(record, data_dir=data_dir, runs_dir=runs_dir, out=out, use_image=image))
+    plan = call(lambda: replay.plan_repro(record, data_dir=data_dir, runs_dir=runs_dir, out=out, use_image=image,
+                                          accept_changes=accept_changes))
     for line in plan.summary():
         say(line)
     from reprozoo import provenance
