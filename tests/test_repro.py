@@ -267,7 +267,9 @@ def test_repro_from_code_is_bit_identical(tmp_path: Path, data_dir: Path, monkey
     tampered = tmp_path / "tampered"
     shutil.copytree(tmp_path / "first", tampered)
     (tampered / "task.json").unlink()  # read from the run directory itself
-    (tampered / "config.yaml").write_text(RunConfig.load(tampered / "config.yaml").override(["seed=7"]).to_yaml())
+    document = json.loads((tampered / "provenance.json").read_text())  # the run document holds the config that ran
+    document["config"]["seed"] = 7
+    (tampered / "provenance.json").write_text(json.dumps(document, indent=2) + "\n")
     result = subprocess.run([sys.executable, "-m", "reprozoo", "repro", str(tampered), "--verify", "--out", "seven",
                              "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 1 and "verdict: differs" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]

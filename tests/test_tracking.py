@@ -141,7 +141,9 @@ def test_agent_run_of_an_edited_clone_gets_the_edited_config(
     # baseline, the read-only Provenance, a hyperparameter section that is not RunConfig's.
     for name in (session.BASELINE_OBJECT, session.PROVENANCE_OBJECT):
         recorded = task.get_configuration_object(name)
-        task.set_configuration_object(name, config_text=recorded.replace("lr: 0.0001", "lr: 0.001"), config_type="yaml")
+        tampered = recorded.replace("0.0001", "0.001", 1)  # the baseline's YAML, the run document's JSON
+        assert tampered != recorded
+        task.set_configuration_object(name, config_text=tampered, config_type="yaml")
         with pytest.raises(ConfigError, match=f"the read-only configuration object '{re.escape(name)}' was edited") as raised:
             tracking.remote_config(task, RunConfig())
         assert "\n" not in str(raised.value)

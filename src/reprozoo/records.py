@@ -119,6 +119,11 @@ def _parse_config_text(text: Any, source: str = "record") -> dict[str, Any]:
         raise ConfigError(f"{source}: expected the config object's text, got {type(text).__name__}")
     if not text.strip():
         raise ConfigError(f"{source}: the config object is empty; the record is damaged")
+    if text.lstrip().startswith("{"):  # the run document (Provenance): JSON, with the diff inside
+        data = safeyaml.load_json(text, source, MAX_MEMBER_BYTES)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}; the record is damaged")
+        return data
     try:
         data = safeyaml.load_yaml(text, source)
         if isinstance(data, dict):
@@ -244,7 +249,10 @@ def _record(task_id: str | None, config: RunConfig, metrics: dict[str, Any] | No
     def text(section: dict[str, Any], key: str, what: str, default: str = "") -> str:
         return _text(section.get(key), f"{source}: {what}.{key}", default)
 
-    diff = text(script, "diff", "script")
+    # The run document holds the config and the diff as they ran; records before it, the config object and script.
+    if "config" in prov:
+        config = run_spec.recorded_config(prov["config"], f"{source}: provenance.config")
+    diff = text(code, "diff", "provenance.code") if "diff" in code else text(script, "diff", "script")
     sha256 = record_mapping(data.get("sha256"), f"{source}: provenance.data.sha256")
     untracked = code.get("untracked") or []
     if not isinstance(untracked, list) or not all(isinstance(u, str) for u in untracked):
@@ -282,6 +290,13 @@ def _from_run_dir(run_dir: Path) -> Record:
             return load_record(task_id)
         except RecordNotFound:
             pass  # the session is gone (or on a server we cannot reach): fall back to the run directory
+    return run_dir_record(run_dir)
+
+
+def run_dir_record(run_dir: Path) -> Record:
+    """The record a run directory holds itself (provenance.json, the run document), whatever task it names."""
+    info = run_dir_json(run_dir, "task.json") or {}
+    task_id = _text(info.get("task_id"), f"{run_dir / 'task.json'}: task_id") or None
     if not (run_dir / "config.yaml").is_file():
         raise RecordNotFound(f"{run_dir} is not a run directory (no config.yaml)")
     prov = run_dir_json(run_dir, "provenance.json") or {}

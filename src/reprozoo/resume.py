@@ -37,7 +37,7 @@ from reprozoo import run_spec, safeyaml
 from reprozoo.config import ConfigError, RunConfig
 from reprozoo.errors import Preempted, UserError
 from reprozoo.log import log
-from reprozoo.records import MAX_MEMBER_BYTES, load_record, record_mapping, run_dir_json
+from reprozoo.records import MAX_MEMBER_BYTES, load_record, record_mapping, run_dir_json, run_dir_record
 
 LAST = "last.ckpt"
 PREVIOUS = "last.prev.ckpt"
@@ -458,21 +458,13 @@ def run_state(commit: str, diff: str, data_sha256: dict[str, str], weights_revis
 
 
 def recorded_run_state(run_dir: Path) -> dict[str, str] | None:
-    """`run_state` of the interrupted run, from its provenance.json and git.diff (read with the record
-    readers' caps: a run directory may come from another machine); None when it recorded none."""
-    recorded = run_dir_json(run_dir, "provenance.json")
-    if recorded is None:
+    """`run_state` of the interrupted run, from its run document (records.run_dir_record: read with the
+    record readers' caps, as a run directory may come from another machine); None when it recorded none."""
+    if not (run_dir / "provenance.json").is_file():
         return None
-    diff_file = run_dir / "git.diff"
-    diff = safeyaml.read_bytes(diff_file, MAX_MEMBER_BYTES, "git.diff").decode("utf-8", "replace") if diff_file.is_file() else ""
-    where = f"{run_dir / 'provenance.json'}: "
-
-    def section(name: str) -> dict[str, Any]:
-        return record_mapping(recorded.get(name), where + name)
-
-    sha = record_mapping(section("data").get("sha256"), where + "data.sha256")
-    return run_state(str(section("code").get("commit") or ""), diff, sha, str(section("model").get("revision") or ""),
-                     section("environment"), section("resolved"))
+    record = run_dir_record(run_dir)
+    resolved = record_mapping(record.provenance.get("resolved"), f"{run_dir / 'provenance.json'}: resolved")
+    return run_state(record.commit, record.diff, record.data_sha256, record.model_revision, record.environment, resolved)
 
 
 def resume_history(run_dir: Path) -> list[dict[str, Any]]:

@@ -287,6 +287,7 @@ class Tracker:
                 "parent": self.dataset.parent if self.dataset else None, "data_dir": str(plan.data_dir)}
         self.provenance = provenance.redact_obj({
             "task_id": self.task_id, "mode": self.mode, "run_dir": str(plan.run_dir.resolve()), "resumes": self.resumes,
+            "config": cfg.to_dict(),
             "code": {k: v for k, v in git.to_dict().items() if k != "diff"},
             "environment": env,
             "data": data,
@@ -295,8 +296,12 @@ class Tracker:
             "resolved": plan.resolved(),
             **({"resume_history": self.resume_history} if self.resume_history else {}),
         })
+        # The diff as it is (git_state refused a real secret in it): a masked diff would be other code.
+        self.provenance["code"]["diff"] = git.diff
+        # The run, resolved: one document, these same bytes in the run directory and on the task.
+        document = json.dumps(self.provenance, indent=2) + "\n"
         plan.run_dir.mkdir(parents=True, exist_ok=True)
-        (plan.run_dir / "provenance.json").write_text(json.dumps(self.provenance, indent=2) + "\n")
+        (plan.run_dir / "provenance.json").write_text(document)
         (plan.run_dir / "pip-freeze.txt").write_text(provenance.pip_freeze())
         if git.diff:
             (plan.run_dir / "git.diff").write_text(git.diff)
@@ -320,10 +325,10 @@ class Tracker:
             # A ClearML agent in docker mode re-runs the task in exactly this image, without
             # reinstalling Python packages over the ones the image was built with.
             task.set_base_docker(docker_image=pinned, docker_arguments=agent.docker_arguments())
-        recorded = yaml.safe_dump(self.provenance, sort_keys=False)
-        task.set_configuration_object(PROVENANCE_OBJECT, config_text=recorded, config_type="yaml",
-                                      description="read-only: code, environment fingerprint, data and model versions")
-        task_view.set_record_properties(task, task_view.record_properties(task.id, self.provenance, plan.world_size), recorded)
+        task.set_configuration_object(PROVENANCE_OBJECT, config_text=document, config_type="json",
+                                      description="read-only: the run as resolved at its start (config, code and diff,"
+                                                  " environment, data and model versions), as its provenance.json")
+        task_view.set_record_properties(task, task_view.record_properties(task.id, self.provenance, plan.world_size), document)
         task.set_comment(task_view.description(self.provenance, task.id, cfg.data.granularity, cfg.seed))
         task.add_tags(["sst-5", plan.entry.name, cfg.data.granularity])
         warning = task_view.repository_warning(str(self.provenance["code"].get("repository") or ""))

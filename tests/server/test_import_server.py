@@ -61,8 +61,10 @@ def assert_server_task_equals_record(server: dict, out: Path, files_url: str) ->
     assert server["status"] == "completed"
     assert RunConfig.from_dict(config_from_sections(server["parameters"])) == cfg
     assert RunConfig.from_dict(yaml.safe_load(server["configuration"]["RunConfig"])) == cfg
-    provenance = yaml.safe_load(server["configuration"]["Provenance"])
-    assert provenance == json.loads((out / "provenance.json").read_text())
+    # One document, the same bytes in the run directory and on the task (issue 31): the run as resolved.
+    assert server["configuration"]["Provenance"] == (out / "provenance.json").read_text()
+    provenance = json.loads(server["configuration"]["Provenance"])
+    assert RunConfig.from_dict(provenance["config"]) == cfg and provenance["code"]["diff"] == server["diff"]
     assert server["scalars"]["train"]["loss"]["x"] == [1, 2, 3, 4]
     assert set(server["scalars"]) >= {"train", "dev", "test"}
     # Every artifact now lives on the fileserver, byte for byte the run directory's.
