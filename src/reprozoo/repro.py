@@ -253,7 +253,7 @@ def source_checkout() -> Path | None:
 def plan_repro(record: Record, *, data_dir: str | Path | None = None, runs_dir: Path = Path("runs"),
                out: str | None = None, use_image: bool | None = None, accept_changes: bool = False) -> ReproPlan:
     """Decide everything cheap: executor, image, data, run directory. Fails before anything runs,
-    also where this machine would train the run otherwise (`settings_here`) unless `accept_changes`."""
+    also where this machine would train the run otherwise (`_other_settings`) unless `accept_changes`."""
     if record.config is None:
         raise ReproError(f"{record.task_id}: no RunConfig in the record")
     image = pinned_image(record)
@@ -285,22 +285,20 @@ def plan_repro(record: Record, *, data_dir: str | Path | None = None, runs_dir: 
     return ReproPlan(record, config, executor, image if executor == "image" else None, run_dir, path, notes)
 
 
-def settings_here(record: Record, config: RunConfig) -> dict[str, str]:
-    """What this machine would resolve for `config` (train.plan_run's choices), for the fields the run
-    recorded: accelerator, precision, world size; on the CPU the CPU model and torch's thread count."""
+def _settings_here(config: RunConfig, on_cpu: bool) -> dict[str, str]:
+    """What this machine would resolve for `config` (train.plan_run's choices): accelerator, precision,
+    world size; with `on_cpu` (the run trained on the CPU), the CPU model and torch's thread count."""
     import torch
 
     from reprozoo import devices, provenance, zoo
     from reprozoo.errors import UserError
 
-    resolved = record.provenance.get("resolved")
-    resolved = resolved if isinstance(resolved, dict) else {}
     accelerator = devices.choose_accelerator(config)
     here: dict[str, str] = {"accelerator": accelerator}
     with suppress(UserError):  # a model this machine cannot name fails later, with its own line
         here["precision"] = devices.choose_precision(config, zoo.get(config.model.name), accelerator)
     here["world_size"] = str(devices.device_count(config.trainer.devices, accelerator))
-    if accelerator == "cpu" and resolved.get("accelerator") == "cpu":
+    if accelerator == "cpu" and on_cpu:
         here.update({"cpu_model": provenance.cpu_model(), "torch_threads": str(torch.get_num_threads())})
     return here
 
@@ -310,7 +308,8 @@ def _other_settings(record: Record, config: RunConfig, accept: bool) -> list[str
     resolved = record.provenance.get("resolved")
     recorded = {**(resolved if isinstance(resolved, dict) else {}),
                 **{k: record.environment.get(k) for k in ("cpu_model", "torch_threads") if k in record.environment}}
-    differ = [f"{key} {str(recorded[key])[:60]} → {value}" for key, value in settings_here(record, config).items()
+    here = _settings_here(config, on_cpu=recorded.get("accelerator") == "cpu")
+    differ = [f"{key} {str(recorded[key])[:60]} → {value}" for key, value in here.items()
               if key in recorded and str(recorded[key]) != value]
     if not differ:
         return []
