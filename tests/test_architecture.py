@@ -135,3 +135,52 @@ def test_the_architecture_check_fails_on_a_rebuilder(tmp_path: Path, monkeypatch
     monkeypatch.setattr(sys.modules[__name__], "SRC", root)
     with pytest.raises(AssertionError, match=r"checkpoint_store.py:\d+ apply\(\) to a record's config"):
         test_nothing_outside_the_run_spec_builds_a_run_config_from_a_record()
+
+
+# What makes two runs the same run: defined in run_spec (identity, settings, replayed) and read from there by
+# every executor that compares a run with its record.
+IDENTITY_NAMES = {"ZOO_DEFAULTS", "NOT_IDENTITY", "WHERE_FIELDS", "RESOLVED_FIELDS", "CPU_FIELDS", "ENVIRONMENT_FIELDS"}
+COMPARERS = {
+    ("resume.py", "recorded_run_state"): "identity", ("train.py", "check_resumed_state"): "identity",
+    ("sweep.py", "run_identity"): "identity", ("repro.py", "_other_settings"): "settings",
+    ("agent_task.py", "check_replayed_settings"): "settings", ("agent_task.py", "read_task"): "replayed",
+}
+
+
+def test_the_same_run_is_defined_once_in_the_run_spec() -> None:
+    """Resume, a re-run sweep, repro and an agent's replay compare a run with its record through
+    run_spec; no other module lists the fields of a run's identity or fingerprints a diff itself (at
+    2cd1d17, sweep.run_identity was a second definition, without code or weights)."""
+    modules = _modules()
+    found = []
+    for name, tree in modules.items():
+        if name == "run_spec.py":
+            continue
+        for node in ast.walk(tree):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            found += [f"{name}:{node.lineno} defines {t.id}" for t in targets if isinstance(t, ast.Name) and t.id in IDENTITY_NAMES]
+            if isinstance(node, ast.Call) and _called(node) == "sha256" and any(
+                    (isinstance(n, ast.Name) and n.id == "diff") or (isinstance(n, ast.Attribute) and n.attr == "diff")
+                    for n in ast.walk(node)):
+                found.append(f"{name}:{node.lineno} fingerprints a diff")
+    for (module, function), reader in COMPARERS.items():
+        definition = next((n for n in ast.walk(modules[module]) if isinstance(n, ast.FunctionDef) and n.name == function), None)
+        assert definition is not None, f"{module}: no function {function}"
+        if reader not in {_called(n) for n in ast.walk(definition) if isinstance(n, ast.Call)}:
+            found.append(f"{module}:{function} does not call run_spec.{reader}")
+    assert not found, "define and read what makes a run the same run in run_spec: " + "; ".join(found)
+
+
+@pytest.mark.parametrize(("module", "code", "named"), [
+    ("sweep.py", "NOT_IDENTITY = ('out_dir',)", r"sweep.py:\d+ defines NOT_IDENTITY"),
+    ("resume.py", "def state(diff):\n    return hashlib.sha256(diff.encode()).hexdigest()", r"resume.py:\d+ fingerprints a diff"),
+])
+def test_the_identity_check_fails_on_a_second_definition(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, module: str,
+                                                         code: str, named: str) -> None:
+    root = tmp_path / "reprozoo"
+    shutil.copytree(SRC, root, ignore=shutil.ignore_patterns("__pycache__"))
+    with (root / module).open("a") as handle:
+        handle.write(f"\n\n{code}\n")
+    monkeypatch.setattr(sys.modules[__name__], "SRC", root)
+    with pytest.raises(AssertionError, match=named):
+        test_the_same_run_is_defined_once_in_the_run_spec()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from helpers import free_port, isolate_clearml, reprozoo, scratch
+from reprozoo import run_spec, zoo
 from reprozoo.config import RunConfig
 from reprozoo.run_spec import fresh_run
 
@@ -75,8 +76,11 @@ def test_offline_run_records_everything(runs: dict, data_dir: Path) -> None:
     run_dir = Path(runs["first"].run_dir)
     record = load_record(runs["first"].task_id)
     assert record.task_id == runs["first"].task_id and record.status == "completed"
-    # config (with the planted token masked), and the metrics exactly as metrics.json
-    assert record.config == small_config(data_dir, run_dir).override(["tracking.task_name=minilm ***"])
+    # config as it ran (the zoo's defaults applied; the planted token masked), and the metrics exactly as metrics.json
+    asked = small_config(data_dir, run_dir).override(["tracking.task_name=minilm ***"])
+    assert asked.data.max_length is None and asked.model.pooling is None
+    assert record.config == run_spec.with_zoo_defaults(asked, zoo.get(asked.model.name))
+    assert record.config.data.max_length == record.provenance["resolved"]["max_length"]
     assert record.metrics == json.loads((run_dir / "metrics.json").read_text())
     # code: this repository, its commit and uncommitted diff (ClearML's detection alone records none)
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -204,7 +208,7 @@ def load_zip(runs: dict) -> str:
 
 class _ServerTask:
     """Stands in for a server-side clearml Task (no server can run here): the same calls
-    records._record_from_task makes, answered from the offline session's task.json."""
+    records.task_record makes, answered from the offline session's task.json."""
 
     def __init__(self, session: Path) -> None:
         from types import SimpleNamespace
@@ -227,10 +231,10 @@ class _ServerTask:
 
 
 def test_server_record_reader_matches_the_offline_one(runs: dict) -> None:
-    from reprozoo.records import _record_from_task, load_record
+    from reprozoo.records import load_record, task_record
 
     offline = load_record(runs["first"].task_id)
-    server = _record_from_task(_ServerTask(runs["offline"] / runs["first"].task_id))
+    server = task_record(_ServerTask(runs["offline"] / runs["first"].task_id))
     assert server.source == "server" and server.task_id == "0123456789abcdef0123456789abcdef"
     for name in ("config", "metrics", "image_digest", "lock_sha256", "commit", "diff", "dirty", "dataset_id",
                  "data_sha256", "model_revision", "environment"):

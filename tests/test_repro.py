@@ -110,9 +110,9 @@ def test_a_replay_this_machine_would_train_otherwise_is_refused_unless_accepted(
         repro.plan_repro(gpu, data_dir=data_dir, runs_dir=tmp_path)
     message = str(refused.value)
     assert "\n" not in message and "--accept-changes" in message
-    assert "accelerator gpu → cpu; precision bf16-mixed → 32-true; world_size 2 → 1" in message, message
+    assert "resolved.accelerator gpu → cpu; resolved.precision bf16-mixed → 32-true; resolved.world_size 2 → 1" in message, message
     other_cpu = record(data_dir, provenance=same, environment={"cpu_model": "Another CPU", "torch_threads": threads + 1})
-    with pytest.raises(repro.ReproError, match=rf"cpu_model Another CPU → .*; torch_threads {threads + 1} → {threads}\)"):
+    with pytest.raises(repro.ReproError, match=rf"environment.cpu_model Another CPU → .*; environment.torch_threads {threads + 1} → {threads}\)"):
         repro.plan_repro(other_cpu, data_dir=data_dir, runs_dir=tmp_path)
     plan = repro.plan_repro(gpu, data_dir=data_dir, runs_dir=tmp_path, accept_changes=True)
     assert [n for n in plan.notes if n.startswith("other settings than the run's, accepted")]

@@ -166,8 +166,8 @@ def test_agent_run_of_an_edited_clone_gets_the_edited_config(
 def test_an_image_refuses_a_task_recorded_from_other_code(monkeypatch: pytest.MonkeyPatch) -> None:
     """A docker-mode agent runs the image's code: a task whose record names another commit, or
     uncommitted changes, is refused in one line; the image's own commit runs."""
+    from reprozoo.agent_task import refuse_other_code
     from reprozoo.config import ConfigError
-    from reprozoo.train import refuse_other_code
 
     monkeypatch.setenv("REPROZOO_REVISION", "a" * 40)
     refuse_other_code("t1", "a" * 40, "")  # an image-recorded task (or a clean checkout at the image's commit)

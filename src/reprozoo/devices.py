@@ -3,7 +3,7 @@ against this machine (and the model), so a run fails in one line or falls back b
 
 from __future__ import annotations
 
-from reprozoo import zoo
+from reprozoo import provenance, zoo
 from reprozoo.config import ConfigError, RunConfig
 from reprozoo.log import log
 
@@ -65,3 +65,10 @@ def device_count(devices: str, accelerator: str) -> int:
     if "," in text or text.startswith("["):
         return len([d for d in text.strip("[]").split(",") if d.strip()])
     return int(text) if text.lstrip("-").isdigit() and int(text) > 0 else 1
+
+
+def cpu_here() -> dict[str, str]:
+    """The CPU facts a CPU run's numbers follow (run_spec.CPU_FIELDS): its model and torch's thread count."""
+    import torch
+
+    return {"cpu_model": provenance.cpu_model(), "torch_threads": str(torch.get_num_threads())}

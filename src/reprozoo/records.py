@@ -326,10 +326,11 @@ def _from_server(task_id: str) -> Record:
         task = Task.get_task(task_id=task_id)
     except ValueError as err:
         raise RecordNotFound(f"task {task_id} not found on the ClearML server ({err})") from None
-    return _record_from_task(task)
+    return task_record(task)
 
 
-def _record_from_task(task: Any) -> Record:
+def task_record(task: Any) -> Record:
+    """The record a ClearML task object holds (its run document, else its RunConfig object and script)."""
     text = task.get_configuration_object(CONFIG_OBJECT)
     if not text:
         raise RecordNotFound(f"task {task.id} holds no {CONFIG_OBJECT}; it was not recorded by reprozoo train")
@@ -405,7 +406,7 @@ def list_server(project: str | None, limit: int = 50) -> list[Record]:
     records = []
     for task in tasks:
         try:
-            records.append(_record_from_task(task))
+            records.append(task_record(task))
         except RecordNotFound:
             continue
     return records

@@ -285,32 +285,20 @@ def plan_repro(record: Record, *, data_dir: str | Path | None = None, runs_dir: 
     return ReproPlan(record, config, executor, image if executor == "image" else None, run_dir, path, notes)
 
 
-def _settings_here(config: RunConfig, on_cpu: bool) -> dict[str, str]:
-    """What this machine would resolve for `config` (train.plan_run's choices): accelerator, precision,
-    world size; with `on_cpu` (the run trained on the CPU), the CPU model and torch's thread count."""
-    import torch
-
-    from reprozoo import devices, provenance, zoo
+def _other_settings(record: Record, config: RunConfig, accept: bool) -> list[str]:
+    """How the run trained (run_spec.settings) against how this machine would train `config`
+    (train.plan_run's choices: accelerator, precision, world size; on the CPU its model and thread
+    count): refused unless `accept` (then a note)."""
+    from reprozoo import devices, zoo
     from reprozoo.errors import UserError
 
+    resolved = record.provenance.get("resolved")
+    recorded = run_spec.settings(resolved if isinstance(resolved, dict) else {}, record.environment)
     accelerator = devices.choose_accelerator(config)
-    here: dict[str, str] = {"accelerator": accelerator}
+    here = {"accelerator": accelerator, "world_size": devices.device_count(config.trainer.devices, accelerator)}
     with suppress(UserError):  # a model this machine cannot name fails later, with its own line
         here["precision"] = devices.choose_precision(config, zoo.get(config.model.name), accelerator)
-    here["world_size"] = str(devices.device_count(config.trainer.devices, accelerator))
-    if accelerator == "cpu" and on_cpu:
-        here.update({"cpu_model": provenance.cpu_model(), "torch_threads": str(torch.get_num_threads())})
-    return here
-
-
-def _other_settings(record: Record, config: RunConfig, accept: bool) -> list[str]:
-    """The run's resolved settings against this machine's: refused unless `accept` (then a note)."""
-    resolved = record.provenance.get("resolved")
-    recorded = {**(resolved if isinstance(resolved, dict) else {}),
-                **{k: record.environment.get(k) for k in ("cpu_model", "torch_threads") if k in record.environment}}
-    here = _settings_here(config, on_cpu=recorded.get("accelerator") == "cpu")
-    differ = [f"{key} {str(recorded[key])[:60]} → {value}" for key, value in here.items()
-              if key in recorded and str(recorded[key]) != value]
+    differ = run_spec.other_settings(recorded, run_spec.settings(here, devices.cpu_here()))
     if not differ:
         return []
     shown = "; ".join(differ)
@@ -461,8 +449,10 @@ def replayed_task(plan: ReproPlan) -> str | None:
 
 
 # --- enqueue (a ClearML agent replays it) -----------------------------------------------------------
-def enqueue_spec(record: Record, queue: str) -> dict[str, Any]:
-    """What the clone for an agent looks like, as data: checked in tests, fed to ClearML by `enqueue`."""
+def enqueue_spec(record: Record, queue: str, accept_changes: bool = False) -> dict[str, Any]:
+    """What the clone for an agent looks like, as data: checked in tests, fed to ClearML by `enqueue`.
+    The agent runs it as a replay (agent_task.read_task): the record's RunConfig, and its settings compared
+    with the agent machine's, other ones accepted only with `accept_changes`."""
     from reprozoo.agent import docker_arguments
 
     if not record.task_id or record.task_id.startswith("offline-"):
@@ -474,7 +464,7 @@ def enqueue_spec(record: Record, queue: str) -> dict[str, Any]:
                          " push it (`reprozoo image push`) and re-run the task in it")
     return {"source_task": record.task_id, "name": f"repro of {record.name or record.task_id}", "queue": queue,
             "docker_image": image, "docker_arguments": docker_arguments() if image else None,
-            "tags": ["repro", f"repro-of:{record.task_id}"],
+            "tags": ["repro", f"repro-of:{record.task_id}"], "accept_changes": accept_changes,
             # A fresh run directory (the recorded one holds the finished run) and the recorded data version;
             # an agent's run records to the server (a record imported from an offline run says offline).
             "config": enqueued_config(record, record.dataset_id)}
@@ -510,14 +500,17 @@ def enqueue(spec: dict[str, Any], task_api: Any = None) -> str:
     write_config(clone, spec["config"], "the replay's RunConfig: the recorded one, a fresh run directory, the data version")
     if spec["docker_image"]:
         clone.set_base_docker(docker_image=spec["docker_image"], docker_arguments=spec["docker_arguments"])
-    clone.add_tags(spec["tags"])
+    from reprozoo.task_view import accept_changes_tag, replay_tag
+
+    marks = [replay_tag(str(clone.id))] + ([accept_changes_tag(str(clone.id))] if spec.get("accept_changes") else [])
+    clone.add_tags(spec["tags"] + marks)
     task_api.enqueue(clone, queue_name=spec["queue"])
     return str(clone.id)
 
 
-def requeue(task_id: str, queue: str, force: bool = False) -> dict[str, Any]:
+def requeue(task_id: str, queue: str, force: bool = False, accept_changes: bool = False) -> dict[str, Any]:
     """`train --resume TASK_ID --enqueue Q`: the same task back on a queue; the agent that takes it
-    resumes from the last checkpoint in the task's storage (train.agent_config), or starts over when
+    resumes from the last checkpoint in the task's storage (agent_task.read_task), or starts over when
     none was uploaded. A task still `in_progress` whose agent died with its machine (kill -9, a lost
     spot instance) is marked stopped first, with `force`; the server's own non-responsive-task
     watchdog does that after 2 h without an update (services.tasks.non_responsive_tasks_watchdog)."""
@@ -544,5 +537,9 @@ def requeue(task_id: str, queue: str, force: bool = False) -> dict[str, Any]:
         task.mark_stopped(force=True, status_message="marked stopped by `reprozoo train --resume --enqueue --force`:"
                                                      " its agent is gone")
     stored = latest_stored(task)
+    if accept_changes:  # the agent resumes although it would train otherwise (agent_task.read_task)
+        from reprozoo.task_view import accept_changes_tag
+
+        task.add_tags([accept_changes_tag(task_id)])
     Task.enqueue(task, queue_name=queue)
     return {"status": status, "step": stored.step if stored else None}

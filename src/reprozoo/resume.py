@@ -11,7 +11,6 @@ The data loader carries its position through Lightning's stateful-loader protoco
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -434,37 +433,15 @@ class ResumeError(UserError, RuntimeError):
 
 # --- what the run was started with ------------------------------------------------------------------
 RESUME_CHANGES = "resume-changes.json"
-ENVIRONMENT_FIELDS = ("image_digest", "lock_sha256", "python", "torch", "transformers", "lightning")
-# How the run trains, as resolved at its start: re-resolved on another machine, `auto` would give
-# another precision (bf16 on an A100, fp16 on a T4) or world size (DDP, a larger global batch).
-RESOLVED_FIELDS = ("accelerator", "precision", "world_size", "batch_size", "accumulate_grad_batches", "global_batch_size",
-                   "lr", "max_length")
-CPU_FIELDS = ("cpu_model", "torch_threads")  # on the CPU, kernels and reductions follow the CPU and the thread count
-
-
-def run_state(commit: str, diff: str, data_sha256: dict[str, str], weights_revision: str,
-              environment: dict[str, Any], resolved: dict[str, Any]) -> dict[str, str]:
-    """The identity a resumed run must share with its start: code, data, weights, software, and how it
-    trains (precision, accelerator, world size, batch; on the CPU its model and thread count).
-    Fields a run did not record (older records) are left out."""
-    state = {"code.commit": commit, "code.diff": "sha256:" + hashlib.sha256(diff.encode()).hexdigest() if diff else "none",
-             "weights.revision": weights_revision}
-    state.update({f"data.sha256.{split}": str(sha) for split, sha in sorted(data_sha256.items())})
-    state.update({f"environment.{key}": str(environment.get(key, "none")) for key in ENVIRONMENT_FIELDS})
-    state.update({f"resolved.{key}": str(resolved[key]) for key in RESOLVED_FIELDS if key in resolved})
-    if resolved.get("accelerator") == "cpu":
-        state.update({f"environment.{key}": str(environment[key]) for key in CPU_FIELDS if key in environment})
-    return state
-
-
 def recorded_run_state(run_dir: Path) -> dict[str, str] | None:
-    """`run_state` of the interrupted run, from its run document (records.run_dir_record: read with the
-    record readers' caps, as a run directory may come from another machine); None when it recorded none."""
+    """The interrupted run's `run_spec.identity`, from its run document (records.run_dir_record: read with
+    the record readers' caps, as a run directory may come from another machine); None when it recorded none."""
     if not (run_dir / "provenance.json").is_file():
         return None
     record = run_dir_record(run_dir)
     resolved = record_mapping(record.provenance.get("resolved"), f"{run_dir / 'provenance.json'}: resolved")
-    return run_state(record.commit, record.diff, record.data_sha256, record.model_revision, record.environment, resolved)
+    return run_spec.identity(record.config, record.commit, record.diff, record.data_sha256, record.model_revision,
+                             record.environment, resolved)
 
 
 def resume_history(run_dir: Path) -> list[dict[str, Any]]:
@@ -488,7 +465,8 @@ def check_resume_state(run_dir: Path, now: dict[str, str], accept: bool) -> list
     if recorded is None:
         return resume_history(run_dir)
     # What the start did not record (a record of older code) is not compared.
-    optional = tuple(f"resolved.{key}" for key in RESOLVED_FIELDS) + tuple(f"environment.{key}" for key in CPU_FIELDS)
+    optional = tuple(f"resolved.{key}" for key in run_spec.RESOLVED_FIELDS) + tuple(
+        f"environment.{key}" for key in run_spec.CPU_FIELDS)
     changes = [{"field": key, "recorded": recorded.get(key, "none"), "now": value}
                for key, value in now.items() if recorded.get(key, "none") != value and (key in recorded or key not in optional)]
     changes += [{"field": key, "recorded": value, "now": "none"} for key, value in recorded.items() if key not in now]
@@ -496,9 +474,10 @@ def check_resume_state(run_dir: Path, now: dict[str, str], accept: bool) -> list
         return resume_history(run_dir)
     shown = "; ".join(f"{c['field']} {_short(c['recorded'])} → {_short(c['now'])}" for c in changes)
     if not accept:
-        raise ResumeError(f"--resume {run_dir}: this run started with other code, data, weights, environment or settings ({shown});"
+        raise ResumeError(f"--resume {run_dir}: this run started with other config, code, data, weights, environment or settings ({shown});"
                           " resuming would train partly on each. Put them back, or pass --accept-changes to resume"
-                          f" anyway (both states are kept in {RESUME_CHANGES})")
+                          f" anyway (both states are kept in {RESUME_CHANGES}; on an agent: `reprozoo train --resume TASK"
+                          " --enqueue QUEUE --accept-changes`)")
     log.warning(f"resuming with changes ({shown}); both states are kept in {run_dir / RESUME_CHANGES}")
     path = run_dir / RESUME_CHANGES
     history = resume_history(run_dir)

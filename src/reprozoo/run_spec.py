@@ -7,14 +7,21 @@ recorded RunConfig, pinned to the weights the run loaded, reading and writing wh
 run directory's by `run_dir_config`; a ClearML agent's run is the task's, with its UI edits merged
 (`merge_edits`: a clone edited in the UI is a new run, recorded as such).
 tests/test_architecture.py checks that no other module builds a RunConfig from a record.
+
+What makes a run the run it is is defined here too, once (`identity`): resume compares all of it, a
+re-run sweep what a planned run knows before it runs (sweep.run_identity), and repro, an agent's replay
+and resume how the run trains (`settings`, `check_settings`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reprozoo import zoo
 from reprozoo.config import ConfigError, RunConfig, apply, flatten
 
 AS_RECORDED: Any = object()  # a Where field left as the record has it
@@ -41,6 +48,22 @@ def executable(recorded: RunConfig, weights_revision: str | None, where: Where) 
     if weights_revision and weights_revision != "none":
         values["model.revision"] = weights_revision
     return apply(recorded, values).validate()
+
+
+def replayed(recorded: RunConfig, weights_revision: str | None, asked: RunConfig, source: str) -> RunConfig:
+    """An executor handed a replay's RunConfig (`asked`: an agent's clone, as `repro --enqueue` wrote it)
+    runs `executable(recorded, …)` reading and writing where `asked` says; any other difference (an
+    edit) is refused in one line naming each field."""
+    where = Where(out_dir=asked.out_dir, data_dir=asked.data.data_dir, dataset_id=asked.data.dataset_id,
+                  tracking=asked.tracking.mode)
+    replay = executable(recorded, weights_revision, where)
+    theirs, ours = flatten(asked.to_dict()), flatten(replay.to_dict())
+    differ = [f"{key} {_shown(str(ours[key]))} → {_shown(str(theirs[key]))}" for key in ours if theirs.get(key) != ours[key]]
+    if differ:
+        raise ConfigError(f"{source} replays a record, but its RunConfig differs from the record's ({'; '.join(differ)});"
+                          " a replay changes only where the run reads and writes: enqueue it again with `reprozoo repro"
+                          " TASK --enqueue QUEUE`, or clone the original task (not the replay) to train a changed config")
+    return replay
 
 
 def fresh_run(record: Any) -> RunConfig:
@@ -78,3 +101,74 @@ def merge_edits(baseline: RunConfig | None, edited_object: RunConfig, edited_sec
         if params[key] != base[key] and (baseline is not None or params[key] != obj[key]):
             merged[key] = params[key]
     return apply(edited_object, merged).validate()
+
+
+# --- what makes a run the run it is ---------------------------------------------------------------
+# Where a run wrote, how it was tracked and where it read its data (compared by content instead):
+# not what it computed.
+WHERE_FIELDS = ("out_dir", "tracking.mode", "tracking.project", "tracking.task_name", "data.data_dir", "data.dataset_id")
+# Settings the zoo fills when the config leaves them unset (`null`): compared as the run applied them.
+ZOO_DEFAULTS = {"optim.lr": "lr", "data.batch_size": "batch_size", "data.max_length": "max_length",
+                "model.pooling": "pooling"}
+ENVIRONMENT_FIELDS = ("image_digest", "lock_sha256", "python", "torch", "transformers", "lightning")
+# How the run trains, as resolved at its start: resolved again on another machine, `auto` would give
+# another precision (bf16 on an A100, fp16 on a T4) or world size (DDP, a larger global batch).
+RESOLVED_FIELDS = ("accelerator", "precision", "world_size", "batch_size", "accumulate_grad_batches", "global_batch_size",
+                   "lr", "max_length")
+CPU_FIELDS = ("cpu_model", "torch_threads")  # on the CPU, kernels and reductions follow the CPU and the thread count
+
+
+def with_zoo_defaults(cfg: RunConfig, entry: zoo.ZooEntry) -> RunConfig:
+    """`cfg` with what it leaves unset (`null`) filled as the zoo gives it for `entry` (train.plan_run's rule)."""
+    unset = {key for key, value in flatten(cfg.to_dict()).items() if value is None}
+    return apply(cfg, {key: getattr(entry, attr) for key, attr in ZOO_DEFAULTS.items() if key in unset})
+
+
+def identity(config: RunConfig | None, commit: str, diff: str, data_sha256: dict[str, str], weights_revision: str | None,
+             environment: dict[str, Any] | None = None, resolved: dict[str, Any] | None = None) -> dict[str, str]:
+    """The one definition of "the same run": every fact that decides what a run computes, as flat
+    strings. `config.*` (WHERE_FIELDS left out, the zoo's defaults as `resolved` applied them, else as
+    the zoo gives them), `code.commit` and `code.diff` (its sha256), `weights.revision`,
+    `data.sha256.*`, and where known `environment.*` and `settings` (how it trains).
+    Resume compares all of it; a sweep the part a planned run knows before it runs."""
+    facts: dict[str, str] = {}
+    if config is not None:
+        flat = flatten(config.to_dict())
+        for key, attr in ZOO_DEFAULTS.items():
+            if flat.get(key) is None:
+                if resolved and resolved.get(attr) is not None:
+                    flat[key] = resolved[attr]
+                else:  # a local model directory that is gone: compared as recorded (None)
+                    with contextlib.suppress(zoo.UnknownModelError):
+                        flat[key] = getattr(zoo.get(config.model.name), attr)
+        # model.revision: a replay pins what the run loaded; what it loaded is weights.revision.
+        facts.update({f"config.{key}": str(value) for key, value in sorted(flat.items())
+                      if key not in WHERE_FIELDS and key != "model.revision"})
+    facts["code.commit"] = commit
+    facts["code.diff"] = "sha256:" + hashlib.sha256(diff.encode()).hexdigest() if diff else "none"
+    facts["weights.revision"] = str(weights_revision or "none")
+    facts.update({f"data.sha256.{split}": str(sha) for split, sha in sorted(data_sha256.items())})
+    if environment is not None:
+        facts.update({f"environment.{key}": str(environment.get(key, "none")) for key in ENVIRONMENT_FIELDS})
+    if resolved is not None:
+        facts.update(settings(resolved, environment or {}))
+    return facts
+
+
+def settings(resolved: dict[str, Any], environment: dict[str, Any]) -> dict[str, str]:
+    """How a run trains (what it resolved; on the CPU, the CPU model and thread count), as `identity` names them."""
+    facts = {f"resolved.{key}": str(resolved[key]) for key in RESOLVED_FIELDS if key in resolved}
+    if resolved.get("accelerator") == "cpu":
+        facts.update({f"environment.{key}": str(environment[key]) for key in CPU_FIELDS if key in environment})
+    return facts
+
+
+def other_settings(recorded: dict[str, str], here: dict[str, str]) -> list[str]:
+    """`settings` the run recorded that this executor would train otherwise, one `field a → b` each;
+    a field either side does not name is not compared (a record of older code, a check made before planning)."""
+    return [f"{key} {_shown(recorded[key])} → {_shown(value)}" for key, value in here.items()
+            if key in recorded and recorded[key] != value]
+
+
+def _shown(value: str) -> str:
+    return value[:39] + "…" if len(value) > 40 else value

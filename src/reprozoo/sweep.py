@@ -5,15 +5,14 @@
         --queue   the same steps as a ClearML PipelineController: one step per model, cloned from a
                   template task, pinned to the image digest and the data version, enqueued for agents
 
-A step is skipped when a completed record has the same run identity (`run_identity`): the RunConfig
-without where/how-tracked settings, the data version (content sha256), the image digest, the code
-(commit and diff) and the weights revision.
+A step is skipped when a completed record has the same run identity (`run_identity`): the run's
+`run_spec.identity` as far as a planned run knows it (the RunConfig without where/how-tracked
+settings, the data's sha256, the code: commit and diff, the weights revision) and the image digest.
 Planning is pure Python (no torch, no clearml): `--dry-run` answers at once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -24,21 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reprozoo import provenance, safeyaml, zoo
+from reprozoo import provenance, run_spec, safeyaml, zoo
 from reprozoo.agent import require_queue
-from reprozoo.config import ConfigError, RunConfig, _suggest, apply, flatten
+from reprozoo.config import ConfigError, RunConfig, _suggest, apply
 from reprozoo.errors import UserError
 from reprozoo.run_claims import recorded_task_id
 from reprozoo.train import RunResult, train
 
-# RunConfig fields the zoo fills when left None (train.plan_run does the same), and where a
-# record's provenance keeps the value the run actually used.
-ZOO_DEFAULTS = {"optim.lr": "lr", "data.batch_size": "batch_size", "data.max_length": "max_length",
-                "model.pooling": "pooling"}
-# Where a run was written, how it was tracked, and where its data was read from: not part of what
-# it computed. The data itself is compared by content (sha256), so a path or dataset id on another
-# machine still matches the same bytes.
-NOT_IDENTITY = ("out_dir", "tracking.mode", "tracking.project", "tracking.task_name", "data.data_dir", "data.dataset_id")
 COMPLETED = ("completed", "published")
 
 # --- GPU-hour estimate --------------------------------------------------------------------------
@@ -100,12 +91,6 @@ def select_models(spec: str) -> list[str]:
 
 
 # --- the plan -------------------------------------------------------------------------------------
-def apply_zoo_defaults(cfg: RunConfig, entry: zoo.ZooEntry) -> RunConfig:
-    """Fill what the zoo decides per model, as train.plan_run would, so the plan states every value."""
-    unset = {key for key, value in flatten(cfg.to_dict()).items() if value is None}
-    return apply(cfg, {key: getattr(entry, attr) for key, attr in ZOO_DEFAULTS.items() if key in unset})
-
-
 def step_name(model: str, taken: Iterable[str] = ()) -> str:
     """A pipeline-safe name: ClearML refers to steps as ${name.…}, so only [A-Za-z0-9_-]."""
     base = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(model).name if "/" in model and Path(model).is_dir() else model).strip("_")
@@ -130,7 +115,7 @@ def build_plan(models: str, overrides: list[str] | None = None, *, base: RunConf
         if base is None:  # the model's zoo recipe, as `reprozoo train --model` would use it
             cfg = apply(RunConfig(), {"model.name": model, **zoo.recipe(model)}).override(overrides)
         else:  # a given base config keeps its settings; the zoo fills only what it leaves unset
-            cfg = apply_zoo_defaults(apply(base, {"model.name": model}), entry).override(overrides)
+            cfg = run_spec.with_zoo_defaults(apply(base, {"model.name": model}), entry).override(overrides)
         name = step_name(model, (s.name for s in steps))
         if out_root is not None:
             cfg.out_dir = str(Path(out_root) / name)
@@ -166,31 +151,18 @@ def normalise_digest(digest: str | None) -> str:
 
 def run_identity(cfg: RunConfig, data_sha256: dict[str, str], image_digest: str | None, commit: str, diff: str,
                  weights_revision: str | None, resolved: dict[str, Any] | None = None) -> str | None:
-    """What decides a run's result, hashed: the RunConfig minus NOT_IDENTITY (zoo defaults filled from
-    `resolved` when given, else from the zoo), the data content, the image digest, the code (commit and
-    the diff's sha256; in an image, its digest stands for its code) and the weights revision.
+    """The run's identity (run_spec.identity) as far as a planned run knows it before it runs: config,
+    code, data, weights, and its image digest, hashed; in an image, its digest stands for its code. How
+    it will train is resolved only then (a record's `resolved` fills its config's zoo defaults).
     None when the code or the weights are unknown: such a run is the same as no other."""
     image = normalise_digest(image_digest)
     if not weights_revision or weights_revision == "none" or (image == "none" and not commit):
         return None
-    flat = flatten(cfg.to_dict())
-    for key, attr in ZOO_DEFAULTS.items():
-        if flat.get(key) is None:
-            if resolved and resolved.get(attr) is not None:
-                flat[key] = resolved[attr]
-            else:
-                # A local directory that is gone: compare the value as recorded (None).
-                with contextlib.suppress(zoo.UnknownModelError):
-                    flat[key] = getattr(zoo.get(cfg.model.name), attr)
-    for key in NOT_IDENTITY:
-        flat.pop(key, None)
-    from reprozoo.data.versions import content_hash
-
-    code = "image" if image != "none" else {
-        "commit": commit, "diff": "sha256:" + hashlib.sha256(diff.encode()).hexdigest() if diff else "none"}
-    payload = {"config": flat, "data": content_hash(data_sha256) if data_sha256 else "unknown", "image": image,
-               "code": code, "weights": weights_revision}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    known = ("config.", "data.", "weights.") if image != "none" else ("config.", "code.", "data.", "weights.")
+    facts = {key: value for key, value in run_spec.identity(cfg, commit, diff, data_sha256, weights_revision,
+                                                            resolved=resolved).items() if key.startswith(known)}
+    facts["image"] = image
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 
 def record_identity(record: Any) -> str | None:

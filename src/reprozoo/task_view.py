@@ -69,6 +69,18 @@ def facts_sha256(properties: dict[str, Any]) -> str:
     return text_sha256("\n".join(f"{k}={v}" for k, v in sorted(facts.items())))
 
 
+def replay_tag(task_id: str) -> str:
+    """The tag `repro --enqueue` gives its clone: this task replays the record it was cloned from. It
+    names the clone's own id: a clone of the clone (a new run, edited in the UI) is no replay."""
+    return f"replay:{task_id}"
+
+
+def accept_changes_tag(task_id: str) -> str:
+    """The tag `repro --enqueue` / `train --resume --enqueue` add with --accept-changes: the agent may
+    train this task otherwise than its record did (named in the run's record)."""
+    return f"accept-changes:{task_id}"
+
+
 def check_read_only(task: Any) -> None:
     """On an agent, before anything runs: a read-only object edited in the UI (its sha256 no longer the
     recorded one) is refused in one line; an agent would otherwise silently run without the edit."""

@@ -213,6 +213,7 @@ class Tracker:
         self.dataset: Any = None
         self.resumes: str | None = None  # a task this run continues but could not reopen (see open_task)
         self.resume_history: list[dict[str, Any]] = []  # accepted resumes with their changes (--accept-changes)
+        self.replays: dict[str, Any] | None = None  # on an agent, the task this replays and the changes accepted
         self.closed = False
         self.env_before: dict[str, str] = clearml_env()
         self.uploader: Any = None  # checkpoint_store.CheckpointUploader of a server run (start_uploads)
@@ -287,7 +288,8 @@ class Tracker:
                 "parent": self.dataset.parent if self.dataset else None, "data_dir": str(plan.data_dir)}
         self.provenance = provenance.redact_obj({
             "task_id": self.task_id, "mode": self.mode, "run_dir": str(plan.run_dir.resolve()), "resumes": self.resumes,
-            "config": cfg.to_dict(),
+            # As it ran: what it left to the zoo (`null`) applied, so no later zoo.yaml changes a replay.
+            "config": run_spec.with_zoo_defaults(cfg, plan.entry).to_dict(),
             "code": {k: v for k, v in git.to_dict().items() if k != "diff"},
             "environment": env,
             "data": data,
@@ -295,6 +297,7 @@ class Tracker:
                       "revision": weights.revision},
             "resolved": plan.resolved(),
             **({"resume_history": self.resume_history} if self.resume_history else {}),
+            **({"replays": self.replays} if self.replays else {}),
         })
         # The diff as it is (git_state refused a real secret in it): a masked diff would be other code.
         self.provenance["code"]["diff"] = git.diff

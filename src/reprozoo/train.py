@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from reprozoo import provenance, zoo
+from reprozoo import provenance, run_spec, zoo
 from reprozoo.config import ConfigError, RunConfig
 from reprozoo.data.sst5 import data_fingerprint, resolve_data_dir
 from reprozoo.data.trees import LABEL_NAMES
@@ -151,15 +151,20 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False, accept_
 
     Several devices (DDP): rank 0 records and writes everything; the other ranks train their share
     of the batches and score the splits, and write nothing (RunResult.ddp_worker)."""
-    worker = ddp_worker()
+    from reprozoo import agent_task
+
+    worker, replays, replay_changes = ddp_worker(), None, []
     if worker:
         cfg, overwrite = as_ddp_worker(cfg), False
-    elif on_clearml_agent():
+    elif agent_task.on_clearml_agent():
         # Before the plan: the data version and run directory are the task's. A task re-enqueued after
         # its machine was lost resumes from the last checkpoint it uploaded.
-        cfg, resumes_stored = agent_config(cfg)
-        resume = resume or resumes_stored
+        task = agent_task.read_task(cfg)
+        cfg, resume, replays = task.cfg, resume or task.resumes, task.replays
+        accept_changes = accept_changes or task.accept_changes
     plan = plan_run(cfg, overwrite=overwrite, resuming=resume or worker)
+    if replays is not None:
+        replay_changes = agent_task.check_replayed_settings(plan.resolved(), replays, accept_changes)
     if resume and (plan.run_dir / "metrics.json").is_file():
         raise ConfigError(f"{plan.run_dir} holds a finished run (metrics.json): there is nothing to resume, and nothing"
                           f" was changed; `reprozoo repro {plan.run_dir}` re-runs it, or train again with another --out")
@@ -179,6 +184,8 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False, accept_
         tracker = tracking.open_task(cfg, f"{plan.entry.name} {cfg.data.granularity} seed{cfg.seed}", plan,
                                      continue_task=recorded_task_id(plan.run_dir) if resume else None)
         tracker.resume_history = history
+        if replays is not None:
+            tracker.replays = {"task_id": replays.provenance.get("task_id"), "accepted_changes": replay_changes}
         with task_stopped_on_failure(tracker, lambda: plan.run_dir):
             if tracker.config != cfg and not resume:
                 # A ClearML agent running a clone: the task's (UI-edited) RunConfig is the run's config.
@@ -210,47 +217,13 @@ def train(cfg: RunConfig, overwrite: bool = False, resume: bool = False, accept_
 
 
 def check_resumed_state(plan: Plan, inputs: Inputs, git: provenance.GitState, accept: bool) -> list[dict[str, Any]]:
-    """Code, data, weights and software now against the interrupted run's record (resume.check_resume_state)."""
-    from reprozoo.resume import check_resume_state, run_state
+    """The run now (config, code, data, weights, software, settings: run_spec.identity) against the
+    interrupted run's record (resume.check_resume_state)."""
+    from reprozoo.resume import check_resume_state
 
-    now = run_state(git.commit, git.diff, plan.data_sha256, inputs.weights.revision,
-                    provenance.environment(plan.cfg.seed, git.root), plan.resolved())
+    now = run_spec.identity(plan.cfg, git.commit, git.diff, plan.data_sha256, inputs.weights.revision,
+                            provenance.environment(plan.cfg.seed, git.root), plan.resolved())
     return check_resume_state(plan.run_dir, now, accept)
-
-
-def on_clearml_agent() -> bool:
-    """Whether a ClearML agent started this process for a task (it sets CLEARML_TASK_ID)."""
-    return bool(os.environ.get("CLEARML_TASK_ID") or os.environ.get("TRAINS_TASK_ID"))
-
-
-def agent_config(cfg: RunConfig) -> tuple[RunConfig, bool]:
-    """The RunConfig held by the agent's task (a clone, maybe edited), and whether the run resumes.
-    Read before planning: planned from the command line's config, a container with no trees would try
-    to download SST-5 instead. A task with a checkpoint in its storage (it was re-enqueued after an
-    interruption) resumes from it, in a run directory fetched from the task (checkpoint_store.fetch_run)."""
-    from clearml import Task
-    from clearml.config import get_remote_task_id
-
-    from reprozoo import checkpoint_store, tracking
-    from reprozoo.records import load_record
-
-    task = Task.get_task(task_id=get_remote_task_id())
-    if provenance.image_env().image is not None:
-        refuse_other_code(task.id, task.data.script.version_num or "", task.data.script.diff or "")
-        adopt_task_image_digest(task)
-    cfg = tracking.remote_config(task, cfg)
-    if checkpoint_store.latest_stored(task) is None:
-        return cfg, False
-    run_dir = Path(cfg.out_dir or Path("runs") / f"{cfg.model.name.replace('/', '_')}-{task.id}")
-    return checkpoint_store.fetch_run(task, load_record(task.id), run_dir), True
-
-
-def adopt_task_image_digest(task: Any) -> None:
-    """A docker-mode agent ran this container from the task's image, pulled by digest; an image cannot
-    bake in its own digest (it is computed when the image is pushed), so the run records this one."""
-    image = str((getattr(task.data, "container", None) or {}).get("image") or "").split()
-    if image and "@sha256:" in image[0] and not provenance.image_env().digest:
-        os.environ[provenance.IMAGE_DIGEST_ENV] = image[0]
 
 
 def resumed_run_config(ref: str, out: str | None = None) -> RunConfig:
@@ -273,19 +246,6 @@ def resumed_run_config(ref: str, out: str | None = None) -> RunConfig:
     if (run_dir / "config.yaml").is_file():
         raise ConfigError(f"--out {run_dir} already holds a run; pass an empty or new --out to resume task {ref} in")
     return checkpoint_store.fetch_run(Task.get_task(task_id=ref), record, run_dir)
-
-
-def refuse_other_code(task_id: str, commit: str, diff: str) -> None:
-    """In our image, a docker-mode agent runs the image's code (CLEARML_AGENT_FORCE_CODE_DIR: no
-    clone, no diff applied). A task recorded from other code (another commit, uncommitted changes)
-    would silently train that instead and be recorded as the image's: refused, before anything runs."""
-    revision = os.environ.get("REPROZOO_REVISION", "")
-    if commit and (commit != revision or diff.strip()):
-        changes = " with uncommitted changes" if diff.strip() else ""
-        raise ConfigError(f"task {task_id} was recorded from commit {commit[:12]}{changes}, but this image holds the code of"
-                          f" commit {revision[:12] or 'unknown'} and a docker-mode agent runs the image's code; serve it with a"
-                          " venv-mode agent (`clearml-agent daemon --queue Q`: it checks out that commit and applies the diff),"
-                          " or enqueue a run made in an image built from that code")
 
 
 @contextlib.contextmanager

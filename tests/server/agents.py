@@ -157,14 +157,15 @@ for i, t in tasks.items():
     path = t.artifacts["metrics"].get_local_copy() if "metrics" in t.artifacts else None
     out[i] = {"status": t.get_status(), "name": t.name, "parent": d.parent, "tags": list(t.get_tags() or []),
               "started": d.started.timestamp() if d.started else None, "last_worker": d.last_worker,
-              "container": dict(d.container or {}), "metrics": open(path, "rb").read().decode() if path else None}
+              "container": dict(d.container or {}), "metrics": open(path, "rb").read().decode() if path else None,
+              "document": t.get_configuration_object("Provenance")}
 print(json.dumps(out))
 """
 
 
 def server_tasks(env: dict[str, str], ids: list[str], wait: float = 0) -> dict[str, dict[str, Any]]:
-    """Status, parent, tags, start time, worker, container section and metrics.json artifact of each
-    task, once every one is finished (or after `wait` seconds)."""
+    """Status, parent, tags, start time, worker, container section, metrics.json artifact and run
+    document (the Provenance object's text) of each task, once every one is finished (or after `wait` seconds)."""
     done = subprocess.run([sys.executable, "-c", _READ, ",".join(ids), str(wait)], env=env, capture_output=True, text=True,
                           timeout=wait + 300, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -52,8 +52,8 @@ def in_project(server: Any) -> tuple[str, str]:
     return ("--set", f"tracking.project={server.project}")
 
 
-def enqueue(env: dict[str, str], task_id: str, queue: str) -> tuple[str, float]:
-    done = reprozoo("repro", task_id, "--enqueue", queue, env=env)
+def enqueue(env: dict[str, str], task_id: str, queue: str, *flags: str) -> tuple[str, float]:
+    done = reprozoo("repro", task_id, "--enqueue", queue, *flags, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return re.search(r"enqueued task ([0-9a-f]{32})", done.stdout).group(1), time.time()
 
@@ -82,13 +82,13 @@ def agents(agent_binary: Path, env: dict[str, str], tmp_path: Path, venv_cache: 
 
 
 def serve(agents: Agents, agent_binary: Path, env: dict[str, str], tmp_path: Path, queue: str, name: str,
-          build_venv: bool = False) -> Agent:
+          build_venv: bool = False, extra_env: dict[str, str] | None = None) -> Agent:
     """An agent on the test run's queue `queue` (its full name: agents.server.queue(queue)); with
     `build_venv`, one that builds the task's venv as a user's does."""
     # No REPROZOO_DATA_DIR: the clone must train on the data version its task names, not download SST-5.
     agent_env = {k: v for k, v in env.items() if k != "REPROZOO_DATA_DIR"}
     agent = Agent(agent_binary, agent_env, agents.server.queue(queue), tmp_path / name, name, agents.server.worker(name),
-                  venv_cache=agents.venv_cache if build_venv else None).start()
+                  venv_cache=agents.venv_cache if build_venv else None, extra_env=extra_env).start()
     agents.append(agent)
     agent.wait_listening()
     return agent
@@ -215,6 +215,42 @@ print(",".join(ids))
     assert "the read-only configuration object 'RunConfig (as recorded)' was edited" in log
     assert "the User Properties were edited" in log
     assert "task hyperparameter section 'resolved' is not RunConfig's" in log
+
+
+def test_a_replay_an_agent_would_train_otherwise_is_refused_unless_accepted(original: dict[str, Any], env: dict[str, str],
+                                                                           agents: Agents, agent_binary: Path,
+                                                                           tmp_path: Path) -> None:
+    """Issue 31: a `repro --enqueue` clone is a replay of its record: the agent compares how the run
+    trained (run_spec.settings) with how it would. On a machine with one torch thread (the run had more)
+    it fails in one line naming the field and the flag; enqueued with --accept-changes it trains, and
+    its run document names the task it replays and the changes it accepted."""
+    recorded = json.loads((original["run_dir"] / "provenance.json").read_text())
+    threads = recorded["environment"]["torch_threads"]
+    assert recorded["resolved"]["accelerator"] == "cpu" and threads != 1, "the original must train on more than one thread"
+    agent = serve(agents, agent_binary, env, tmp_path, "threads-q", "threads", extra_env={"OMP_NUM_THREADS": "1"})
+    refused, _ = enqueue(env, original["task_id"], agent.queue)
+    tasks = server_tasks(env, [refused], wait=600)
+    assert tasks[refused]["status"] == "failed", agent.log()[-4000:]
+    line = next((x for x in agent.log().splitlines() if f"task {refused} replays {original['task_id']}" in x), "")
+    assert f"environment.torch_threads {threads} → 1" in line and "--accept-changes" in line, agent.log()[-4000:]
+    accepted, _ = enqueue(env, original["task_id"], agent.queue, "--accept-changes")
+    tasks = server_tasks(env, [accepted], wait=900)
+    assert tasks[accepted]["status"] == "completed", agent.log()[-4000:]
+    assert f"accept-changes:{accepted}" in tasks[accepted]["tags"] and f"replay:{accepted}" in tasks[accepted]["tags"]
+    document = json.loads(tasks[accepted]["document"])
+    assert document["task_id"] == accepted and document["environment"]["torch_threads"] == 1
+    assert document["replays"] == {"task_id": original["task_id"],
+                                   "accepted_changes": [f"environment.torch_threads {threads} → 1"]}
+    # The record's RunConfig (zoo defaults applied) ran: only where it reads and writes, and the pinned weights, differ.
+    assert what_runs(document["config"]) == what_runs(recorded["config"])
+    assert document["model"]["revision"] == recorded["model"]["revision"]
+
+
+def what_runs(config: dict[str, Any]) -> dict[str, Any]:
+    from reprozoo import run_spec
+    from reprozoo.config import flatten
+
+    return {k: v for k, v in flatten(config).items() if k not in run_spec.WHERE_FIELDS and k != "model.revision"}
 
 
 def test_an_unknown_queue_is_one_line_naming_the_queues_that_exist(original: dict[str, Any], env: dict[str, str],

@@ -75,8 +75,9 @@ def train(
     out: Annotated[str | None, typer.Option(help="run directory (default: runs/<model>-<time>)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace a finished run in --out")] = False,
     resume: Annotated[str | None, typer.Option(help="continue an interrupted run: its run directory or task id")] = None,
-    accept_changes: Annotated[bool, typer.Option(help="with --resume: resume although the code, data, weights or software"
-                                                      " differ from the run's start (both states are recorded)")] = False,
+    accept_changes: Annotated[bool, typer.Option(help="with --resume: resume although the code, data, weights, software or"
+                                                      " settings (precision, devices, CPU, threads) differ from the run's start"
+                                                      " (both states are recorded); with --enqueue, the agent may")] = False,
     checkpoint_every: Annotated[int | None, typer.Option(help="also checkpoint every N steps (survives kill -9)")] = None,
     enqueue: Annotated[str | None, typer.Option(help="with --resume TASK_ID: put the task back on this queue; the agent"
                                                 " that takes it resumes from its last checkpoint in storage")] = None,
@@ -94,7 +95,7 @@ def train(
         need_server("--resume --enqueue", "without it, `reprozoo train --resume` resumes here")
         session.configure_clearml()
         call(lambda: require_queue(enqueue))
-        requeued = call(lambda: replay.requeue(resume, enqueue, force=force))
+        requeued = call(lambda: replay.requeue(resume, enqueue, force=force, accept_changes=accept_changes))
         since = f"its checkpoint at step {requeued['step']}" if requeued["step"] is not None else "the start (no checkpoint in storage)"
         say(f"enqueued task {resume} ({requeued['status']} before) on {enqueue}; the agent resumes from {since}")
         return
@@ -166,7 +167,7 @@ def repro(
     network: Annotated[str, typer.Option(help="in the image: bridge | host | none")] = "bridge",
     accept_changes: Annotated[bool, typer.Option(help="replay although this machine would train otherwise (another"
                                                       " precision, world size, CPU or thread count), or in the recorded image"
-                                                      " although its code is not the recorded code; a note says so")] = False,
+                                                      " although its code is not the recorded code; a note says so; with --enqueue, the agent may")] = False,
     dry_run: DryRunOpt = False,
 ) -> None:
     """Re-run a recorded task exactly: its image (by digest) or commit + diff, its data version, its RunConfig."""
@@ -175,7 +176,7 @@ def repro(
 
     record = load_record(task)
     if enqueue:
-        spec = call(lambda: replay.enqueue_spec(record, enqueue))
+        spec = call(lambda: replay.enqueue_spec(record, enqueue, accept_changes))
         need_server("--enqueue", "without it, repro runs the task here")
         session.configure_clearml()
         call(lambda: require_queue(enqueue))  # before the clone: an unknown queue leaves no draft behind
