@@ -106,3 +106,21 @@ def test_an_agents_replay_refuses_settings_it_would_train_otherwise_unless_accep
     assert "`reprozoo repro source --enqueue QUEUE --accept-changes`" in message
     assert check_replayed_settings(plan.resolved(), other, accept=True) == [
         "resolved.precision bf16-mixed → 32-true", f"environment.torch_threads {threads + 1} → {threads}"]
+
+
+def test_the_document_holds_the_diffs_sha256_and_a_diff_that_does_not_match_it_is_refused(tmp_path: Path) -> None:
+    import json
+
+    from reprozoo.records import run_dir_record
+
+    diff = "diff --git a/x.py b/x.py\n+MAX_TOKENS_PER_BATCH = 4096\n"
+    (tmp_path / "config.yaml").write_text(RunConfig().to_yaml())
+    document = {"config": RunConfig().to_dict(), "code": {"commit": "1" * 40, "diff": diff,
+                                                         "diff_sha256": run_spec.diff_sha256(diff)}}
+    (tmp_path / "provenance.json").write_text(json.dumps(document))
+    assert run_dir_record(tmp_path).diff == diff
+    assert run_spec.identity(None, "1" * 40, diff, {}, None)["code.diff"] == run_spec.diff_sha256(diff)
+    document["code"]["diff"] = diff.replace("4096", "***")
+    (tmp_path / "provenance.json").write_text(json.dumps(document))
+    with pytest.raises(ConfigError, match=r"provenance.code.diff does not match its diff_sha256; the record is damaged"):
+        run_dir_record(tmp_path)

@@ -253,6 +253,8 @@ def _record(task_id: str | None, config: RunConfig, metrics: dict[str, Any] | No
     if "config" in prov:
         config = run_spec.recorded_config(prov["config"], f"{source}: provenance.config")
     diff = text(code, "diff", "provenance.code") if "diff" in code else text(script, "diff", "script")
+    if "diff_sha256" in code and text(code, "diff_sha256", "provenance.code") != run_spec.diff_sha256(diff):
+        raise ConfigError(f"{source}: provenance.code.diff does not match its diff_sha256; the record is damaged or was edited")
     sha256 = record_mapping(data.get("sha256"), f"{source}: provenance.data.sha256")
     untracked = code.get("untracked") or []
     if not isinstance(untracked, list) or not all(isinstance(u, str) for u in untracked):

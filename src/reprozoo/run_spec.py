@@ -145,7 +145,7 @@ def identity(config: RunConfig | None, commit: str, diff: str, data_sha256: dict
         facts.update({f"config.{key}": str(value) for key, value in sorted(flat.items())
                       if key not in WHERE_FIELDS and key != "model.revision"})
     facts["code.commit"] = commit
-    facts["code.diff"] = "sha256:" + hashlib.sha256(diff.encode()).hexdigest() if diff else "none"
+    facts["code.diff"] = diff_sha256(diff)
     facts["weights.revision"] = str(weights_revision or "none")
     facts.update({f"data.sha256.{split}": str(sha) for split, sha in sorted(data_sha256.items())})
     if environment is not None:
@@ -153,6 +153,11 @@ def identity(config: RunConfig | None, commit: str, diff: str, data_sha256: dict
     if resolved is not None:
         facts.update(settings(resolved, environment or {}))
     return facts
+
+
+def diff_sha256(diff: str) -> str:
+    """The fingerprint of a run's uncommitted changes, as its document and `identity` hold it."""
+    return "sha256:" + hashlib.sha256(diff.encode()).hexdigest() if diff else "none"
 
 
 def settings(resolved: dict[str, Any], environment: dict[str, Any]) -> dict[str, str]:

@@ -301,6 +301,7 @@ class Tracker:
         })
         # The diff as it is (git_state refused a real secret in it): a masked diff would be other code.
         self.provenance["code"]["diff"] = git.diff
+        self.provenance["code"]["diff_sha256"] = run_spec.diff_sha256(git.diff)
         # The run, resolved: one document, these same bytes in the run directory and on the task.
         document = json.dumps(self.provenance, indent=2) + "\n"
         plan.run_dir.mkdir(parents=True, exist_ok=True)
