@@ -4,13 +4,14 @@ Every executor (repro here and in the image, agents, DDP ranks, resume here and 
 `tasks show --as-config`, the best HPO trial's replay) builds what it trains with `executable`: the
 recorded RunConfig, pinned to the weights the run loaded, reading and writing where the executor says
 (`Where`), and nothing else changed. A record's RunConfig text is parsed by `recorded_config`, a
-run directory's by `run_dir_config`; a ClearML agent's run is the task's, with its UI edits merged
-(`merge_edits`: a clone edited in the UI is a new run, recorded as such).
+run directory's by `run_dir_config`. On a ClearML agent a replay (`repro --enqueue`) runs its record's
+RunConfig (`replayed`: any edit but where is refused); any other clone is a new run, with its UI edits
+merged (`merge_edits`), recorded as such.
 tests/test_architecture.py checks that no other module builds a RunConfig from a record.
 
 What makes a run the run it is is defined here too, once (`identity`): resume compares all of it, a
 re-run sweep what a planned run knows before it runs (sweep.run_identity), and repro, an agent's replay
-and resume how the run trains (`settings`, `check_settings`).
+and resume how the run trains (`settings`, `other_settings`).
 """
 
 from __future__ import annotations
