@@ -142,8 +142,8 @@ def test_the_architecture_check_fails_on_a_rebuilder(tmp_path: Path, monkeypatch
 IDENTITY_NAMES = {"ZOO_DEFAULTS", "NOT_IDENTITY", "WHERE_FIELDS", "RESOLVED_FIELDS", "CPU_FIELDS", "ENVIRONMENT_FIELDS"}
 COMPARERS = {
     ("resume.py", "recorded_run_state"): "identity", ("train.py", "check_resumed_state"): "identity",
-    ("sweep.py", "run_identity"): "identity", ("repro.py", "_other_settings"): "settings",
-    ("agent_task.py", "check_replayed_settings"): "settings", ("agent_task.py", "read_task"): "replayed",
+    ("sweep.py", "run_identity"): "identity", ("repro.py", "_other_settings"): "recorded_settings",
+    ("agent_task.py", "check_replayed_settings"): "recorded_settings", ("agent_task.py", "read_task"): "replayed",
 }
 
 

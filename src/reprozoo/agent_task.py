@@ -67,9 +67,7 @@ def check_replayed_settings(resolved: dict[str, Any], replays: Any, accept: bool
     --accept-changes; the accepted differences, for the run's record."""
     from reprozoo.devices import cpu_here
 
-    recorded_resolved = replays.provenance.get("resolved")
-    recorded = run_spec.settings(recorded_resolved if isinstance(recorded_resolved, dict) else {}, replays.environment)
-    differ = run_spec.other_settings(recorded, run_spec.settings(resolved, cpu_here()))
+    differ = run_spec.other_settings(run_spec.recorded_settings(replays), run_spec.settings(resolved, cpu_here()))
     source = str(replays.provenance.get("task_id") or "the recorded task")
     if differ and not accept:
         raise ConfigError(f"task {replays.task_id} replays {source}, but this agent would train it otherwise than the run did"

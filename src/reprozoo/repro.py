@@ -292,13 +292,11 @@ def _other_settings(record: Record, config: RunConfig, accept: bool) -> list[str
     from reprozoo import devices, zoo
     from reprozoo.errors import UserError
 
-    resolved = record.provenance.get("resolved")
-    recorded = run_spec.settings(resolved if isinstance(resolved, dict) else {}, record.environment)
     accelerator = devices.choose_accelerator(config)
     here = {"accelerator": accelerator, "world_size": devices.device_count(config.trainer.devices, accelerator)}
     with suppress(UserError):  # a model this machine cannot name fails later, with its own line
         here["precision"] = devices.choose_precision(config, zoo.get(config.model.name), accelerator)
-    differ = run_spec.other_settings(recorded, run_spec.settings(here, devices.cpu_here()))
+    differ = run_spec.other_settings(run_spec.recorded_settings(record), run_spec.settings(here, devices.cpu_here()))
     if not differ:
         return []
     shown = "; ".join(differ)
@@ -502,7 +500,7 @@ def enqueue(spec: dict[str, Any], task_api: Any = None) -> str:
         clone.set_base_docker(docker_image=spec["docker_image"], docker_arguments=spec["docker_arguments"])
     from reprozoo.task_view import accept_changes_tag, replay_tag
 
-    marks = [replay_tag(str(clone.id))] + ([accept_changes_tag(str(clone.id))] if spec.get("accept_changes") else [])
+    marks = [replay_tag(str(clone.id))] + ([accept_changes_tag(str(clone.id))] if spec["accept_changes"] else [])
     clone.add_tags(spec["tags"] + marks)
     task_api.enqueue(clone, queue_name=spec["queue"])
     return str(clone.id)

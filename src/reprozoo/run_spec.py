@@ -169,6 +169,13 @@ def settings(resolved: dict[str, Any], environment: dict[str, Any]) -> dict[str,
     return facts
 
 
+def recorded_settings(record: Any) -> dict[str, str]:
+    """`settings` as a record (records.Record) holds them: its document's `resolved` and environment
+    (none for a record of older code)."""
+    resolved = record.provenance.get("resolved")
+    return settings(resolved if isinstance(resolved, dict) else {}, record.environment)
+
+
 def other_settings(recorded: dict[str, str], here: dict[str, str]) -> list[str]:
     """`settings` the run recorded that this executor would train otherwise, one `field a → b` each;
     a field either side does not name is not compared (a record of older code, a check made before planning)."""
