@@ -31,8 +31,8 @@ def reprozoo(*args: str, cwd: Path | str = REPO, env: Mapping[str, str] | None =
 
 
 def checkpoint_mtime(path: Path) -> int | None:
-    """A checkpoint's mtime, or None while there is none: atomic_torch_save renames the old one away and
-    the new one into place, so it can vanish between an exists() and a stat()."""
+    """A checkpoint's mtime, or None while there is none (before the first write; where hard links are
+    refused, atomic_torch_save moves the old one away before renaming the new one into place)."""
     try:
         return path.stat().st_mtime_ns
     except FileNotFoundError:

@@ -278,25 +278,56 @@ def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path: Path, capsys: 
         find_resume_checkpoint(tmp_path)
 
 
-def test_a_kill_between_the_two_renames_resumes_from_the_previous_checkpoint(tmp_path: Path,
-                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """atomic_torch_save moves last.ckpt to last.prev.ckpt, then the new file to last.ckpt: a process killed in
-    between (the writer thread waiting for the GIL) leaves no last.ckpt, and resume takes the previous."""
+def test_a_kill_between_keeping_the_previous_and_the_rename_leaves_last_ckpt(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """atomic_torch_save keeps last.ckpt as last.prev.ckpt (a hard link), then renames the new file over
+    last.ckpt: a process killed in between (the writer thread waiting for the GIL) leaves last.ckpt as it
+    was, which resume takes. (A kill -9 of a DDP rank 0 drew that moment and found no last.ckpt.)"""
     checkpoints = tmp_path / "checkpoints"
     io = AtomicCheckpointIO()
     io.save_checkpoint({"global_step": 1}, checkpoints / LAST)
     rename = os.replace
 
-    def killed_after_the_first_rename(src: str | Path, dst: str | Path) -> None:
+    def killed_after_keeping_the_previous(src: str | Path, dst: str | Path) -> None:
         rename(src, dst)
         if Path(dst).name == PREVIOUS:
             raise KeyboardInterrupt  # stands for the SIGKILL: nothing after this line runs
 
+    monkeypatch.setattr(os, "replace", killed_after_keeping_the_previous)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 2}, checkpoints / LAST)
+    monkeypatch.undo()
+    assert torch.load(checkpoints / PREVIOUS, weights_only=True)["global_step"] == 1
+    found = find_resume_checkpoint(tmp_path)
+    assert found == checkpoints / LAST and torch.load(found, weights_only=True)["global_step"] == 1
+    io.save_checkpoint({"global_step": 3}, checkpoints / LAST)  # the next write replaces both as usual
+    assert [torch.load(checkpoints / n, weights_only=True)["global_step"] for n in (LAST, PREVIOUS)] == [3, 1]
+
+
+def test_where_hard_links_are_refused_a_kill_between_the_renames_resumes_from_the_previous(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without hard links last.ckpt is moved to last.prev.ckpt: a kill before the new file is renamed in
+    leaves no last.ckpt, and resume takes the previous."""
+    checkpoints = tmp_path / "checkpoints"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 1}, checkpoints / LAST)
+    rename = os.replace
+
+    def refused(src: str | Path, dst: str | Path) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    def killed_after_the_first_rename(src: str | Path, dst: str | Path) -> None:
+        rename(src, dst)
+        if Path(dst).name == PREVIOUS:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "link", refused)
     monkeypatch.setattr(os, "replace", killed_after_the_first_rename)
     with pytest.raises(KeyboardInterrupt):
         io.save_checkpoint({"global_step": 2}, checkpoints / LAST)
     monkeypatch.undo()
     assert not (checkpoints / LAST).exists()
+    assert not list(checkpoints.glob("*.prev"))  # no stray link attempt left
     found = find_resume_checkpoint(tmp_path)
     assert found == checkpoints / PREVIOUS and torch.load(found, weights_only=True)["global_step"] == 1
 

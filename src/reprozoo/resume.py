@@ -60,12 +60,23 @@ def atomic_torch_save(obj: object, path: Path, keep_previous: Path | None = None
             handle.flush()
             os.fsync(handle.fileno())
         if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
+            _keep_previous(path, keep_previous, Path(f"{tmp}.prev"))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _keep_previous(path: Path, keep_previous: Path, link: Path) -> None:
+    """`path` also as `keep_previous`, through a hard link: `path` is never missing, even for a kill
+    between this and the rename of the new file over it. Where links are refused, it is moved."""
+    try:
+        os.link(path, link)
+        os.replace(link, keep_previous)
+    except OSError:
+        link.unlink(missing_ok=True)
+        os.replace(path, keep_previous)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
